@@ -1,0 +1,29 @@
+//! Starling's replicated state machine.
+//!
+//! # Layout
+//! - [`state`]: [`State`], which applies log entries ([`pb::Batch`] of commands) deterministically
+//!   and produces [`Effect`]s; snapshot, restore and digest.
+//! - [`session`]: a persistent session: subscriptions, outbound queue with QoS stages, inbound
+//!   QoS 2 ids, will, owner and epoch (the fencing token of takeover).
+//! - [`retained`]: retained messages by topic, looked up by filter.
+//! - [`trie`]: the subscription index shared with the broker's router shards.
+//! - [`effect`]: what applying asks the node to do.
+//!
+//! The same entries drive a single node (its write-ahead log) and a cluster (the Raft log). The
+//! state holds persistent sessions and retained messages; clean sessions live only on the node
+//! that serves them.
+
+pub mod effect;
+pub mod message;
+pub mod retained;
+pub mod session;
+pub mod state;
+pub mod trie;
+
+pub use effect::{CommandResult, Effect, Rejection, Resume};
+pub use message::Message;
+pub use retained::RetainedStore;
+pub use session::{packet_id_for, Outbound, Owner, Queued, Session};
+pub use starling_proto::state::v1 as pb;
+pub use state::{SnapshotError, State, StateConfig, StateStats};
+pub use trie::TopicTrie;
