@@ -1,0 +1,437 @@
+//! Outbound QoS 1/2 flows of one connection.
+//!
+//! - [`LocalOutbound`], for clean sessions: packet ids from a local allocator, an in-flight
+//!   window, and a bounded queue behind it. Nothing of it outlives the connection.
+//! - [`DurableOutbound`], for persistent sessions: the messages, their packet ids and stages come
+//!   from the replicated state; this only tracks what is on the wire, so that a window slot is
+//!   reused as soon as the client acknowledges, while the acknowledgement commits in the
+//!   background. PUBREL waits for the PUBREC to be committed (exactly-once rule 2).
+
+use std::collections::{HashMap, VecDeque};
+
+use starling_codec::QoS;
+use starling_state::{Message as AppMessage, Outbound};
+
+/// What to write after a change of the flow.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Send {
+    /// PUBLISH `message` with `packet_id` (DUP as given).
+    Publish {
+        /// Packet id.
+        packet_id: u16,
+        /// DUP flag.
+        dup: bool,
+        /// Message (QoS as to be sent).
+        message: AppMessage,
+    },
+    /// PUBREL `packet_id`.
+    PubRel(u16),
+}
+
+/// Result of offering a message to a clean session's flow.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Offer {
+    /// Write it now.
+    Send(Send),
+    /// Queued behind the window.
+    Queued,
+    /// Queue full: dropped.
+    Dropped,
+}
+
+struct LocalInflight {
+    message: AppMessage,
+    released: bool,
+}
+
+/// Clean session outbound flow.
+pub(crate) struct LocalOutbound {
+    window: usize,
+    max_queued: usize,
+    max_queued_bytes: usize,
+    next_pid: u16,
+    inflight: HashMap<u16, LocalInflight>,
+    queue: VecDeque<AppMessage>,
+    queued_bytes: usize,
+}
+
+impl LocalOutbound {
+    pub(crate) fn new(window: usize, max_queued: usize, max_queued_bytes: usize) -> LocalOutbound {
+        LocalOutbound {
+            window: window.min(65_535),
+            max_queued,
+            max_queued_bytes,
+            next_pid: 0,
+            inflight: HashMap::new(),
+            queue: VecDeque::new(),
+            queued_bytes: 0,
+        }
+    }
+
+    fn alloc_pid(&mut self) -> u16 {
+        loop {
+            self.next_pid = self.next_pid.wrapping_add(1);
+            if self.next_pid != 0 && !self.inflight.contains_key(&self.next_pid) {
+                return self.next_pid;
+            }
+        }
+    }
+
+    fn start(&mut self, message: AppMessage) -> Send {
+        let packet_id = self.alloc_pid();
+        self.inflight.insert(
+            packet_id,
+            LocalInflight {
+                message: message.clone(),
+                released: false,
+            },
+        );
+        Send::Publish {
+            packet_id,
+            dup: false,
+            message,
+        }
+    }
+
+    /// Offers a QoS 1/2 message.
+    pub(crate) fn offer(&mut self, message: AppMessage) -> Offer {
+        if self.inflight.len() < self.window && self.queue.is_empty() {
+            return Offer::Send(self.start(message));
+        }
+        let cost = message.cost();
+        if self.queue.len() >= self.max_queued || self.queued_bytes + cost > self.max_queued_bytes {
+            return Offer::Dropped;
+        }
+        self.queued_bytes += cost;
+        self.queue.push_back(message);
+        Offer::Queued
+    }
+
+    /// Messages that fit the window now.
+    pub(crate) fn refill(&mut self, out: &mut Vec<Send>) {
+        while self.inflight.len() < self.window {
+            let Some(m) = self.queue.pop_front() else {
+                break;
+            };
+            self.queued_bytes -= m.cost();
+            out.push(self.start(m));
+        }
+    }
+
+    /// PUBACK: true if it completed a QoS 1 message.
+    pub(crate) fn puback(&mut self, pid: u16) -> bool {
+        match self.inflight.get(&pid) {
+            Some(f) if f.message.qos == QoS::AtLeastOnce => {
+                self.inflight.remove(&pid);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// PUBREC: true if PUBREL is to be sent (also for a repeated PUBREC).
+    pub(crate) fn pubrec(&mut self, pid: u16) -> bool {
+        match self.inflight.get_mut(&pid) {
+            Some(f) if f.message.qos == QoS::ExactlyOnce => {
+                f.released = true;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// PUBCOMP: true if it completed a QoS 2 message.
+    pub(crate) fn pubcomp(&mut self, pid: u16) -> bool {
+        match self.inflight.get(&pid) {
+            Some(f) if f.released => {
+                self.inflight.remove(&pid);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Messages in flight and queued.
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> (usize, usize) {
+        (self.inflight.len(), self.queue.len())
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stage {
+    /// PUBLISH written.
+    Sent,
+    /// PUBREC received, commit pending.
+    Received,
+    /// PUBREL written.
+    Released,
+}
+
+#[derive(Debug)]
+struct DurableInflight {
+    seq: u64,
+    qos: QoS,
+    stage: Stage,
+}
+
+/// What a client's acknowledgement means for a persistent session.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum AckOutcome {
+    /// Commit this acknowledgement of message `seq`.
+    Commit(u64),
+    /// Nothing to commit; write PUBREL again (a repeated PUBREC).
+    ResendPubRel(u16),
+    /// Not in flight (or wrong kind): ignore.
+    Ignore,
+}
+
+/// Persistent session outbound flow.
+pub(crate) struct DurableOutbound {
+    window: usize,
+    pending: VecDeque<Outbound>,
+    inflight: HashMap<u16, DurableInflight>,
+    max_sent_seq: u64,
+}
+
+impl DurableOutbound {
+    pub(crate) fn new(window: usize) -> DurableOutbound {
+        DurableOutbound {
+            window: window.min(65_535),
+            pending: VecDeque::new(),
+            inflight: HashMap::new(),
+            max_sent_seq: 0,
+        }
+    }
+
+    /// Messages handed over by the store (resume list or new deliveries), in sequence order.
+    pub(crate) fn extend(&mut self, items: impl IntoIterator<Item = Outbound>) {
+        self.pending.extend(items);
+    }
+
+    /// Starts what fits the window.
+    pub(crate) fn refill(&mut self, out: &mut Vec<Send>) {
+        while self.inflight.len() < self.window {
+            let Some(next) = self.pending.front() else {
+                break;
+            };
+            // Two messages 65535 or more apart in sequence would share a packet id.
+            let oldest = self
+                .inflight
+                .values()
+                .map(|f| f.seq)
+                .min()
+                .unwrap_or(next.seq);
+            if next.seq >= oldest + 65_535 || self.inflight.contains_key(&next.packet_id) {
+                break;
+            }
+            let Some(o) = self.pending.pop_front() else {
+                break;
+            };
+            self.max_sent_seq = self.max_sent_seq.max(o.seq);
+            let stage = if o.released {
+                Stage::Released
+            } else {
+                Stage::Sent
+            };
+            self.inflight.insert(
+                o.packet_id,
+                DurableInflight {
+                    seq: o.seq,
+                    qos: o.message.qos,
+                    stage,
+                },
+            );
+            out.push(if o.released {
+                Send::PubRel(o.packet_id)
+            } else {
+                Send::Publish {
+                    packet_id: o.packet_id,
+                    dup: o.dup,
+                    message: o.message,
+                }
+            });
+        }
+    }
+
+    /// PUBACK from the client.
+    pub(crate) fn puback(&mut self, pid: u16) -> AckOutcome {
+        match self.inflight.get(&pid) {
+            Some(f) if f.qos == QoS::AtLeastOnce => {
+                let seq = f.seq;
+                self.inflight.remove(&pid);
+                AckOutcome::Commit(seq)
+            }
+            _ => AckOutcome::Ignore,
+        }
+    }
+
+    /// PUBREC from the client.
+    pub(crate) fn pubrec(&mut self, pid: u16) -> AckOutcome {
+        match self.inflight.get_mut(&pid) {
+            Some(f) if f.qos == QoS::ExactlyOnce => match f.stage {
+                Stage::Sent => {
+                    f.stage = Stage::Received;
+                    AckOutcome::Commit(f.seq)
+                }
+                Stage::Received => AckOutcome::Ignore,
+                Stage::Released => AckOutcome::ResendPubRel(pid),
+            },
+            _ => AckOutcome::Ignore,
+        }
+    }
+
+    /// The PUBREC of `seq` is committed: the packet id to send PUBREL for.
+    pub(crate) fn release_ready(&mut self, seq: u64) -> Option<u16> {
+        let (pid, f) = self.inflight.iter_mut().find(|(_, f)| f.seq == seq)?;
+        if f.stage != Stage::Received {
+            return None;
+        }
+        f.stage = Stage::Released;
+        Some(*pid)
+    }
+
+    /// PUBCOMP from the client.
+    pub(crate) fn pubcomp(&mut self, pid: u16) -> AckOutcome {
+        match self.inflight.get(&pid) {
+            Some(f) if f.stage == Stage::Released => {
+                let seq = f.seq;
+                self.inflight.remove(&pid);
+                AckOutcome::Commit(seq)
+            }
+            _ => AckOutcome::Ignore,
+        }
+    }
+
+    /// Highest sequence number written to the client.
+    pub(crate) fn max_sent_seq(&self) -> u64 {
+        self.max_sent_seq
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use starling_state::packet_id_for;
+
+    fn m(qos: QoS, p: &'static str) -> AppMessage {
+        AppMessage {
+            topic: "t".into(),
+            payload: bytes::Bytes::from_static(p.as_bytes()),
+            qos,
+            retain: false,
+        }
+    }
+
+    fn pid(s: &Send) -> u16 {
+        match s {
+            Send::Publish { packet_id, .. } => *packet_id,
+            Send::PubRel(p) => *p,
+        }
+    }
+
+    #[test]
+    fn local_window_queues_then_refills_in_order() {
+        let mut o = LocalOutbound::new(2, 10, 1 << 20);
+        let a = o.offer(m(QoS::AtLeastOnce, "a"));
+        let b = o.offer(m(QoS::ExactlyOnce, "b"));
+        assert!(matches!(a, Offer::Send(Send::Publish { packet_id: 1, .. })));
+        assert!(matches!(b, Offer::Send(Send::Publish { packet_id: 2, .. })));
+        assert_eq!(o.offer(m(QoS::AtLeastOnce, "c")), Offer::Queued);
+        assert!(o.puback(1));
+        assert!(!o.puback(1), "a second PUBACK completes nothing");
+        let mut out = Vec::new();
+        o.refill(&mut out);
+        assert_eq!(out.len(), 1);
+        assert!(matches!(&out[0], Send::Publish { message, .. } if message.payload == "c"));
+        assert!(!o.pubcomp(2), "PUBCOMP before PUBREC is ignored");
+        assert!(o.pubrec(2));
+        assert!(o.pubrec(2), "repeated PUBREC gets PUBREL again");
+        assert!(o.pubcomp(2));
+        assert_eq!(o.len(), (1, 0));
+    }
+
+    #[test]
+    fn local_queue_is_bounded() {
+        let mut o = LocalOutbound::new(1, 1, 1 << 20);
+        o.offer(m(QoS::AtLeastOnce, "a"));
+        assert_eq!(o.offer(m(QoS::AtLeastOnce, "b")), Offer::Queued);
+        assert_eq!(o.offer(m(QoS::AtLeastOnce, "c")), Offer::Dropped);
+    }
+
+    #[test]
+    fn local_packet_ids_skip_those_in_flight() {
+        let mut o = LocalOutbound::new(3, 10, 1 << 20);
+        o.next_pid = 65_534;
+        let ids: Vec<u16> = (0..3)
+            .map(|_| match o.offer(m(QoS::AtLeastOnce, "x")) {
+                Offer::Send(s) => pid(&s),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(ids, vec![65_535, 1, 2]);
+    }
+
+    fn ob(seq: u64, qos: QoS, released: bool) -> Outbound {
+        Outbound {
+            seq,
+            packet_id: packet_id_for(seq),
+            dup: false,
+            released,
+            message: m(qos, "x"),
+        }
+    }
+
+    #[test]
+    fn durable_resume_sends_pubrel_for_released_and_publish_for_the_rest() {
+        let mut o = DurableOutbound::new(10);
+        o.extend([
+            ob(1, QoS::ExactlyOnce, true),
+            ob(2, QoS::AtLeastOnce, false),
+        ]);
+        let mut out = Vec::new();
+        o.refill(&mut out);
+        assert_eq!(out[0], Send::PubRel(1));
+        assert!(matches!(out[1], Send::Publish { packet_id: 2, .. }));
+        assert_eq!(o.pubcomp(1), AckOutcome::Commit(1));
+        assert_eq!(o.puback(2), AckOutcome::Commit(2));
+        assert_eq!(o.max_sent_seq(), 2);
+    }
+
+    #[test]
+    fn durable_pubrel_waits_for_commit_of_pubrec() {
+        let mut o = DurableOutbound::new(1);
+        o.extend([
+            ob(5, QoS::ExactlyOnce, false),
+            ob(6, QoS::AtLeastOnce, false),
+        ]);
+        let mut out = Vec::new();
+        o.refill(&mut out);
+        assert_eq!(out.len(), 1, "window of one");
+        assert_eq!(o.pubrec(5), AckOutcome::Commit(5));
+        assert_eq!(o.pubrec(5), AckOutcome::Ignore, "still committing");
+        assert_eq!(o.pubcomp(5), AckOutcome::Ignore, "no PUBREL sent yet");
+        assert_eq!(o.release_ready(5), Some(5));
+        assert_eq!(o.pubrec(5), AckOutcome::ResendPubRel(5));
+        assert_eq!(o.pubcomp(5), AckOutcome::Commit(5));
+        out.clear();
+        o.refill(&mut out);
+        assert!(matches!(out[0], Send::Publish { packet_id: 6, .. }));
+    }
+
+    #[test]
+    fn durable_window_never_reuses_a_packet_id_in_flight() {
+        let mut o = DurableOutbound::new(10);
+        o.extend([
+            ob(1, QoS::AtLeastOnce, false),
+            ob(65_536, QoS::AtLeastOnce, false),
+        ]);
+        let mut out = Vec::new();
+        o.refill(&mut out);
+        assert_eq!(out.len(), 1);
+        o.puback(1);
+        out.clear();
+        o.refill(&mut out);
+        assert_eq!(out.len(), 1);
+    }
+}

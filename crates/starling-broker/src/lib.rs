@@ -1,0 +1,202 @@
+//! Starling's broker core: MQTT 3.1 / 3.1.1 on actix actors.
+//!
+//! # Layout
+//! - [`connection`]: the connection actor, one per client (socket IO, protocol state machine,
+//!   keep-alive, outbound QoS flows, ordered acknowledgements).
+//! - [`router`]: router-shard actors, one per worker; each holds the whole subscription index and
+//!   serves the topics that hash to it.
+//! - [`store`]: the session-store actor, owning the node's replica of the replicated state
+//!   (persistent sessions, retained messages) and the registry of clients on this node.
+//! - [`replication`]: the port to the log that orders the store's commands (a local write-ahead
+//!   log on one node, Raft in a cluster); implemented outside this crate.
+//! - [`sys`]: `$SYS` topics. [`metrics`]: per-thread counters. [`messages`]: actor messages.
+//! - [`listener`]: accept loops.
+//!
+//! Threads: the actix System thread accepts; `workers` arbiters each run a router shard and the
+//! connections handed to them round-robin; the store has its own arbiter; the log does its IO on
+//! its own thread.
+
+pub mod config;
+pub mod connection;
+mod listener;
+pub mod messages;
+pub mod metrics;
+pub mod replication;
+pub mod router;
+pub mod store;
+pub mod sys;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use tokio::sync::oneshot;
+use tracing::info;
+
+pub use config::{BrokerConfig, ConfigError};
+pub use metrics::{Metrics, Totals};
+pub use replication::{LogEvent, LogStartError, LogStatus, ProposeError, ReplicatedLog};
+pub use store::{GetStats, Init, SessionStore, Shutdown, StoreStats};
+
+use router::RouterShard;
+
+/// What every connection on one worker shares.
+pub struct Worker {
+    pub(crate) config: Arc<BrokerConfig>,
+    pub(crate) routers: Arc<[Addr<RouterShard>]>,
+    pub(crate) store: Addr<SessionStore>,
+    pub(crate) counters: Arc<metrics::Counters>,
+}
+
+/// The broker could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A setting is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The log could not be started or replayed.
+    #[error("state store: {0}")]
+    Store(String),
+}
+
+/// A running broker.
+pub struct Broker {
+    addrs: Vec<SocketAddr>,
+    store: Addr<SessionStore>,
+    accept_tasks: Vec<actix_rt::task::JoinHandle<()>>,
+    arbiters: Vec<Arbiter>,
+    metrics: Arc<Metrics>,
+}
+
+impl Broker {
+    /// Starts the broker on the current actix System: workers, router shards, the session store
+    /// over `log` (replayed before anything is accepted), `$SYS`, then the listeners.
+    ///
+    /// # Errors
+    /// Invalid settings, a listener that cannot be bound, or a log that cannot be replayed.
+    pub async fn start(
+        config: BrokerConfig,
+        node_id: u64,
+        log: Box<dyn ReplicatedLog>,
+        metrics: Arc<Metrics>,
+    ) -> Result<Broker, StartError> {
+        config.validate()?;
+        let config = Arc::new(config);
+        let n = config.worker_count();
+        let worker_arbiters: Vec<Arbiter> = (0..n).map(|_| Arbiter::new()).collect();
+        let store_arbiter = Arbiter::new();
+
+        // The store starts first; it gets its routers (and starts replaying the log) with `Init`.
+        let (ready_tx, ready_rx) = oneshot::channel();
+        let store = {
+            let config = config.clone();
+            SessionStore::start_in_arbiter(&store_arbiter.handle(), move |_| {
+                SessionStore::new(node_id, config, log, ready_tx)
+            })
+        };
+        let routers: Vec<Addr<RouterShard>> = worker_arbiters
+            .iter()
+            .map(|a| {
+                let (store, counters) = (store.clone(), metrics.block());
+                RouterShard::start_in_arbiter(&a.handle(), move |_| {
+                    RouterShard::new(store, counters)
+                })
+            })
+            .collect();
+        let routers: Arc<[Addr<RouterShard>]> = routers.into();
+        store.do_send(store::Init {
+            routers: routers.clone(),
+        });
+        match ready_rx.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(StartError::Store(e)),
+            Err(_) => return Err(StartError::Store("the session store stopped".into())),
+        }
+
+        if config.sys_interval_secs > 0 {
+            let interval = Duration::from_secs(config.sys_interval_secs);
+            sys::SysPublisher::new(store.clone(), routers[0].clone(), metrics.clone(), interval)
+                .start();
+        }
+
+        let workers: Arc<[(ArbiterHandle, Arc<Worker>)]> = worker_arbiters
+            .iter()
+            .map(|a| {
+                let w = Worker {
+                    config: config.clone(),
+                    routers: routers.clone(),
+                    store: store.clone(),
+                    counters: metrics.block(),
+                };
+                (a.handle(), Arc::new(w))
+            })
+            .collect::<Vec<_>>()
+            .into();
+        let live = Arc::new(listener::Live::default());
+        let mut addrs = Vec::new();
+        let mut accept_tasks = Vec::new();
+        for addr in &config.listeners {
+            let l = listener::bind(*addr, config.backlog).map_err(|source| StartError::Listen {
+                addr: *addr,
+                source,
+            })?;
+            let local = l.local_addr().map_err(|source| StartError::Listen {
+                addr: *addr,
+                source,
+            })?;
+            info!(addr = %local, "listening for MQTT");
+            addrs.push(local);
+            accept_tasks.push(actix_rt::spawn(listener::accept_loop(
+                l,
+                workers.clone(),
+                live.clone(),
+                config.max_connections,
+            )));
+        }
+        let mut arbiters = worker_arbiters;
+        arbiters.push(store_arbiter);
+        Ok(Broker {
+            addrs,
+            store,
+            accept_tasks,
+            arbiters,
+            metrics,
+        })
+    }
+
+    /// The bound listener addresses (with the actual port when 0 was asked for).
+    pub fn local_addrs(&self) -> &[SocketAddr] {
+        &self.addrs
+    }
+
+    /// The session store, for status queries.
+    pub fn store(&self) -> &Addr<SessionStore> {
+        &self.store
+    }
+
+    /// Counters.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Stops accepting, closes every client, lets the store commit what they leave behind and
+    /// snapshot, then stops the worker threads.
+    pub async fn shutdown(self) {
+        for t in &self.accept_tasks {
+            t.abort();
+        }
+        let _ = self.store.send(Shutdown).await;
+        for a in self.arbiters {
+            a.stop();
+        }
+    }
+}

@@ -1,0 +1,346 @@
+//! Messages between the broker's actors.
+//!
+//! ```text
+//!  Connection ──Route──────────▶ RouterShard ──Deliver/Acked──▶ Connection
+//!      │                             │ DurablePublish (persistent targets, retain)
+//!      │ Connect/Subscribe/…         ▼
+//!      └───────────────────────▶ SessionStore ──Propose──▶ ReplicatedLog
+//!                                    ▲  │ DurableDeliver/Release/Acked/Kick ──▶ Connection
+//!                       LogEvent ────┘  └ RouteUpdate/FastPath ──▶ every RouterShard
+//! ```
+//! Replies that a connection must see before anything else (CONNACK, SUBACK) travel on oneshot
+//! channels the connection waits on; everything else is a mailbox message, so per-sender FIFO
+//! order holds (a SUBACK always precedes the retained messages that follow it).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use actix::prelude::*;
+use bytestring::ByteString;
+use starling_codec::{LastWill, ProtocolVersion, QoS};
+use starling_state::{Message as AppMessage, Outbound, Resume};
+use tokio::sync::oneshot;
+
+use crate::connection::Connection;
+
+/// A connection as a delivery target.
+#[derive(Clone, Debug)]
+pub struct Target {
+    /// Connection id (unique within the process).
+    pub conn_id: u64,
+    /// Its address.
+    pub addr: Addr<Connection>,
+}
+
+/// Which acknowledgement a connection owes its client once a PUBLISH or PUBREL is done.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AckKind {
+    /// PUBACK (QoS 1 PUBLISH).
+    PubAck,
+    /// PUBREC (QoS 2 PUBLISH).
+    PubRec,
+    /// PUBCOMP (PUBREL).
+    PubComp,
+}
+
+/// A PUBLISH on its way to the router.
+#[derive(Debug)]
+pub struct RoutedPublish {
+    /// The message; RETAIN as received.
+    pub message: AppMessage,
+    /// Token to complete at the publishing connection, if it waits for an acknowledgement.
+    pub token: Option<u64>,
+}
+
+/// Connection → router shard: a batch of PUBLISHes read together.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Route {
+    /// The publishing connection, for [`Acked`].
+    pub from: Option<Target>,
+    /// Messages in the order received.
+    pub publishes: Vec<RoutedPublish>,
+}
+
+/// Router shard / store → connection: messages for non-durable delivery (QoS already
+/// downgraded, RETAIN as to be sent).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Deliver {
+    /// Messages in order.
+    pub messages: Vec<AppMessage>,
+}
+
+/// → connection: these PUBLISH/PUBREL tokens are done; send the owed acknowledgements.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Acked {
+    /// Completed tokens.
+    pub tokens: Vec<u64>,
+    /// The durable path refused them (e.g. stale session): close instead of acknowledging.
+    pub refused: bool,
+}
+
+/// A message whose routing needs the replicated state (persistent targets or RETAIN).
+#[derive(Debug)]
+pub struct DurableItem {
+    /// The message.
+    pub message: AppMessage,
+    /// Who waits for it to commit, and the token to complete.
+    pub reply: Option<(Target, u64)>,
+}
+
+/// Router shard → store.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct DurablePublish {
+    /// Items in order.
+    pub items: Vec<DurableItem>,
+}
+
+/// Store → every router shard: a change of the subscription index.
+#[derive(Message, Clone, Debug)]
+#[rtype(result = "()")]
+pub enum RouteUpdate {
+    /// Add or replace a subscription.
+    Add {
+        /// Subscriber key (a clean connection's id, or a persistent session's key).
+        key: u64,
+        /// Filter.
+        filter: Arc<str>,
+        /// Granted QoS.
+        qos: QoS,
+        /// Persistent session: QoS 1/2 go through the store.
+        durable: bool,
+        /// Where QoS 0 (and, if not durable, all) deliveries go; `None` while offline.
+        target: Option<Target>,
+    },
+    /// Remove a subscription.
+    Remove {
+        /// Subscriber key.
+        key: u64,
+        /// Filter.
+        filter: Arc<str>,
+    },
+    /// A persistent session went online or offline: retarget all its subscriptions.
+    Retarget {
+        /// Subscriber key.
+        key: u64,
+        /// Its filters.
+        filters: Vec<Arc<str>>,
+        /// New target.
+        target: Option<Target>,
+    },
+}
+
+/// Store → router shard: deliver to non-durable subscribers only.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct FastPath {
+    /// Messages in order, RETAIN cleared.
+    pub messages: Vec<AppMessage>,
+}
+
+/// What a connection tells the store about its CONNECT.
+#[derive(Debug)]
+pub struct ConnectInfo {
+    /// Client id (assigned one if the client sent none).
+    pub client_id: ByteString,
+    /// Clean-session flag.
+    pub clean_session: bool,
+    /// Protocol.
+    pub protocol: ProtocolVersion,
+    /// Will.
+    pub will: Option<LastWill>,
+    /// User name.
+    pub username: Option<ByteString>,
+    /// Peer address.
+    pub peer: SocketAddr,
+}
+
+/// Result of a connect.
+#[derive(Debug)]
+pub enum ConnectOutcome {
+    /// Accepted.
+    Accepted {
+        /// A stored session was resumed.
+        session_present: bool,
+        /// Epoch to put on session commands (persistent sessions).
+        epoch: u64,
+        /// Subscriber key in the router index.
+        key: u64,
+        /// State to resume (persistent sessions).
+        resume: Box<Resume>,
+    },
+    /// The store cannot commit now (no quorum, shutting down): CONNACK 3.
+    Unavailable,
+}
+
+/// Connection → store.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ConnectRequest {
+    /// The connection.
+    pub target: Target,
+    /// CONNECT contents.
+    pub info: ConnectInfo,
+    /// Answer.
+    pub reply: oneshot::Sender<ConnectOutcome>,
+}
+
+/// Result of SUBSCRIBE.
+#[derive(Debug)]
+pub enum SubscribeOutcome {
+    /// Applied: granted QoS per requested filter, and (clean sessions) the retained messages to
+    /// send after the SUBACK. Persistent sessions get theirs as deliveries.
+    Done {
+        /// Granted QoS per filter, in request order.
+        granted: Vec<QoS>,
+        /// Retained messages (RETAIN=1, QoS downgraded).
+        retained: Vec<AppMessage>,
+    },
+    /// Could not commit.
+    Unavailable,
+}
+
+/// Connection → store: SUBSCRIBE (filters already validated).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SubscribeRequest {
+    /// The connection.
+    pub target: Target,
+    /// Client id.
+    pub client_id: ByteString,
+    /// Router key.
+    pub key: u64,
+    /// Persistent session epoch; 0 for clean sessions.
+    pub epoch: u64,
+    /// Valid filters with requested QoS.
+    pub filters: Vec<(Arc<str>, QoS)>,
+    /// Answer.
+    pub reply: oneshot::Sender<SubscribeOutcome>,
+}
+
+/// Connection → store: UNSUBSCRIBE.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct UnsubscribeRequest {
+    /// Client id.
+    pub client_id: ByteString,
+    /// Router key.
+    pub key: u64,
+    /// Persistent session epoch; 0 for clean sessions.
+    pub epoch: u64,
+    /// Filters.
+    pub filters: Vec<Arc<str>>,
+    /// Answer: false when the store could not commit.
+    pub reply: oneshot::Sender<bool>,
+}
+
+/// Connection → store: a request on a persistent session's replicated state.
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub enum SessionRequest {
+    /// QoS 2 PUBLISH from a persistent session: accept exactly once, then PUBREC.
+    Publish {
+        /// Connection to answer.
+        from: Target,
+        /// Token to complete.
+        token: u64,
+        /// Client id.
+        client_id: ByteString,
+        /// Epoch.
+        epoch: u64,
+        /// Packet id.
+        packet_id: u16,
+        /// Message.
+        message: AppMessage,
+    },
+    /// PUBREL from a persistent session.
+    Release {
+        /// Connection to answer.
+        from: Target,
+        /// Token to complete.
+        token: u64,
+        /// Client id.
+        client_id: ByteString,
+        /// Epoch.
+        epoch: u64,
+        /// Packet id.
+        packet_id: u16,
+    },
+    /// PUBACK / PUBREC / PUBCOMP from a persistent session's client.
+    Ack {
+        /// Client id.
+        client_id: ByteString,
+        /// Epoch.
+        epoch: u64,
+        /// Sequence number of the message.
+        seq: u64,
+        /// Which acknowledgement.
+        kind: AckKind,
+    },
+}
+
+/// How a connection ended, as far as the session is concerned.
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct ConnectionClosed {
+    /// Connection id.
+    pub conn_id: u64,
+    /// Client id.
+    pub client_id: ByteString,
+    /// Router key.
+    pub key: u64,
+    /// Persistent session epoch (0: clean session).
+    pub epoch: u64,
+    /// Persistent session.
+    pub persistent: bool,
+    /// Publish the will (persistent sessions; clean sessions publish their own).
+    pub publish_will: bool,
+    /// Highest outbound sequence number written (persistent sessions).
+    pub sent_up_to: u64,
+    /// Filters subscribed (clean sessions), to remove from the router.
+    pub filters: Vec<Arc<str>>,
+}
+
+/// Store → connection: QoS 1/2 messages of a persistent session, and QoS 0 retained messages.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct DurableDeliver {
+    /// Epoch they belong to.
+    pub epoch: u64,
+    /// Outbound messages in sequence order.
+    pub items: Vec<Outbound>,
+    /// QoS 0 messages (retained on subscribe).
+    pub qos0: Vec<AppMessage>,
+}
+
+/// Store → connection: PUBREC for `seq` is committed; send PUBREL.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ReleaseReady {
+    /// Epoch.
+    pub epoch: u64,
+    /// Sequence numbers.
+    pub seqs: Vec<u64>,
+}
+
+/// Why the store closes a connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KickReason {
+    /// Another connection took the client id.
+    TakenOver,
+    /// The session was discarded (clean-session connect elsewhere, expiry).
+    SessionRemoved,
+    /// The broker is shutting down.
+    Shutdown,
+}
+
+/// Store → connection: close.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Kick {
+    /// Why.
+    pub reason: KickReason,
+}

@@ -1,0 +1,82 @@
+//! The port between the session store and the log that orders and persists its commands.
+//!
+//! A single node implements it with a local write-ahead log; a cluster with Raft. Either way the
+//! store proposes encoded entries and learns of committed ones — its own and, in a cluster, other
+//! nodes' — through [`LogEvent`]s, in log order, and applies them to its replica of the state.
+
+use actix::prelude::*;
+use bytes::Bytes;
+
+/// What the log tells the session store.
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub enum LogEvent {
+    /// Replace the state with this snapshot (at start, or when catching up from a leader).
+    Restore {
+        /// Log index the snapshot covers.
+        index: u64,
+        /// Encoded [`starling_state::pb::Snapshot`].
+        data: Bytes,
+    },
+    /// Entries committed, in index order. Empty `data` is an entry without commands.
+    Committed(Vec<(u64, Bytes)>),
+    /// Replay of what was on disk is complete; entries after this are new.
+    Recovered,
+}
+
+/// Why a proposal was not taken.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum ProposeError {
+    /// Too much is in flight; propose again after the next commit.
+    #[error("log busy")]
+    Busy,
+    /// The log cannot commit (no leader, no quorum, shutting down).
+    #[error("log unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// A failure to start the log.
+#[derive(Debug, thiserror::Error)]
+#[error("log failed to start: {0}")]
+pub struct LogStartError(pub String);
+
+/// Status of the log for `$SYS` and the admin endpoint.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LogStatus {
+    /// `"single"`, `"leader"`, `"follower"`, `"candidate"`.
+    pub role: &'static str,
+    /// Raft term (0 for a single node).
+    pub term: u64,
+    /// Leader node id, if known.
+    pub leader: Option<u64>,
+    /// Highest committed index.
+    pub commit_index: u64,
+    /// Cluster members.
+    pub members: Vec<u64>,
+}
+
+/// The replicated log behind the session store.
+pub trait ReplicatedLog: Send + 'static {
+    /// Starts the log; it then sends [`LogEvent::Restore`] (if it has a snapshot), the committed
+    /// entries it has, and [`LogEvent::Recovered`] to `sink`, followed by new commits as they
+    /// happen.
+    ///
+    /// # Errors
+    /// The log cannot be opened or read.
+    fn start(&mut self, sink: Recipient<LogEvent>) -> Result<(), LogStartError>;
+
+    /// Proposes an entry. Never blocks.
+    ///
+    /// # Errors
+    /// [`ProposeError::Busy`] to retry after the next commit, or `Unavailable`.
+    fn propose(&mut self, data: Bytes) -> Result<(), ProposeError>;
+
+    /// Persists a snapshot of the state as of `index` and compacts the log up to it.
+    fn save_snapshot(&mut self, index: u64, data: Bytes);
+
+    /// Current status.
+    fn status(&self) -> LogStatus;
+
+    /// Writes what is queued and stops.
+    fn shutdown(&mut self);
+}

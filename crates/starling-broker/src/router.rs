@@ -1,0 +1,301 @@
+//! Router shards: each holds the whole subscription index; a PUBLISH goes to the shard chosen by
+//! a hash of its topic, which keeps per-topic order while spreading topics over the workers.
+//!
+//! `#[PerformanceCriticalPath]`: every PUBLISH passes through [`RouteTable::route`].
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use actix::prelude::*;
+use starling_codec::QoS;
+use starling_state::{Message as AppMessage, TopicTrie};
+use tracing::warn;
+
+use crate::messages::{
+    Acked, Deliver, DurableItem, DurablePublish, FastPath, Route, RouteUpdate, Target,
+};
+use crate::metrics::Counters;
+use crate::store::SessionStore;
+
+/// Picks the shard of a topic (FNV-1a).
+pub fn shard_of(topic: &str, shards: usize) -> usize {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in topic.as_bytes() {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    (h % shards as u64) as usize
+}
+
+/// One subscription in a shard's index.
+#[derive(Clone, Debug)]
+struct Sub {
+    qos: QoS,
+    durable: bool,
+    target: Option<Target>,
+}
+
+/// Deliveries of one routing pass, grouped per connection.
+#[derive(Default)]
+pub(crate) struct Outbox {
+    by_conn: HashMap<u64, (Target, Vec<AppMessage>)>,
+    durable: Vec<DurableItem>,
+    acked: Vec<u64>,
+}
+
+/// A shard's subscription index.
+#[derive(Default)]
+pub(crate) struct RouteTable {
+    trie: TopicTrie<u64, Sub>,
+    scratch: Vec<(u64, QoS, bool, Option<Target>)>,
+}
+
+impl RouteTable {
+    pub(crate) fn update(&mut self, u: RouteUpdate) {
+        match u {
+            RouteUpdate::Add {
+                key,
+                filter,
+                qos,
+                durable,
+                target,
+            } => {
+                self.trie.insert(
+                    &filter,
+                    key,
+                    Sub {
+                        qos,
+                        durable,
+                        target,
+                    },
+                );
+            }
+            RouteUpdate::Remove { key, filter } => {
+                self.trie.remove(&filter, &key);
+            }
+            RouteUpdate::Retarget {
+                key,
+                filters,
+                target,
+            } => {
+                for filter in filters {
+                    if let Some(old) = self.trie.remove(&filter, &key) {
+                        let sub = Sub {
+                            target: target.clone(),
+                            ..old
+                        };
+                        self.trie.insert(&filter, key, sub);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Routes one message. Non-durable deliveries go to `out`; returns true when the message
+    /// also needs the store (a persistent subscriber at QoS 1/2, or RETAIN).
+    pub(crate) fn route(&mut self, message: &AppMessage, out: &mut Outbox) -> bool {
+        let scratch = &mut self.scratch;
+        scratch.clear();
+        self.trie.for_each_match(&message.topic, |k, s| {
+            scratch.push((*k, s.qos, s.durable, s.target.clone()));
+        });
+        // One delivery per subscriber, at the highest QoS of its matching filters.
+        if scratch.len() > 1 {
+            scratch.sort_unstable_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
+            scratch.dedup_by(|a, b| a.0 == b.0);
+        }
+        let mut needs_store = message.retain;
+        for (_, sub_qos, durable, target) in scratch.drain(..) {
+            let qos = message.qos.min(sub_qos);
+            if durable && qos != QoS::AtMostOnce {
+                needs_store = true;
+                continue;
+            }
+            if let Some(t) = target {
+                let m = message.with(qos, false);
+                out.by_conn
+                    .entry(t.conn_id)
+                    .or_insert_with(|| (t, Vec::new()))
+                    .1
+                    .push(m);
+            }
+        }
+        needs_store
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.trie.len()
+    }
+}
+
+/// A router shard actor.
+pub struct RouterShard {
+    table: RouteTable,
+    store: Addr<SessionStore>,
+    counters: Arc<Counters>,
+}
+
+impl RouterShard {
+    /// A shard that forwards durable work to `store`.
+    pub fn new(store: Addr<SessionStore>, counters: Arc<Counters>) -> RouterShard {
+        RouterShard {
+            table: RouteTable::default(),
+            store,
+            counters,
+        }
+    }
+
+    fn send_out(&mut self, out: Outbox, from: Option<&Target>) {
+        for (_, (target, messages)) in out.by_conn {
+            let n = messages.len() as u64;
+            if let Err(e) = target.addr.try_send(Deliver { messages }) {
+                if matches!(e, SendError::Full(_)) {
+                    Counters::add(&self.counters.dropped_mailbox_full, n);
+                    warn!(
+                        conn = target.conn_id,
+                        dropped = n,
+                        "connection mailbox full, messages dropped"
+                    );
+                }
+            }
+        }
+        if !out.durable.is_empty() {
+            self.store.do_send(DurablePublish { items: out.durable });
+        }
+        if let (Some(from), false) = (from, out.acked.is_empty()) {
+            from.addr.do_send(Acked {
+                tokens: out.acked,
+                refused: false,
+            });
+        }
+    }
+}
+
+impl Actor for RouterShard {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.set_mailbox_capacity(4096);
+    }
+}
+
+impl Handler<Route> for RouterShard {
+    type Result = ();
+
+    fn handle(&mut self, msg: Route, _: &mut Self::Context) {
+        let mut out = Outbox::default();
+        for p in msg.publishes {
+            if self.table.route(&p.message, &mut out) {
+                let reply = p.token.and_then(|t| msg.from.clone().map(|a| (a, t)));
+                out.durable.push(DurableItem {
+                    message: p.message,
+                    reply,
+                });
+            } else if let Some(t) = p.token {
+                out.acked.push(t);
+            }
+        }
+        self.send_out(out, msg.from.as_ref());
+    }
+}
+
+impl Handler<FastPath> for RouterShard {
+    type Result = ();
+
+    fn handle(&mut self, msg: FastPath, _: &mut Self::Context) {
+        let mut out = Outbox::default();
+        for m in msg.messages {
+            // Durable targets were served by the state machine already.
+            let _ = self.table.route(&m, &mut out);
+        }
+        self.send_out(out, None);
+    }
+}
+
+impl Handler<crate::sys::CountSubscriptions> for RouterShard {
+    type Result = usize;
+
+    fn handle(&mut self, _: crate::sys::CountSubscriptions, _: &mut Self::Context) -> usize {
+        self.table.trie.len()
+    }
+}
+
+impl Handler<RouteUpdate> for RouterShard {
+    type Result = ();
+
+    fn handle(&mut self, msg: RouteUpdate, _: &mut Self::Context) {
+        self.table.update(msg);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(topic: &str, qos: QoS, retain: bool) -> AppMessage {
+        AppMessage {
+            topic: topic.into(),
+            payload: bytes::Bytes::from_static(b"p"),
+            qos,
+            retain,
+        }
+    }
+
+    fn add(t: &mut RouteTable, key: u64, filter: &str, qos: QoS, durable: bool) {
+        t.update(RouteUpdate::Add {
+            key,
+            filter: filter.into(),
+            qos,
+            durable,
+            target: None,
+        });
+    }
+
+    #[test]
+    fn durable_subscriber_at_qos1_needs_the_store_but_qos0_does_not() {
+        let mut t = RouteTable::default();
+        add(&mut t, 1, "a/#", QoS::AtLeastOnce, true);
+        let mut out = Outbox::default();
+        assert!(t.route(&msg("a/b", QoS::AtLeastOnce, false), &mut out));
+        assert!(!t.route(&msg("a/b", QoS::AtMostOnce, false), &mut out));
+        assert!(
+            t.route(&msg("x", QoS::AtMostOnce, true), &mut out),
+            "retained messages always go to the store"
+        );
+    }
+
+    #[test]
+    fn durable_subscriber_granted_qos0_stays_on_the_fast_path() {
+        let mut t = RouteTable::default();
+        add(&mut t, 1, "a", QoS::AtMostOnce, true);
+        assert!(!t.route(&msg("a", QoS::ExactlyOnce, false), &mut Outbox::default()));
+    }
+
+    #[test]
+    fn retarget_keeps_subscriptions() {
+        let mut t = RouteTable::default();
+        add(&mut t, 7, "a", QoS::AtLeastOnce, true);
+        add(&mut t, 7, "b/+", QoS::AtLeastOnce, true);
+        t.update(RouteUpdate::Retarget {
+            key: 7,
+            filters: vec!["a".into(), "b/+".into()],
+            target: None,
+        });
+        assert_eq!(t.len(), 2);
+        t.update(RouteUpdate::Remove {
+            key: 7,
+            filter: "a".into(),
+        });
+        assert_eq!(t.len(), 1);
+    }
+
+    #[test]
+    fn shard_choice_is_stable_and_in_range() {
+        for n in 1..5 {
+            let s = shard_of("sensors/1/temp", n);
+            assert!(s < n);
+            assert_eq!(s, shard_of("sensors/1/temp", n));
+        }
+    }
+}

@@ -1,0 +1,325 @@
+//! Turning the effects of applied entries into messages: replies to waiting requesters,
+//! deliveries to the connections this node serves, router updates, fast-path deliveries.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use starling_state::{pb, CommandResult, Effect, Message as AppMessage, Outbound};
+use tokio::time::Instant;
+use tracing::warn;
+
+use super::proposals::Waiter;
+use super::SessionStore;
+use crate::connection::Connection;
+use crate::messages::*;
+use crate::router::{shard_of, RouterShard};
+
+/// Messages to send once a batch of entries is applied, grouped per destination.
+#[derive(Default)]
+pub(super) struct Outboxes {
+    conns: HashMap<u64, ConnOutbox>,
+    fast_path: Vec<AppMessage>,
+}
+
+struct ConnOutbox {
+    addr: Addr<Connection>,
+    epoch: u64,
+    items: Vec<Outbound>,
+    qos0: Vec<AppMessage>,
+    releases: Vec<u64>,
+    acked: Vec<u64>,
+    refused: Vec<u64>,
+}
+
+impl Outboxes {
+    fn conn(
+        &mut self,
+        conn_id: u64,
+        addr: &Addr<Connection>,
+        epoch: Option<u64>,
+    ) -> &mut ConnOutbox {
+        let o = self.conns.entry(conn_id).or_insert_with(|| ConnOutbox {
+            addr: addr.clone(),
+            epoch: 0,
+            items: Vec::new(),
+            qos0: Vec::new(),
+            releases: Vec::new(),
+            acked: Vec::new(),
+            refused: Vec::new(),
+        });
+        if let Some(epoch) = epoch {
+            o.epoch = epoch;
+        }
+        o
+    }
+
+    pub(super) fn send(self, routers: &[Addr<RouterShard>]) {
+        for (_, o) in self.conns {
+            if !o.items.is_empty() || !o.qos0.is_empty() {
+                o.addr.do_send(DurableDeliver {
+                    epoch: o.epoch,
+                    items: o.items,
+                    qos0: o.qos0,
+                });
+            }
+            if !o.releases.is_empty() {
+                o.addr.do_send(ReleaseReady {
+                    epoch: o.epoch,
+                    seqs: o.releases,
+                });
+            }
+            if !o.acked.is_empty() {
+                o.addr.do_send(Acked {
+                    tokens: o.acked,
+                    refused: false,
+                });
+            }
+            if !o.refused.is_empty() {
+                o.addr.do_send(Acked {
+                    tokens: o.refused,
+                    refused: true,
+                });
+            }
+        }
+        if !self.fast_path.is_empty() {
+            let mut per_shard: Vec<Vec<AppMessage>> = vec![Vec::new(); routers.len()];
+            for m in self.fast_path {
+                per_shard[shard_of(&m.topic, routers.len())].push(m);
+            }
+            for (i, messages) in per_shard.into_iter().enumerate() {
+                if !messages.is_empty() {
+                    routers[i].do_send(FastPath { messages });
+                }
+            }
+        }
+    }
+}
+
+impl SessionStore {
+    /// The target of a persistent session if it is served by `conn` on this node.
+    fn target_of(&self, client_id: &str, owner: starling_state::Owner) -> Option<Target> {
+        if owner.node != self.node_id {
+            return None;
+        }
+        self.client(client_id, owner.connection).map(|c| Target {
+            conn_id: c.conn_id,
+            addr: c.addr.clone(),
+        })
+    }
+
+    pub(super) fn dispatch(&mut self, effect: Effect, out: &mut Outboxes, ctx: &mut Context<Self>) {
+        match effect {
+            Effect::Reply {
+                node,
+                incarnation,
+                request_id,
+                result,
+            } => {
+                if let Some(w) = self.proposals.take(node, incarnation, request_id) {
+                    self.reply(w, result, out, ctx);
+                }
+            }
+            Effect::Deliver {
+                client_id,
+                owner,
+                epoch,
+                message,
+            } => {
+                if let Some(t) = self.target_of(&client_id, owner) {
+                    out.conn(t.conn_id, &t.addr, Some(epoch))
+                        .items
+                        .push(message);
+                }
+            }
+            Effect::DeliverQos0 {
+                client_id,
+                owner,
+                epoch,
+                message,
+            } => {
+                if let Some(t) = self.target_of(&client_id, owner) {
+                    out.conn(t.conn_id, &t.addr, Some(epoch)).qos0.push(message);
+                }
+            }
+            Effect::Release {
+                client_id,
+                owner,
+                epoch,
+                seq,
+            } => {
+                if let Some(t) = self.target_of(&client_id, owner) {
+                    out.conn(t.conn_id, &t.addr, Some(epoch)).releases.push(seq);
+                }
+            }
+            Effect::FastPath { message } => out.fast_path.push(message),
+            Effect::Kick { client_id, owner } => {
+                if let Some(t) = self.target_of(&client_id, owner) {
+                    t.addr.do_send(Kick {
+                        reason: KickReason::TakenOver,
+                    });
+                }
+            }
+            Effect::RouteAdd {
+                client_id,
+                filter,
+                qos,
+            } => {
+                let key = self.key_of(&client_id);
+                let target = self
+                    .state
+                    .session(&client_id)
+                    .and_then(|s| s.owner)
+                    .and_then(|o| self.target_of(&client_id, o));
+                self.broadcast(RouteUpdate::Add {
+                    key,
+                    filter,
+                    qos,
+                    durable: true,
+                    target,
+                });
+            }
+            Effect::RouteRemove { client_id, filter } => {
+                let key = self.key_of(&client_id);
+                self.broadcast(RouteUpdate::Remove { key, filter });
+            }
+            Effect::Online {
+                client_id, owner, ..
+            } => {
+                let key = self.key_of(&client_id);
+                let target = self.target_of(&client_id, owner);
+                let filters = self.filters_of(&client_id);
+                if !filters.is_empty() {
+                    self.broadcast(RouteUpdate::Retarget {
+                        key,
+                        filters,
+                        target,
+                    });
+                }
+            }
+            Effect::Offline { client_id } => {
+                let key = self.key_of(&client_id);
+                let filters = self.filters_of(&client_id);
+                if !filters.is_empty() {
+                    self.broadcast(RouteUpdate::Retarget {
+                        key,
+                        filters,
+                        target: None,
+                    });
+                }
+            }
+            Effect::SessionRemoved { client_id, filters } => {
+                if let Some(key) = self.keys.remove(&*client_id) {
+                    for filter in filters {
+                        self.broadcast(RouteUpdate::Remove { key, filter });
+                    }
+                }
+            }
+            Effect::QueueFull {
+                client_id,
+                queued,
+                queued_bytes,
+            } => {
+                // Counted in the state (dropped_messages); logged at most every 10 s.
+                let now = Instant::now();
+                if self
+                    .last_queue_full_log
+                    .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(10))
+                {
+                    self.last_queue_full_log = Some(now);
+                    warn!(client_id = %client_id, queued, queued_bytes,
+                        "session queue full for client {client_id} (limits max_queued_messages / max_queued_bytes); dropping new messages");
+                }
+            }
+        }
+    }
+
+    fn filters_of(&self, client_id: &str) -> Vec<Arc<str>> {
+        self.state
+            .session(client_id)
+            .map(|s| s.subscriptions.keys().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    fn reply(
+        &mut self,
+        w: Waiter,
+        result: CommandResult,
+        out: &mut Outboxes,
+        ctx: &mut Context<Self>,
+    ) {
+        match w {
+            Waiter::Connect {
+                reply,
+                target,
+                client_id,
+                clean,
+            } => {
+                if let Some(n) = self.connecting.get_mut(&client_id) {
+                    *n -= 1;
+                    if *n == 0 {
+                        self.connecting.remove(&client_id);
+                    }
+                }
+                let CommandResult::Connected {
+                    epoch,
+                    session_present,
+                    resume,
+                } = result
+                else {
+                    let _ = reply.send(ConnectOutcome::Unavailable);
+                    return;
+                };
+                let key = if clean {
+                    target.conn_id
+                } else {
+                    self.key_of(&client_id)
+                };
+                let current = self.client(&client_id, target.conn_id).is_some();
+                let outcome = ConnectOutcome::Accepted {
+                    session_present,
+                    epoch,
+                    key,
+                    resume,
+                };
+                if (!current || reply.send(outcome).is_err()) && !clean {
+                    // The connection gave up (or was replaced) before the commit: release the
+                    // session it now owns.
+                    let kind = pb::command::Kind::Disconnect(pb::SessionDisconnect {
+                        client_id: client_id.to_string(),
+                        epoch,
+                        sent_up_to: 0,
+                        publish_will: false,
+                    });
+                    self.propose(kind, None, ctx);
+                }
+            }
+            Waiter::Subscribe(reply, filters) => {
+                let outcome = match result {
+                    CommandResult::Subscribed(granted) => {
+                        // Replicated retained messages arrive as deliveries; `$SYS` ones are local.
+                        SubscribeOutcome::Done {
+                            granted,
+                            retained: self.retained_for(&filters, false),
+                        }
+                    }
+                    _ => SubscribeOutcome::Unavailable,
+                };
+                let _ = reply.send(outcome);
+            }
+            Waiter::Unsubscribe(reply) => {
+                let _ = reply.send(matches!(result, CommandResult::Unsubscribed));
+            }
+            Waiter::Ack { conn, token } => {
+                let o = out.conn(conn.conn_id, &conn.addr, None);
+                match result {
+                    CommandResult::Published { .. } | CommandResult::Released => {
+                        o.acked.push(token)
+                    }
+                    _ => o.refused.push(token),
+                }
+            }
+        }
+    }
+}
