@@ -1,0 +1,172 @@
+//! `starling`: the broker server.
+//!
+//! `cargo run --release` serves MQTT on 127.0.0.1:1883 with the embedded defaults
+//! (`starling --print-config`); `starling --help` lists the flags.
+
+mod config;
+mod logging;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use starling_broker::{Broker, Metrics, ReplicatedLog};
+use starling_cluster::LocalLog;
+use tracing::{error, info};
+
+use crate::config::{Config, Fsync, LogFormat};
+
+/// Starling: a clustered MQTT 3.1 / 3.1.1 broker.
+///
+/// With no arguments it serves MQTT on 127.0.0.1:1883, anonymous access allowed, with persistent
+/// sessions and retained messages kept in ./starling-data. Settings come from the embedded
+/// defaults (see --print-config), then the --config file, then STARLING_<SECTION>_<KEY>
+/// environment variables (e.g. STARLING_MQTT_MAX_INFLIGHT=50), then these flags.
+#[derive(Parser, Debug)]
+#[command(name = "starling", version, about, long_about)]
+struct Cli {
+    /// Configuration file (TOML). Keys not in it keep their defaults.
+    #[arg(short, long, value_name = "FILE", env = "STARLING_CONFIG")]
+    config: Option<PathBuf>,
+
+    /// MQTT listener; repeat for several. Replaces mqtt.listeners.
+    #[arg(short, long = "listen", value_name = "ADDR:PORT")]
+    listen: Vec<SocketAddr>,
+
+    /// Directory for the database (storage.data_dir).
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+
+    /// Keep nothing on disk (storage.persistence = false).
+    #[arg(long)]
+    in_memory: bool,
+
+    /// When commits are fsync'd (storage.fsync).
+    #[arg(long, value_enum)]
+    fsync: Option<Fsync>,
+
+    /// Log format (log.format): structured text, JSON, or Mosquitto's lines.
+    #[arg(long, value_enum)]
+    log_format: Option<LogFormat>,
+
+    /// Log level or filter (log.level), e.g. "debug" or "info,starling_broker=debug".
+    #[arg(long, value_name = "LEVEL")]
+    log_level: Option<String>,
+
+    /// Print the embedded default configuration and exit.
+    #[arg(long)]
+    print_config: bool,
+}
+
+fn build_config(cli: &Cli) -> Result<Config, String> {
+    let mut c = config::load(cli.config.as_deref(), std::env::vars()).map_err(|e| e.to_string())?;
+    if !cli.listen.is_empty() {
+        c.mqtt.listeners = cli.listen.clone();
+    }
+    if let Some(d) = &cli.data_dir {
+        c.storage.data_dir = d.clone();
+    }
+    if cli.in_memory {
+        c.storage.persistence = false;
+    }
+    if let Some(f) = cli.fsync {
+        c.storage.fsync = f;
+    }
+    if let Some(f) = cli.log_format {
+        c.log.format = f;
+    }
+    if let Some(l) = &cli.log_level {
+        c.log.level = l.clone();
+    }
+    c.mqtt.validate().map_err(|e| e.to_string())?;
+    Ok(c)
+}
+
+fn open_log(c: &Config) -> Result<Box<dyn ReplicatedLog>, String> {
+    let log = if c.storage.persistence {
+        let fsync = match c.storage.fsync {
+            Fsync::Always => starling_storage_fsync::ALWAYS,
+            Fsync::Never => starling_storage_fsync::NEVER,
+        };
+        LocalLog::open(&c.storage.data_dir, fsync, c.storage.queue_capacity)
+    } else {
+        LocalLog::in_memory(c.storage.queue_capacity)
+    };
+    Ok(Box::new(log.map_err(|e| e.to_string())?))
+}
+
+/// The storage crate's fsync policies, re-exported through the cluster crate.
+mod starling_storage_fsync {
+    pub(crate) use starling_cluster::local::FsyncPolicy;
+    pub(crate) const ALWAYS: FsyncPolicy = FsyncPolicy::Always;
+    pub(crate) const NEVER: FsyncPolicy = FsyncPolicy::Never;
+}
+
+async fn serve(c: Config) -> Result<(), String> {
+    let log = open_log(&c)?;
+    let metrics = Metrics::new();
+    let broker = Broker::start(c.mqtt.clone(), 1, log, metrics)
+        .await
+        .map_err(|e| e.to_string())?;
+    for a in broker.local_addrs() {
+        let family = if a.is_ipv4() { "ipv4" } else { "ipv6" };
+        info!(target: "mqtt", addr = %a, "Opening {family} listen socket on port {}.", a.port());
+    }
+    wait_for_signal().await;
+    info!(target: "mqtt", "starling version {} terminating", env!("CARGO_PKG_VERSION"));
+    broker.shutdown().await;
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if cli.print_config {
+        print!("{}", config::DEFAULT_TOML);
+        return ExitCode::SUCCESS;
+    }
+    let c = match build_config(&cli) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("starling: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Err(e) = logging::init(&c.log) {
+        eprintln!("starling: {e}");
+        return ExitCode::from(2);
+    }
+    info!(target: "mqtt", "starling version {} starting", env!("CARGO_PKG_VERSION"));
+    if let Some(path) = &cli.config {
+        info!(target: "mqtt", "Config loaded from {}.", path.display());
+    } else {
+        info!(target: "mqtt", "Using default config.");
+    }
+    let result = actix_rt::System::new().block_on(serve(c));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            error!("{e}");
+            eprintln!("starling: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
