@@ -128,6 +128,7 @@ fn policy_name(fsync: FsyncPolicy) -> &'static str {
     match fsync {
         FsyncPolicy::Always => "always",
         FsyncPolicy::Never => "never",
+        FsyncPolicy::Interval(_) => "interval",
     }
 }
 

@@ -22,7 +22,7 @@
 //! Reading one back allocates the result once and copies the chunks into it.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use bytes::{Bytes, BytesMut};
 use redb::{
@@ -63,6 +63,10 @@ const META: TableDefinition<'_, (u64, &str), &[u8]> = TableDefinition::new("meta
 /// When a commit is made durable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum FsyncPolicy {
+    /// Commits are not fsync'd, except that the [`LogWriter`](crate::LogWriter) makes one
+    /// durable at least every given interval (and soon after the queue goes idle): a crash
+    /// loses at most about that much. Without the writer it behaves like [`FsyncPolicy::Never`].
+    Interval(std::time::Duration),
     /// Every commit is fsync'd before it returns (redb `Durability::Immediate`). The default.
     #[default]
     Always,
@@ -85,6 +89,8 @@ struct Inner {
     db: Database,
     durability: Durability,
     path: Option<PathBuf>,
+    /// Set once at open; behind a mutex only so that `Inner` is built in one place.
+    policy: Mutex<FsyncPolicy>,
 }
 
 /// One node's durable store: one redb database holding, per Raft group, the log entries, hard and
@@ -247,9 +253,10 @@ impl LogStore {
             })?;
         let durability = match opts.fsync {
             FsyncPolicy::Always => Durability::Immediate,
-            FsyncPolicy::Never => Durability::None,
+            FsyncPolicy::Never | FsyncPolicy::Interval(_) => Durability::None,
         };
         let store = LogStore::init(db, durability, Some(path.to_path_buf()))?;
+        *store.inner.policy.lock().unwrap_or_else(|e| e.into_inner()) = opts.fsync;
         tracing::debug!(path = %path.display(), fsync = ?opts.fsync, "storage opened");
         Ok(store)
     }
@@ -265,7 +272,9 @@ impl LogStore {
             .create_with_backend(redb::backends::InMemoryBackend::new())
             .map_err(engine("open in memory"))?;
         // Nothing to fsync: skip the durable-commit work.
-        LogStore::init(db, Durability::None, None)
+        let store = LogStore::init(db, Durability::None, None)?;
+        *store.inner.policy.lock().unwrap_or_else(|e| e.into_inner()) = FsyncPolicy::Never;
+        Ok(store)
     }
 
     /// Creates the tables (read transactions cannot open a table that was never created) and
@@ -304,8 +313,15 @@ impl LogStore {
                 db,
                 durability,
                 path,
+                policy: Mutex::new(FsyncPolicy::Always),
             }),
         })
+    }
+
+    /// The policy the store was opened with ([`FsyncPolicy::Never`] for an in-memory store,
+    /// which has nothing to fsync).
+    pub fn fsync_policy(&self) -> FsyncPolicy {
+        *self.inner.policy.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The file this store lives in (`None` for an in-memory store).
@@ -333,6 +349,18 @@ impl LogStore {
     where
         I: Iterator<Item = &'b WriteBatch> + Clone,
     {
+        self.write_all_with(batches, self.inner.durability)
+    }
+
+    /// [`LogStore::write_all`] with an explicit durability (the writer's interval policy).
+    pub(crate) fn write_all_with<'b, I>(
+        &self,
+        batches: I,
+        durability: Durability,
+    ) -> Result<(), StorageError>
+    where
+        I: Iterator<Item = &'b WriteBatch> + Clone,
+    {
         let mut any = false;
         for batch in batches.clone() {
             batch.validate()?;
@@ -342,7 +370,7 @@ impl LogStore {
             return Ok(());
         }
         let mut txn = self.inner.db.begin_write().map_err(engine("begin write"))?;
-        txn.set_durability(self.inner.durability)
+        txn.set_durability(durability)
             .map_err(engine("set durability"))?;
         {
             let mut tables = WriteTables::open(&txn)?;

@@ -15,14 +15,18 @@
 use std::any::Any;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TryRecvError, TrySendError};
+use std::sync::mpsc::{
+    sync_channel, Receiver, RecvTimeoutError, SyncSender, TryRecvError, TrySendError,
+};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+use redb::Durability;
 
 use crate::batch::WriteBatch;
 use crate::error::{StorageError, SubmitError};
-use crate::store::LogStore;
+use crate::store::{FsyncPolicy, LogStore};
 
 /// Completion callback of a submitted batch: called exactly once, on the writer thread, with the
 /// outcome of the commit that carried the batch.
@@ -53,10 +57,13 @@ pub struct WriterStats {
     pub last_commit_micros: u64,
     /// Longest commit so far, in microseconds.
     pub max_commit_micros: u64,
+    /// Durable commits made by the interval policy (including idle syncs).
+    pub interval_syncs: u64,
 }
 
 #[derive(Debug, Default)]
 struct Counters {
+    interval_syncs: AtomicU64,
     commits: AtomicU64,
     batches: AtomicU64,
     entries: AtomicU64,
@@ -144,6 +151,7 @@ impl LogWriter {
             failed_batches: c.failed_batches.load(Ordering::Relaxed),
             last_commit_micros: c.last_commit_micros.load(Ordering::Relaxed),
             max_commit_micros: c.max_commit_micros.load(Ordering::Relaxed),
+            interval_syncs: c.interval_syncs.load(Ordering::Relaxed),
         }
     }
 
@@ -174,13 +182,63 @@ impl Drop for LogWriter {
     }
 }
 
+/// Durable commits of the interval policy: when the next commit must be durable.
+struct Interval {
+    every: Duration,
+    last_durable: Instant,
+    dirty: bool,
+}
+
+impl Interval {
+    fn durability(&mut self) -> Durability {
+        if self.last_durable.elapsed() >= self.every {
+            self.last_durable = Instant::now();
+            self.dirty = false;
+            Durability::Immediate
+        } else {
+            self.dirty = true;
+            Durability::None
+        }
+    }
+}
+
 /// The writer thread: group commits until the queue is closed and empty.
 fn run(store: &LogStore, receiver: &Receiver<Job>, counters: &Counters) {
     tracing::debug!("log writer started");
     let mut group: Vec<Job> = Vec::new();
-    // `recv` keeps returning queued jobs after every sender is gone, and fails only once the
-    // queue is empty: that is the drain on shutdown.
-    while let Ok(first) = receiver.recv() {
+    let mut interval = match store.fsync_policy() {
+        FsyncPolicy::Interval(every) => Some(Interval {
+            every,
+            last_durable: Instant::now(),
+            dirty: false,
+        }),
+        _ => None,
+    };
+    loop {
+        // With the interval policy, an idle queue still gets its durable commit on time.
+        let first = match &mut interval {
+            Some(i) if i.dirty => match receiver.recv_timeout(i.every) {
+                Ok(job) => job,
+                Err(RecvTimeoutError::Timeout) => {
+                    match store.sync() {
+                        Ok(()) => {
+                            i.dirty = false;
+                            i.last_durable = Instant::now();
+                            counters.interval_syncs.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(e) => tracing::error!(error = %e, "periodic sync failed"),
+                    }
+                    continue;
+                }
+                Err(RecvTimeoutError::Disconnected) => break,
+            },
+            // `recv` keeps returning queued jobs after every sender is gone, and fails only once
+            // the queue is empty: that is the drain on shutdown.
+            _ => match receiver.recv() {
+                Ok(job) => job,
+                Err(_) => break,
+            },
+        };
         let mut bytes = first.batch.approx_bytes();
         group.push(first);
         while bytes < MAX_GROUP_BYTES {
@@ -192,13 +250,27 @@ fn run(store: &LogStore, receiver: &Receiver<Job>, counters: &Counters) {
                 Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
             }
         }
-        commit_group(store, &mut group, counters);
+        let durability = interval.as_mut().map(Interval::durability);
+        if matches!(durability, Some(Durability::Immediate)) {
+            counters.interval_syncs.fetch_add(1, Ordering::Relaxed);
+        }
+        commit_group(store, &mut group, counters, durability);
+    }
+    if interval.is_some_and(|i| i.dirty) {
+        if let Err(e) = store.sync() {
+            tracing::error!(error = %e, "final sync failed");
+        }
     }
     tracing::debug!("log writer stopped");
 }
 
 /// Writes `group` in one transaction and calls every callback in order, emptying `group`.
-fn commit_group(store: &LogStore, group: &mut Vec<Job>, counters: &Counters) {
+fn commit_group(
+    store: &LogStore,
+    group: &mut Vec<Job>,
+    counters: &Counters,
+    durability: Option<Durability>,
+) {
     // An invalid batch fails alone; the others are still written together.
     let verdicts: Vec<Result<(), StorageError>> =
         group.iter().map(|job| job.batch.validate()).collect();
@@ -211,13 +283,16 @@ fn commit_group(store: &LogStore, group: &mut Vec<Job>, counters: &Counters) {
     };
 
     let started = Instant::now();
-    let outcome =
-        catch_unwind(AssertUnwindSafe(|| store.write_all(valid()))).unwrap_or_else(|panic| {
-            Err(StorageError::Panicked {
-                op: "write",
-                message: panic_message(panic.as_ref()),
-            })
-        });
+    let outcome = catch_unwind(AssertUnwindSafe(|| match durability {
+        Some(d) => store.write_all_with(valid(), d),
+        None => store.write_all(valid()),
+    }))
+    .unwrap_or_else(|panic| {
+        Err(StorageError::Panicked {
+            op: "write",
+            message: panic_message(panic.as_ref()),
+        })
+    });
     let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
 
     match &outcome {

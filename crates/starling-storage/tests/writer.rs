@@ -350,3 +350,31 @@ fn a_callback_may_drop_the_last_writer_handle() {
     assert!(writer.lock().unwrap().is_none());
     assert_eq!(store.last_index(1).unwrap(), Some(1));
 }
+
+#[test]
+fn interval_policy_makes_commits_durable_on_time_and_when_idle() {
+    let every = Duration::from_millis(20);
+    let (_dir, store) = file_store(FsyncPolicy::Interval(every));
+    let writer = LogWriter::spawn(store.clone(), 64).unwrap();
+    let (tx, rx) = mpsc::channel();
+    let started = Instant::now();
+    let mut index = 1;
+    // Keep it busy for several intervals: some group commits must have been durable.
+    while started.elapsed() < every * 6 {
+        submit_until_taken(&writer, entry_batch(1, index), reporter(&tx, index));
+        collect(&rx, 1);
+        index += 1;
+    }
+    let busy = writer.stats().interval_syncs;
+    assert!(busy >= 2, "only {busy} durable commits in 6 intervals");
+    // One more non-durable commit, then idle: the writer syncs within about an interval.
+    submit_until_taken(&writer, entry_batch(1, index), reporter(&tx, index));
+    collect(&rx, 1);
+    let deadline = Instant::now() + DEADLINE;
+    while writer.stats().interval_syncs == busy {
+        assert!(Instant::now() < deadline, "no idle sync");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(store.last_index(1).unwrap(), Some(index));
+    writer.shutdown();
+}

@@ -25,6 +25,7 @@ pub(crate) struct StorageConfig {
     pub(crate) persistence: bool,
     pub(crate) data_dir: PathBuf,
     pub(crate) fsync: Fsync,
+    pub(crate) fsync_interval_ms: u64,
     pub(crate) queue_capacity: usize,
 }
 
@@ -34,6 +35,7 @@ impl Default for StorageConfig {
             persistence: true,
             data_dir: PathBuf::from("starling-data"),
             fsync: Fsync::Always,
+            fsync_interval_ms: 100,
             queue_capacity: 1024,
         }
     }
@@ -44,7 +46,7 @@ impl Default for StorageConfig {
 #[serde(rename_all = "lowercase")]
 pub(crate) enum Fsync {
     Always,
-    Never,
+    Interval,
 }
 
 /// `[log]`.

@@ -9,10 +9,11 @@ mod logging;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::Parser;
 use starling_broker::{Broker, Metrics, ReplicatedLog};
-use starling_cluster::LocalLog;
+use starling_cluster::{FsyncPolicy, LocalLog};
 use tracing::{error, info};
 
 use crate::config::{Config, Fsync, LogFormat};
@@ -86,21 +87,16 @@ fn build_config(cli: &Cli) -> Result<Config, String> {
 fn open_log(c: &Config) -> Result<Box<dyn ReplicatedLog>, String> {
     let log = if c.storage.persistence {
         let fsync = match c.storage.fsync {
-            Fsync::Always => starling_storage_fsync::ALWAYS,
-            Fsync::Never => starling_storage_fsync::NEVER,
+            Fsync::Always => FsyncPolicy::Always,
+            Fsync::Interval => {
+                FsyncPolicy::Interval(Duration::from_millis(c.storage.fsync_interval_ms.max(1)))
+            }
         };
         LocalLog::open(&c.storage.data_dir, fsync, c.storage.queue_capacity)
     } else {
         LocalLog::in_memory(c.storage.queue_capacity)
     };
     Ok(Box::new(log.map_err(|e| e.to_string())?))
-}
-
-/// The storage crate's fsync policies, re-exported through the cluster crate.
-mod starling_storage_fsync {
-    pub(crate) use starling_cluster::local::FsyncPolicy;
-    pub(crate) const ALWAYS: FsyncPolicy = FsyncPolicy::Always;
-    pub(crate) const NEVER: FsyncPolicy = FsyncPolicy::Never;
 }
 
 async fn serve(c: Config) -> Result<(), String> {
