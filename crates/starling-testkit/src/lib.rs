@@ -1,0 +1,15 @@
+//! Test support for Starling: the real broker as a child process, a raw MQTT client built on the
+//! codec (for protocol edge cases real clients refuse to produce), and waits with deadlines.
+//!
+//! # Layout
+//! - [`broker`]: [`BrokerProcess`]: start, `kill -9`, SIGTERM, restart on the same port and data.
+//! - [`raw`]: [`RawClient`]: send any bytes or packets, receive decoded packets with a timeout.
+//! - [`wait`]: [`wait_until`], the only way tests wait for something to become true.
+
+pub mod broker;
+pub mod raw;
+pub mod wait;
+
+pub use broker::{BrokerBuilder, BrokerProcess};
+pub use raw::{RawClient, RecvError};
+pub use wait::{wait_until, wait_until_async};
