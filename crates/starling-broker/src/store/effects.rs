@@ -185,10 +185,18 @@ impl SessionStore {
                 self.broadcast(RouteUpdate::Remove { key, filter });
             }
             Effect::Online {
-                client_id, owner, ..
+                client_id,
+                owner,
+                epoch,
             } => {
                 let key = self.key_of(&client_id);
                 let target = self.target_of(&client_id, owner);
+                if owner.node == self.node_id && target.is_none() && self.recovered {
+                    // Its connection is gone already (it gave up waiting, or was replaced before
+                    // the commit): release the session, or its will and queue stay behind an
+                    // owner that will never report back.
+                    self.release_orphan(&client_id, epoch, ctx);
+                }
                 let filters = self.filters_of(&client_id);
                 if !filters.is_empty() {
                     self.broadcast(RouteUpdate::Retarget {
@@ -235,6 +243,17 @@ impl SessionStore {
         }
     }
 
+    /// Disconnects a persistent session whose connection on this node is gone.
+    fn release_orphan(&mut self, client_id: &str, epoch: u64, ctx: &mut Context<Self>) {
+        let kind = pb::command::Kind::Disconnect(pb::SessionDisconnect {
+            client_id: client_id.to_string(),
+            epoch,
+            sent_up_to: 0,
+            publish_will: false,
+        });
+        self.propose(kind, None, ctx);
+    }
+
     fn filters_of(&self, client_id: &str) -> Vec<Arc<str>> {
         self.state
             .session(client_id)
@@ -276,23 +295,20 @@ impl SessionStore {
                 } else {
                     self.key_of(&client_id)
                 };
-                let current = self.client(&client_id, target.conn_id).is_some();
                 let outcome = ConnectOutcome::Accepted {
                     session_present,
                     epoch,
                     key,
                     resume,
                 };
-                if (!current || reply.send(outcome).is_err()) && !clean {
-                    // The connection gave up (or was replaced) before the commit: release the
-                    // session it now owns.
-                    let kind = pb::command::Kind::Disconnect(pb::SessionDisconnect {
-                        client_id: client_id.to_string(),
-                        epoch,
-                        sent_up_to: 0,
-                        publish_will: false,
-                    });
-                    self.propose(kind, None, ctx);
+                if reply.send(outcome).is_err() {
+                    // The connection gave up waiting; it will not report its end.
+                    if self.client(&client_id, target.conn_id).is_some() {
+                        self.clients.remove(&client_id);
+                    }
+                    if !clean {
+                        self.release_orphan(&client_id, epoch, ctx);
+                    }
                 }
             }
             Waiter::Subscribe(reply, filters) => {

@@ -255,11 +255,16 @@ impl SessionStore {
         );
     }
 
-    fn sweep(&mut self) {
+    /// Fails requests that waited longer than the commit timeout.
+    fn expire_waiters(&mut self) {
         let deadline = Instant::now() - self.config.commit_timeout();
         for w in self.proposals.expire(deadline) {
             Self::fail_waiter(w);
         }
+    }
+
+    /// Proposes the removal of persistent sessions offline for longer than the expiry.
+    fn expire_sessions(&mut self, ctx: &mut Context<Self>) {
         if self.config.session_expiry_secs > 0 {
             let now_ms = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
@@ -273,13 +278,11 @@ impl SessionStore {
                 .collect();
             for (client_id, at) in expired {
                 info!(client_id = %client_id, "persistent session expired");
-                self.proposals.push(
-                    pb::command::Kind::DropSession(pb::DropSession {
-                        client_id,
-                        if_disconnected_at_ms: at,
-                    }),
-                    None,
-                );
+                let kind = pb::command::Kind::DropSession(pb::DropSession {
+                    client_id,
+                    if_disconnected_at_ms: at,
+                });
+                self.propose(kind, None, ctx);
             }
         }
     }
@@ -291,11 +294,12 @@ impl Actor for SessionStore {
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.set_mailbox_capacity(16 * 1024);
         ctx.run_interval(Duration::from_millis(500), |act, ctx| {
-            act.sweep();
+            act.expire_waiters();
             if !act.proposals.is_empty() {
                 act.flush(ctx);
             }
         });
+        ctx.run_interval(Duration::from_secs(10), |act, ctx| act.expire_sessions(ctx));
     }
 }
 
