@@ -22,6 +22,14 @@ pub enum LogEvent {
     Committed(Vec<(u64, Bytes)>),
     /// Replay of what was on disk is complete; entries after this are new.
     Recovered,
+    /// A proposed entry was refused and will never commit (e.g. no leader): its requesters fail
+    /// now instead of at their timeout.
+    Rejected {
+        /// The entry as proposed.
+        entry: Bytes,
+        /// Why.
+        reason: String,
+    },
 }
 
 /// Why a proposal was not taken.

@@ -3,12 +3,24 @@
 //! # Layout
 //! - [`local`]: [`LocalLog`], a node's own write-ahead log: commands are committed once they are
 //!   durable on this node's disk (a cluster of one).
+//! - [`raft`]: the Raft actor driving tikv `raft::RawNode` for one group: ticks, steps,
+//!   proposals, Ready handling with asynchronous persistence, snapshots, membership changes.
+//! - [`raft_log`]: [`RaftLog`], the port implementation in clustered mode.
+//! - [`transport`]: peer messages over gRPC (one stream per peer, reconnecting with backoff).
+//! - [`config`]: the `[cluster]` settings.
 //!
 //! [`ReplicatedLog`]: starling_broker::ReplicatedLog
 
+pub mod config;
 pub mod local;
+pub mod raft;
+pub mod raft_log;
+mod transport;
 
+pub use config::{node_id_from_hostname, ClusterConfig, ClusterConfigError};
 pub use local::LocalLog;
+pub use raft::{ChangeMembers, MemberChange, NodeStatus, RaftNode, TransferLeadership};
+pub use raft_log::{ClusterHandle, RaftLog};
 pub use starling_storage::FsyncPolicy;
 
 /// The Raft group that holds sessions and retained messages. Every storage key and message

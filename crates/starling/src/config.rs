@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use starling_broker::BrokerConfig;
+use starling_cluster::ClusterConfig;
 
 /// The embedded default configuration.
 pub(crate) const DEFAULT_TOML: &str = include_str!("../starling.default.toml");
@@ -15,6 +16,7 @@ pub(crate) const DEFAULT_TOML: &str = include_str!("../starling.default.toml");
 pub(crate) struct Config {
     pub(crate) mqtt: BrokerConfig,
     pub(crate) storage: StorageConfig,
+    pub(crate) cluster: ClusterConfig,
     pub(crate) log: LogConfig,
 }
 
@@ -186,6 +188,7 @@ mod tests {
         assert_eq!(c.mqtt, BrokerConfig::default());
         assert_eq!(c.storage.fsync, Fsync::Always);
         assert_eq!(c.log.format, LogFormat::Text);
+        assert_eq!(c.cluster, ClusterConfig::default());
         c.mqtt.validate().unwrap();
     }
 

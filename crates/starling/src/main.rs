@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use starling_broker::{Broker, Metrics, ReplicatedLog};
-use starling_cluster::{FsyncPolicy, LocalLog};
+use starling_cluster::{ClusterHandle, FsyncPolicy, LocalLog, RaftLog};
 use tracing::{error, info};
 
 use crate::config::{Config, Fsync, LogFormat};
@@ -55,6 +55,31 @@ struct Cli {
     #[arg(long, value_name = "LEVEL")]
     log_level: Option<String>,
 
+    /// This node's id in a cluster (cluster.node_id); default: from the host name `name-N`.
+    #[arg(long, value_name = "N")]
+    node_id: Option<u64>,
+
+    /// Peer (gRPC) listener of this node (cluster.listen).
+    #[arg(long, value_name = "ADDR:PORT")]
+    cluster_listen: Option<SocketAddr>,
+
+    /// Address other nodes use to reach this one (cluster.advertise).
+    #[arg(long, value_name = "HOST:PORT")]
+    advertise: Option<String>,
+
+    /// Cluster members `1=HOST:PORT,2=HOST:PORT,...` (cluster.peers); turns clustered mode on.
+    #[arg(long, value_name = "ID=HOST:PORT,...")]
+    peers: Option<String>,
+
+    /// On an empty data directory, wait to be added to an existing cluster instead of
+    /// bootstrapping one (cluster.bootstrap = false).
+    #[arg(long)]
+    join: bool,
+
+    /// Admin HTTP endpoint (cluster.admin_listen).
+    #[arg(long, value_name = "ADDR:PORT")]
+    admin_listen: Option<String>,
+
     /// Print the embedded default configuration and exit.
     #[arg(long)]
     print_config: bool,
@@ -80,29 +105,89 @@ fn build_config(cli: &Cli) -> Result<Config, String> {
     if let Some(l) = &cli.log_level {
         c.log.level = l.clone();
     }
+    if let Some(n) = cli.node_id {
+        c.cluster.node_id = n;
+    }
+    if let Some(l) = cli.cluster_listen {
+        c.cluster.listen = l;
+    }
+    if let Some(a) = &cli.advertise {
+        c.cluster.advertise = a.clone();
+    }
+    if let Some(p) = &cli.peers {
+        c.cluster.peers = vec![p.clone()];
+    }
+    if cli.join {
+        c.cluster.bootstrap = false;
+    }
+    if let Some(a) = &cli.admin_listen {
+        c.cluster.admin_listen = a.clone();
+    }
+    c.cluster.peer_list().map_err(|e| e.to_string())?;
     c.mqtt.validate().map_err(|e| e.to_string())?;
     Ok(c)
 }
 
-fn open_log(c: &Config) -> Result<Box<dyn ReplicatedLog>, String> {
+fn fsync_policy(c: &Config) -> FsyncPolicy {
+    match c.storage.fsync {
+        Fsync::Always => FsyncPolicy::Always,
+        Fsync::Interval => {
+            FsyncPolicy::Interval(Duration::from_millis(c.storage.fsync_interval_ms.max(1)))
+        }
+    }
+}
+
+/// The log behind the session store: Raft in clustered mode, the local log otherwise.
+fn open_log(
+    c: &Config,
+    node_id: u64,
+) -> Result<(Box<dyn ReplicatedLog>, Option<ClusterHandle>), String> {
+    if c.cluster.enabled() {
+        if !c.storage.persistence {
+            return Err("clustered mode needs storage.persistence = true".into());
+        }
+        let log = RaftLog::start(
+            &c.cluster,
+            node_id,
+            &c.storage.data_dir,
+            fsync_policy(c),
+            c.storage.queue_capacity,
+        )
+        .map_err(|e| e.to_string())?;
+        let handle = log.handle();
+        return Ok((Box::new(log), Some(handle)));
+    }
     let log = if c.storage.persistence {
-        let fsync = match c.storage.fsync {
-            Fsync::Always => FsyncPolicy::Always,
-            Fsync::Interval => {
-                FsyncPolicy::Interval(Duration::from_millis(c.storage.fsync_interval_ms.max(1)))
-            }
-        };
-        LocalLog::open(&c.storage.data_dir, fsync, c.storage.queue_capacity)
+        LocalLog::open(
+            &c.storage.data_dir,
+            fsync_policy(c),
+            c.storage.queue_capacity,
+        )
     } else {
         LocalLog::in_memory(c.storage.queue_capacity)
     };
-    Ok(Box::new(log.map_err(|e| e.to_string())?))
+    Ok((Box::new(log.map_err(|e| e.to_string())?), None))
+}
+
+/// This node's id: 1 for a single node; configured or from the host name in a cluster.
+fn node_id(c: &Config) -> Result<u64, String> {
+    if !c.cluster.enabled() {
+        return Ok(1);
+    }
+    let hostname = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .unwrap_or_default();
+    c.cluster
+        .resolve_node_id(hostname.trim())
+        .map_err(|e| e.to_string())
 }
 
 async fn serve(c: Config) -> Result<(), String> {
-    let log = open_log(&c)?;
+    let node_id = node_id(&c)?;
+    let (log, _cluster) = open_log(&c, node_id)?;
     let metrics = Metrics::new();
-    let broker = Broker::start(c.mqtt.clone(), 1, log, metrics)
+    let broker = Broker::start(c.mqtt.clone(), node_id, log, metrics)
         .await
         .map_err(|e| e.to_string())?;
     for a in broker.local_addrs() {

@@ -377,6 +377,12 @@ impl Handler<LogEvent> for SessionStore {
                 }
             }
             LogEvent::Recovered => self.on_recovered(ctx),
+            LogEvent::Rejected { entry, reason } => {
+                warn!(reason = %reason, "proposal refused by the log; its requests fail");
+                for w in self.proposals.take_entry_waiters(entry) {
+                    Self::fail_waiter(w);
+                }
+            }
         }
     }
 }

@@ -121,6 +121,21 @@ impl Proposals {
         self.waiting.remove(&request_id).map(|(_, w)| w)
     }
 
+    /// Removes the waiters of an entry this node proposed (it will not commit).
+    pub(crate) fn take_entry_waiters(&mut self, entry: Bytes) -> Vec<Waiter> {
+        let Ok(batch) = pb::Batch::decode(entry) else {
+            return Vec::new();
+        };
+        if batch.node_id != self.node_id || batch.incarnation != self.incarnation {
+            return Vec::new();
+        }
+        batch
+            .commands
+            .iter()
+            .filter_map(|c| self.waiting.remove(&c.request_id).map(|(_, w)| w))
+            .collect()
+    }
+
     /// Removes waiters older than `deadline`.
     pub(crate) fn expire(&mut self, deadline: Instant) -> Vec<Waiter> {
         let mut out = Vec::new();

@@ -1,0 +1,319 @@
+//! The Raft log as raft-rs reads it: an in-memory tail (entries after the latest snapshot, hard
+//! and conf state, the snapshot itself) that every Ready updates at once, mirrored to redb by the
+//! storage writer thread. raft-rs may read entries before they are durable (it only applies and
+//! acknowledges what was persisted, which it learns through `on_persist_ready`).
+//!
+//! On disk (group `group`): entries as raft-rs `Entry` bytes, `HardState` and `ConfState` bytes,
+//! the state-machine snapshot with its index and term, and metadata `snapshot_conf_state` (the
+//! `ConfState` as of the snapshot) and `peers` (the address table).
+
+use std::collections::VecDeque;
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use bytes::Bytes;
+use raft::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
+use raft::{GetEntriesContext, RaftState, StorageError as RaftStorageError};
+use starling_storage::{LogStore, SnapshotRecord, StorageError, WriteBatch};
+
+/// Metadata key of the `ConfState` that goes with the stored snapshot.
+pub(crate) const SNAPSHOT_CONF_STATE: &str = "snapshot_conf_state";
+/// Metadata key of the peer address table.
+pub(crate) const PEERS: &str = "peers";
+
+/// What raft-rs reads.
+#[derive(Default)]
+pub(crate) struct Core {
+    pub(crate) hard_state: HardState,
+    pub(crate) conf_state: ConfState,
+    /// The latest state-machine snapshot; `metadata.index` is the compaction point.
+    pub(crate) snapshot: Snapshot,
+    /// Entries after the snapshot, contiguous.
+    pub(crate) entries: VecDeque<Entry>,
+}
+
+impl Core {
+    fn snap_index(&self) -> u64 {
+        self.snapshot.get_metadata().index
+    }
+
+    pub(crate) fn first_index(&self) -> u64 {
+        self.snap_index() + 1
+    }
+
+    pub(crate) fn last_index(&self) -> u64 {
+        self.snap_index() + self.entries.len() as u64
+    }
+
+    pub(crate) fn term(&self, idx: u64) -> Option<u64> {
+        if idx == self.snap_index() {
+            return Some(self.snapshot.get_metadata().term);
+        }
+        if idx < self.snap_index() || idx > self.last_index() {
+            return None;
+        }
+        self.entries
+            .get((idx - self.first_index()) as usize)
+            .map(|e| e.term)
+    }
+
+    /// Appends entries, replacing any conflicting suffix.
+    pub(crate) fn append(&mut self, ents: &[Entry]) {
+        let Some(first) = ents.first() else { return };
+        let keep = first.index.saturating_sub(self.first_index()) as usize;
+        self.entries.truncate(keep);
+        self.entries.extend(ents.iter().cloned());
+    }
+
+    /// Installs a snapshot received from the leader: the log restarts after it.
+    pub(crate) fn install(&mut self, snap: Snapshot) {
+        let meta = snap.get_metadata();
+        self.conf_state = meta.get_conf_state().clone();
+        self.hard_state.commit = self.hard_state.commit.max(meta.index);
+        self.hard_state.term = self.hard_state.term.max(meta.term);
+        self.entries.clear();
+        self.snapshot = snap;
+    }
+
+    /// Replaces the snapshot with a newer one taken locally and drops the entries it covers.
+    pub(crate) fn compact(&mut self, index: u64, term: u64, conf_state: ConfState, data: Bytes) {
+        let drop = (index.saturating_sub(self.snap_index())) as usize;
+        self.entries.drain(..drop.min(self.entries.len()));
+        let mut meta = SnapshotMetadata::default();
+        meta.index = index;
+        meta.term = term;
+        meta.set_conf_state(conf_state);
+        let mut snap = Snapshot::default();
+        snap.set_metadata(meta);
+        snap.data = data;
+        self.snapshot = snap;
+    }
+}
+
+/// raft-rs's view of the log (shared with the Raft actor, which updates it).
+#[derive(Clone, Default)]
+pub(crate) struct RaftStorage {
+    core: Arc<RwLock<Core>>,
+}
+
+impl RaftStorage {
+    pub(crate) fn rl(&self) -> RwLockReadGuard<'_, Core> {
+        self.core.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn wl(&self) -> RwLockWriteGuard<'_, Core> {
+        self.core.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Loads group `group` from disk. `None` when the group has never been written.
+    pub(crate) fn load(store: &LogStore, group: u64) -> Result<Option<RaftStorage>, LoadError> {
+        let hs = store.hard_state(group)?;
+        let cs = store.conf_state(group)?;
+        let snap = store.snapshot(group)?;
+        if hs.is_none() && cs.is_none() && snap.is_none() {
+            return Ok(None);
+        }
+        let mut core = Core::default();
+        if let Some(b) = hs {
+            core.hard_state = decode(&b)?;
+        }
+        if let Some(b) = cs {
+            core.conf_state = decode(&b)?;
+        }
+        if let Some(SnapshotRecord { index, term, data }) = snap {
+            let conf = match store.meta(group, SNAPSHOT_CONF_STATE)? {
+                Some(b) => decode(&b)?,
+                None => core.conf_state.clone(),
+            };
+            core.compact(index, term, conf, data);
+        }
+        let from = core.first_index();
+        let last = store.last_index(group)?.unwrap_or(0);
+        if last >= from {
+            for (index, bytes) in store.entries(group, from, last + 1, None)? {
+                let e: Entry = decode(&bytes)?;
+                if e.index != index || index != core.last_index() + 1 {
+                    return Err(LoadError::Gap(index));
+                }
+                core.entries.push_back(e);
+            }
+        }
+        Ok(Some(RaftStorage {
+            core: Arc::new(RwLock::new(core)),
+        }))
+    }
+
+    /// A fresh log whose first configuration is `voters` (cluster bootstrap).
+    pub(crate) fn bootstrap(voters: Vec<u64>) -> RaftStorage {
+        let mut core = Core::default();
+        core.conf_state.voters = voters;
+        RaftStorage {
+            core: Arc::new(RwLock::new(core)),
+        }
+    }
+
+    /// A fresh log with no configuration: a node waiting to be added to a cluster.
+    pub(crate) fn empty() -> RaftStorage {
+        RaftStorage::default()
+    }
+}
+
+/// The log on disk cannot be read.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum LoadError {
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error("undecodable raft record: {0}")]
+    Decode(#[from] protobuf::ProtobufError),
+    #[error("raft log has a gap at index {0}")]
+    Gap(u64),
+}
+
+pub(crate) fn decode<M: protobuf::Message>(b: &[u8]) -> Result<M, protobuf::ProtobufError> {
+    let mut m = M::new();
+    m.merge_from_bytes(b)?;
+    Ok(m)
+}
+
+pub(crate) fn encode<M: protobuf::Message>(m: &M) -> Bytes {
+    Bytes::from(m.write_to_bytes().unwrap_or_default())
+}
+
+/// Adds the entries of a Ready to a write batch (truncating any conflicting suffix on disk).
+pub(crate) fn persist_entries(batch: &mut WriteBatch, ents: &[Entry]) {
+    if let Some(first) = ents.first() {
+        batch.truncate_from = Some(first.index);
+        batch.entries = ents.iter().map(|e| (e.index, encode(e))).collect();
+    }
+}
+
+impl raft::Storage for RaftStorage {
+    fn initial_state(&self) -> raft::Result<RaftState> {
+        let core = self.rl();
+        Ok(RaftState {
+            hard_state: core.hard_state.clone(),
+            conf_state: core.conf_state.clone(),
+        })
+    }
+
+    fn entries(
+        &self,
+        low: u64,
+        high: u64,
+        max_size: impl Into<Option<u64>>,
+        _context: GetEntriesContext,
+    ) -> raft::Result<Vec<Entry>> {
+        let core = self.rl();
+        if low < core.first_index() {
+            return Err(raft::Error::Store(RaftStorageError::Compacted));
+        }
+        if high > core.last_index() + 1 {
+            return Err(raft::Error::Store(RaftStorageError::Unavailable));
+        }
+        let offset = core.first_index();
+        let mut ents: Vec<Entry> = core
+            .entries
+            .range((low - offset) as usize..(high - offset) as usize)
+            .cloned()
+            .collect();
+        raft::util::limit_size(&mut ents, max_size.into());
+        Ok(ents)
+    }
+
+    fn term(&self, idx: u64) -> raft::Result<u64> {
+        let core = self.rl();
+        if idx < core.snap_index() {
+            return Err(raft::Error::Store(RaftStorageError::Compacted));
+        }
+        core.term(idx)
+            .ok_or(raft::Error::Store(RaftStorageError::Unavailable))
+    }
+
+    fn first_index(&self) -> raft::Result<u64> {
+        Ok(self.rl().first_index())
+    }
+
+    fn last_index(&self) -> raft::Result<u64> {
+        Ok(self.rl().last_index())
+    }
+
+    fn snapshot(&self, _request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+        let core = self.rl();
+        if core.snap_index() == 0 {
+            return Err(raft::Error::Store(
+                RaftStorageError::SnapshotTemporarilyUnavailable,
+            ));
+        }
+        Ok(core.snapshot.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use raft::Storage;
+
+    fn ent(index: u64, term: u64) -> Entry {
+        let mut e = Entry::default();
+        e.index = index;
+        e.term = term;
+        e.data = Bytes::from(format!("e{index}"));
+        e
+    }
+
+    #[test]
+    fn append_replaces_conflicting_suffix_and_compact_keeps_terms() {
+        let s = RaftStorage::bootstrap(vec![1]);
+        s.wl().append(&[ent(1, 1), ent(2, 1), ent(3, 1)]);
+        s.wl().append(&[ent(2, 2)]);
+        assert_eq!(s.last_index().unwrap(), 2);
+        assert_eq!(s.term(2).unwrap(), 2);
+        s.wl()
+            .compact(1, 1, ConfState::default(), Bytes::from_static(b"state"));
+        assert_eq!(s.first_index().unwrap(), 2);
+        assert_eq!(
+            s.term(1).unwrap(),
+            1,
+            "term of the snapshot index stays known"
+        );
+        assert!(matches!(
+            s.entries(1, 3, None, GetEntriesContext::empty(false)),
+            Err(raft::Error::Store(RaftStorageError::Compacted))
+        ));
+        assert_eq!(
+            s.entries(2, 3, None, GetEntriesContext::empty(false))
+                .unwrap()
+                .len(),
+            1
+        );
+        assert_eq!(s.snapshot(0, 0).unwrap().get_metadata().index, 1);
+    }
+
+    #[test]
+    fn reload_from_disk_gives_the_same_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LogStore::open(&dir.path().join("r.redb"), Default::default()).unwrap();
+        let mut b = WriteBatch::new(1);
+        persist_entries(&mut b, &[ent(1, 1), ent(2, 1), ent(3, 2)]);
+        let mut hs = HardState::default();
+        hs.term = 2;
+        hs.commit = 3;
+        b.hard_state = Some(encode(&hs));
+        let mut cs = ConfState::default();
+        cs.voters = vec![1, 2, 3];
+        b.conf_state = Some(encode(&cs));
+        b.snapshot = Some(SnapshotRecord {
+            index: 1,
+            term: 1,
+            data: Bytes::from_static(b"s"),
+        });
+        b.meta.push((SNAPSHOT_CONF_STATE.into(), encode(&cs)));
+        b.compact_to = Some(2);
+        store.write(&[b]).unwrap();
+        let s = RaftStorage::load(&store, 1).unwrap().unwrap();
+        assert_eq!((s.first_index().unwrap(), s.last_index().unwrap()), (2, 3));
+        assert_eq!(s.term(3).unwrap(), 2);
+        assert_eq!(s.initial_state().unwrap().hard_state.commit, 3);
+        assert_eq!(s.snapshot(0, 0).unwrap().data, Bytes::from_static(b"s"));
+        assert!(RaftStorage::load(&store, 2).unwrap().is_none());
+    }
+}

@@ -1,0 +1,198 @@
+//! [`RaftLog`]: the session store's log in clustered mode, backed by the Raft actor.
+
+use std::net::TcpListener as StdTcpListener;
+use std::path::Path;
+use std::time::Duration;
+
+use actix::prelude::*;
+use bytes::Bytes;
+use prost::Message as _;
+use starling_broker::{LogEvent, LogStartError, LogStatus, ProposeError, ReplicatedLog};
+use starling_proto::cluster::v1 as cpb;
+use starling_proto::cluster::v1::cluster_server::ClusterServer;
+use starling_storage::{FsyncPolicy, LogStore, LogWriter, StoreOptions, WriteBatch};
+use tracing::{error, info};
+
+use crate::config::ClusterConfig;
+use crate::raft::storage::{encode, RaftStorage, PEERS};
+use crate::raft::{Attach, Propose, RaftNode, RaftSettings, SaveSnapshot, StatusCell, Stop};
+use crate::transport::ClusterService;
+use crate::STATE_GROUP;
+
+/// What the admin endpoint needs to reach the Raft node.
+#[derive(Clone)]
+pub struct ClusterHandle {
+    /// This node.
+    pub node_id: u64,
+    /// The Raft actor.
+    pub node: Addr<RaftNode>,
+    /// Its status.
+    pub status: StatusCell,
+}
+
+/// The log in clustered mode: entries are committed by Raft across the cluster.
+pub struct RaftLog {
+    handle: ClusterHandle,
+    _arbiter: Arbiter,
+}
+
+fn start_err(e: impl std::fmt::Display) -> LogStartError {
+    LogStartError(e.to_string())
+}
+
+impl RaftLog {
+    /// Opens this node's storage in `dir`, binds the peer port and starts the Raft actor, which
+    /// waits until the session store attaches. A node whose disk is empty bootstraps a new cluster
+    /// from `peers` (if `bootstrap` and it is one of them) or waits to be added.
+    ///
+    /// # Errors
+    /// Bad configuration, storage that cannot be opened or read, a peer port in use.
+    pub fn start(
+        config: &ClusterConfig,
+        node_id: u64,
+        dir: &Path,
+        fsync: FsyncPolicy,
+        queue_capacity: usize,
+    ) -> Result<RaftLog, LogStartError> {
+        let configured = config.peer_list().map_err(start_err)?;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| LogStartError(format!("{}: {e}", dir.display())))?;
+        let path = dir.join(crate::local::DB_FILE);
+        let store = LogStore::open(&path, StoreOptions { fsync })
+            .map_err(|e| LogStartError(format!("{}: {e}", path.display())))?;
+        let mut peers: Vec<cpb::MemberContext> =
+            match store.meta(STATE_GROUP, PEERS).map_err(start_err)? {
+                Some(b) => cpb::PeerTable::decode(b).map_err(start_err)?.members,
+                None => Vec::new(),
+            };
+        // Configured addresses win for the ids they name (addresses may change across restarts).
+        for (id, addr) in &configured {
+            peers.retain(|p| p.node_id != *id);
+            peers.push(cpb::MemberContext {
+                node_id: *id,
+                raft_address: addr.clone(),
+                admin_address: String::new(),
+            });
+        }
+        let storage = match RaftStorage::load(&store, STATE_GROUP).map_err(start_err)? {
+            Some(s) => {
+                info!(node_id, "raft state loaded from disk");
+                s
+            }
+            None if config.bootstrap && configured.iter().any(|(id, _)| *id == node_id) => {
+                let voters: Vec<u64> = configured.iter().map(|(id, _)| *id).collect();
+                info!(node_id, ?voters, "bootstrapping a new cluster");
+                let s = RaftStorage::bootstrap(voters);
+                let mut batch = WriteBatch::new(STATE_GROUP);
+                batch.conf_state = Some(encode(&s.rl().conf_state));
+                batch.meta.push((
+                    PEERS.into(),
+                    Bytes::from(
+                        cpb::PeerTable {
+                            members: peers.clone(),
+                        }
+                        .encode_to_vec(),
+                    ),
+                ));
+                store.write(&[batch]).map_err(start_err)?;
+                s
+            }
+            None => {
+                info!(node_id, "empty node: waiting to be added to a cluster");
+                RaftStorage::empty()
+            }
+        };
+        let applied = storage.rl().first_index() - 1;
+        let settings = RaftSettings {
+            id: node_id,
+            group: STATE_GROUP,
+            tick: Duration::from_millis(config.tick_ms.max(1)),
+            election_ticks: config.election_ticks,
+            heartbeat_ticks: config.heartbeat_ticks,
+            applied,
+            peer_queue: config.peer_queue,
+            max_message_bytes: config.max_message_bytes,
+            conf_change_timeout: Duration::from_secs(10),
+        };
+        let listener = StdTcpListener::bind(config.listen).map_err(|e| {
+            LogStartError(format!("cannot listen for peers on {}: {e}", config.listen))
+        })?;
+        listener.set_nonblocking(true).map_err(start_err)?;
+        let writer = LogWriter::spawn(store, queue_capacity).map_err(start_err)?;
+        let status = StatusCell::default();
+        let node =
+            RaftNode::new(settings, storage, writer, peers, status.clone()).map_err(start_err)?;
+        let arbiter = Arbiter::new();
+        let max = config.max_message_bytes;
+        let addr = RaftNode::start_in_arbiter(&arbiter.handle(), move |ctx| {
+            let svc = ClusterService {
+                node_id,
+                group: STATE_GROUP,
+                raft: ctx.address(),
+            };
+            actix_rt::spawn(async move {
+                let incoming = match tokio::net::TcpListener::from_std(listener) {
+                    Ok(l) => tokio_stream::wrappers::TcpListenerStream::new(l),
+                    Err(e) => return error!(error = %e, "peer listener"),
+                };
+                let server = ClusterServer::new(svc)
+                    .max_decoding_message_size(max)
+                    .max_encoding_message_size(max);
+                if let Err(e) = tonic::transport::Server::builder()
+                    .tcp_nodelay(true)
+                    .add_service(server)
+                    .serve_with_incoming(incoming)
+                    .await
+                {
+                    error!(error = %e, "peer server stopped");
+                }
+            });
+            node
+        });
+        info!(node_id, listen = %config.listen, "raft node started");
+        Ok(RaftLog {
+            handle: ClusterHandle {
+                node_id,
+                node: addr,
+                status,
+            },
+            _arbiter: arbiter,
+        })
+    }
+
+    /// A handle for the admin endpoint.
+    pub fn handle(&self) -> ClusterHandle {
+        self.handle.clone()
+    }
+}
+
+impl ReplicatedLog for RaftLog {
+    fn start(&mut self, sink: Recipient<LogEvent>) -> Result<(), LogStartError> {
+        self.handle.node.do_send(Attach(sink));
+        Ok(())
+    }
+
+    fn propose(&mut self, data: Bytes) -> Result<(), ProposeError> {
+        match self.handle.node.try_send(Propose(data)) {
+            Ok(()) => Ok(()),
+            Err(SendError::Full(_)) => Err(ProposeError::Busy),
+            Err(SendError::Closed(_)) => Err(ProposeError::Unavailable("raft node stopped".into())),
+        }
+    }
+
+    fn save_snapshot(&mut self, index: u64, data: Bytes) {
+        self.handle.node.do_send(SaveSnapshot { index, data });
+    }
+
+    fn status(&self) -> LogStatus {
+        self.handle
+            .status
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .log_status()
+    }
+
+    fn shutdown(&mut self) {
+        self.handle.node.do_send(Stop);
+    }
+}
