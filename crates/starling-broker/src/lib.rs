@@ -122,12 +122,6 @@ impl Broker {
             Err(_) => return Err(StartError::Store("the session store stopped".into())),
         }
 
-        if config.sys_interval_secs > 0 {
-            let interval = Duration::from_secs(config.sys_interval_secs);
-            sys::SysPublisher::new(store.clone(), routers[0].clone(), metrics.clone(), interval)
-                .start();
-        }
-
         let workers: Arc<[(ArbiterHandle, Arc<Worker>)]> = worker_arbiters
             .iter()
             .map(|a| {
@@ -161,6 +155,13 @@ impl Broker {
                 live.clone(),
                 config.max_connections,
             )));
+        }
+        // Started once every listener is bound: an actor created but never polled before a
+        // startup error would run its `started` while the runtime is torn down, and panic there.
+        if config.sys_interval_secs > 0 {
+            let interval = Duration::from_secs(config.sys_interval_secs);
+            sys::SysPublisher::new(store.clone(), routers[0].clone(), metrics.clone(), interval)
+                .start();
         }
         let mut arbiters = worker_arbiters;
         arbiters.push(store_arbiter);

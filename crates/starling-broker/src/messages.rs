@@ -343,4 +343,7 @@ pub enum KickReason {
 pub struct Kick {
     /// Why.
     pub reason: KickReason,
+    /// Dropped once the connection's socket is closed, for a caller that must not proceed before
+    /// (a takeover accepts the new connection only after the old one is gone).
+    pub closed: Option<oneshot::Sender<()>>,
 }

@@ -134,6 +134,9 @@ pub struct Connection {
     close_reason: Option<CloseReason>,
     session: Option<Box<ClientSession>>,
     _live: LiveGuard,
+    /// Senders dropped when the actor is dropped. Declared after `stream`, so (fields drop in
+    /// declaration order) their receivers complete only once the socket is closed.
+    closed_waiters: Vec<oneshot::Sender<()>>,
 }
 
 impl Connection {
@@ -160,6 +163,7 @@ impl Connection {
             close_reason: None,
             session: None,
             _live: live,
+            closed_waiters: Vec::new(),
         }
     }
 
@@ -202,9 +206,8 @@ impl Connection {
         }
         let name = self.name().to_string();
         match &reason {
-            CloseReason::Disconnect => {
-                info!(target: MQTT_LOG, client_id = %name, "Client {name} disconnected.")
-            }
+            // Mosquitto's only line for this is "Received DISCONNECT from ...".
+            CloseReason::Disconnect => debug!(client_id = %name, "client disconnected"),
             CloseReason::Eof | CloseReason::SocketError(_) => {
                 info!(target: MQTT_LOG, client_id = %name, reason = ?reason, "Socket error on client {name}, disconnecting.")
             }
@@ -220,19 +223,19 @@ impl Connection {
                 info!(target: MQTT_LOG, client_id = %name, peer = %self.peer, error = why, "Client {name} disconnected due to protocol error.")
             }
             CloseReason::TakenOver => {
-                debug!(target: MQTT_LOG, client_id = %name, "closed: client id taken over")
+                debug!(client_id = %name, "closed: client id taken over")
             }
             CloseReason::SessionRemoved => {
-                info!(target: MQTT_LOG, client_id = %name, "Client {name} disconnected: session removed.")
+                info!(client_id = %name, "client {name} disconnected: its session was removed")
             }
             CloseReason::Refused(code) => {
-                debug!(target: MQTT_LOG, client_id = %name, code = *code as u8, "closed after CONNACK refusal")
+                debug!(client_id = %name, code = *code as u8, "closed after CONNACK refusal")
             }
             CloseReason::Unavailable => {
-                warn!(target: MQTT_LOG, client_id = %name, "Client {name} disconnected: state store unavailable (commit timeout).")
+                warn!(client_id = %name, "client {name} disconnected: the state store did not commit in time (limit commit_timeout_secs)")
             }
             CloseReason::Shutdown => {
-                debug!(target: MQTT_LOG, client_id = %name, "closed: broker shutting down")
+                debug!(client_id = %name, "closed: broker shutting down")
             }
         }
         self.close_reason = Some(reason);
@@ -245,7 +248,7 @@ impl Connection {
     fn on_decode_error(&mut self, e: DecodeError, ctx: &mut Context<Self>) {
         if let DecodeError::UnacceptableProtocol { name, level } = &e {
             if self.phase == Phase::AwaitingConnect {
-                debug!(target: MQTT_LOG, peer = %self.peer, protocol = %name, level, "unacceptable protocol");
+                debug!(peer = %self.peer, protocol = %name, level, "unacceptable protocol");
                 self.write_connack(
                     false,
                     ConnectReturnCode::UnacceptableProtocolVersion,
@@ -453,20 +456,12 @@ impl Connection {
             } else {
                 client_id.to_string()
             };
-            info!(target: MQTT_LOG, client_id = %name, peer = %self.peer, code = code as u8, "Client {name} refused: CONNACK {}", code as u8);
+            info!(client_id = %name, peer = %self.peer, code = code as u8, "client {name} refused with CONNACK {}", code as u8);
             self.write_connack(false, code, &name);
             self.close(CloseReason::Refused(code), ctx);
             return;
         }
         self.decoder.set_protocol(c.protocol);
-        let user = c
-            .username
-            .as_ref()
-            .map_or(String::new(), |u| format!(", u{u}"));
-        info!(target: MQTT_LOG, client_id = %client_id, peer = %self.peer.ip(), clean_session = c.clean_session,
-            keep_alive = c.keep_alive,
-            "New client connected from {} as {client_id} (c{}, k{}{user}).",
-            self.peer.ip(), u8::from(c.clean_session), c.keep_alive);
         self.phase = Phase::Connecting;
         let info = ConnectInfo {
             client_id: client_id.clone(),
@@ -544,6 +539,13 @@ impl Connection {
             last_limit_log: None,
         }));
         Counters::add(&self.worker.counters.clients_connected, 1);
+        // Logged once the store accepted, so that a takeover's "already connected" line comes
+        // first, as in Mosquitto.
+        let user = c.username.as_ref().map_or(String::new(), |u| format!(", u{u}"));
+        info!(target: MQTT_LOG, client_id = %client_id, peer = %self.peer.ip(), clean_session = c.clean_session,
+            keep_alive = c.keep_alive,
+            "New client connected from {} as {client_id} (c{}, k{}{user}).",
+            self.peer.ip(), u8::from(c.clean_session), c.keep_alive);
         let present = session_present && c.protocol == ProtocolVersion::V3_1_1;
         self.write_connack(present, ConnectReturnCode::Accepted, client_id);
         self.phase = Phase::Active;
@@ -786,7 +788,7 @@ impl Connection {
                 self.close(CloseReason::Protocol("invalid topic filter"), ctx);
                 return;
             } else {
-                debug!(target: MQTT_LOG, client_id = %name, filter = %f.filter, "invalid topic filter refused");
+                debug!(client_id = %name, filter = %f.filter, "invalid topic filter refused");
                 codes.push(Some(SubscribeReturnCode::Failure));
             }
         }
@@ -899,9 +901,9 @@ impl Connection {
                 (Flow::Local(f), _) => match f.offer(m) {
                     Offer::Send(send) => self.write_sends(vec![send]),
                     Offer::Queued => {}
-                    Offer::Dropped => {
+                    Offer::Dropped(limit) => {
                         Counters::add(&self.worker.counters.dropped_queue_full, 1);
-                        self.limit_bit("max_queued_messages", "session queue full");
+                        self.limit_bit(limit, "session queue full");
                     }
                 },
             }
@@ -1044,6 +1046,7 @@ impl Handler<Kick> for Connection {
     type Result = ();
 
     fn handle(&mut self, msg: Kick, ctx: &mut Self::Context) {
+        self.closed_waiters.extend(msg.closed);
         let reason = match msg.reason {
             KickReason::TakenOver => CloseReason::TakenOver,
             KickReason::SessionRemoved => CloseReason::SessionRemoved,

@@ -35,8 +35,8 @@ pub(crate) enum Offer {
     Send(Send),
     /// Queued behind the window.
     Queued,
-    /// Queue full: dropped.
-    Dropped,
+    /// Queue full: dropped. The config key of the limit that bit.
+    Dropped(&'static str),
 }
 
 struct LocalInflight {
@@ -99,8 +99,11 @@ impl LocalOutbound {
             return Offer::Send(self.start(message));
         }
         let cost = message.cost();
-        if self.queue.len() >= self.max_queued || self.queued_bytes + cost > self.max_queued_bytes {
-            return Offer::Dropped;
+        if self.queue.len() >= self.max_queued {
+            return Offer::Dropped("max_queued_messages");
+        }
+        if self.queued_bytes + cost > self.max_queued_bytes {
+            return Offer::Dropped("max_queued_bytes");
         }
         self.queued_bytes += cost;
         self.queue.push_back(message);
@@ -356,7 +359,23 @@ mod tests {
         let mut o = LocalOutbound::new(1, 1, 1 << 20);
         o.offer(m(QoS::AtLeastOnce, "a"));
         assert_eq!(o.offer(m(QoS::AtLeastOnce, "b")), Offer::Queued);
-        assert_eq!(o.offer(m(QoS::AtLeastOnce, "c")), Offer::Dropped);
+        assert_eq!(
+            o.offer(m(QoS::AtLeastOnce, "c")),
+            Offer::Dropped("max_queued_messages")
+        );
+    }
+
+    #[test]
+    fn local_queue_is_bounded_in_bytes_too() {
+        // Each message costs 1 (topic) + 1 (payload) + 64 = 66 bytes: two fit in 140.
+        let mut o = LocalOutbound::new(1, 10, 140);
+        o.offer(m(QoS::AtLeastOnce, "a"));
+        assert_eq!(o.offer(m(QoS::AtLeastOnce, "b")), Offer::Queued);
+        assert_eq!(o.offer(m(QoS::AtLeastOnce, "c")), Offer::Queued);
+        assert_eq!(
+            o.offer(m(QoS::AtLeastOnce, "d")),
+            Offer::Dropped("max_queued_bytes")
+        );
     }
 
     #[test]

@@ -158,6 +158,7 @@ impl SessionStore {
                 if let Some(t) = self.target_of(&client_id, owner) {
                     t.addr.do_send(Kick {
                         reason: KickReason::TakenOver,
+                        closed: None,
                     });
                 }
             }

@@ -394,10 +394,29 @@ impl Handler<ConnectRequest> for SessionStore {
         let id = req.info.client_id.clone();
         if let Some(old) = self.clients.get(&id) {
             if old.conn_id != req.target.conn_id {
+                // The old connection is closed first, then the new one proceeds (MQTT-3.1.4-2):
+                // the new client never gets its CONNACK while the old socket is still open.
                 info!(target: MQTT_LOG, client_id = %id, "Client {id} already connected, closing old connection.");
+                let old_conn = old.conn_id;
+                let (closed, gone) = oneshot::channel();
                 old.addr.do_send(Kick {
                     reason: KickReason::TakenOver,
+                    closed: Some(closed),
                 });
+                let gone = tokio::time::timeout(self.config.commit_timeout(), gone);
+                ctx.spawn(
+                    actix::fut::wrap_future::<_, Self>(gone).map(move |_, act, ctx| {
+                        if act.client(&id, old_conn).is_some() {
+                            act.clients.remove(&id);
+                        }
+                        // Unless the new connection gave up meanwhile; another one may have
+                        // arrived too, which this takes over in turn.
+                        if !req.reply.is_closed() {
+                            <Self as Handler<ConnectRequest>>::handle(act, req, ctx);
+                        }
+                    }),
+                );
+                return;
             }
         }
         self.clients.insert(
@@ -690,6 +709,7 @@ impl Handler<Shutdown> for SessionStore {
         for c in self.clients.values() {
             c.addr.do_send(Kick {
                 reason: KickReason::Shutdown,
+                closed: None,
             });
         }
         let deadline = Instant::now() + Duration::from_secs(5);
