@@ -8,9 +8,11 @@
 //! - [`raft_log`]: [`RaftLog`], the port implementation in clustered mode.
 //! - [`transport`]: peer messages over gRPC (one stream per peer, reconnecting with backoff).
 //! - [`config`]: the `[cluster]` settings.
+//! - [`admin`]: the admin HTTP endpoint (status, membership operations).
 //!
 //! [`ReplicatedLog`]: starling_broker::ReplicatedLog
 
+pub mod admin;
 pub mod config;
 pub mod local;
 pub mod raft;

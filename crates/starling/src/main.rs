@@ -3,6 +3,7 @@
 //! `cargo run --release` serves MQTT on 127.0.0.1:1883 with the embedded defaults
 //! (`starling --print-config`); `starling --help` lists the flags.
 
+mod cluster_cli;
 mod config;
 mod logging;
 
@@ -13,6 +14,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use starling_broker::{Broker, Metrics, ReplicatedLog};
+use starling_cluster::admin::{self, AdminState};
 use starling_cluster::{ClusterHandle, FsyncPolicy, LocalLog, RaftLog};
 use tracing::{error, info};
 
@@ -83,6 +85,19 @@ struct Cli {
     /// Print the embedded default configuration and exit.
     #[arg(long)]
     print_config: bool,
+
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+/// Subcommands (without one, `starling` runs the broker).
+#[derive(clap::Subcommand, Debug)]
+enum Command {
+    /// Cluster administration through a node's admin endpoint.
+    Cluster {
+        #[command(subcommand)]
+        op: cluster_cli::ClusterOp,
+    },
 }
 
 fn build_config(cli: &Cli) -> Result<Config, String> {
@@ -185,7 +200,7 @@ fn node_id(c: &Config) -> Result<u64, String> {
 
 async fn serve(c: Config) -> Result<(), String> {
     let node_id = node_id(&c)?;
-    let (log, _cluster) = open_log(&c, node_id)?;
+    let (log, cluster) = open_log(&c, node_id)?;
     let metrics = Metrics::new();
     let broker = Broker::start(c.mqtt.clone(), node_id, log, metrics)
         .await
@@ -193,6 +208,16 @@ async fn serve(c: Config) -> Result<(), String> {
     for a in broker.local_addrs() {
         let family = if a.is_ipv4() { "ipv4" } else { "ipv6" };
         info!(target: "mqtt", addr = %a, "Opening {family} listen socket on port {}.", a.port());
+    }
+    if !c.cluster.admin_listen.is_empty() {
+        let addr: SocketAddr = c
+            .cluster
+            .admin_listen
+            .parse()
+            .map_err(|e| format!("cluster.admin_listen {:?}: {e}", c.cluster.admin_listen))?;
+        let state = AdminState { cluster: cluster.clone(), store: broker.store().clone() };
+        let local = admin::serve(addr, state).await.map_err(|e| format!("admin endpoint {addr}: {e}"))?;
+        info!(addr = %local, "Admin endpoint on {local}.");
     }
     wait_for_signal().await;
     info!(target: "mqtt", "starling version {} terminating", env!("CARGO_PKG_VERSION"));
@@ -220,6 +245,15 @@ async fn wait_for_signal() {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(Command::Cluster { op }) = cli.command {
+        return match cluster_cli::run(op) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("starling cluster: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     if cli.print_config {
         print!("{}", config::DEFAULT_TOML);
         return ExitCode::SUCCESS;
