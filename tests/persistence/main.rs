@@ -436,6 +436,36 @@ async fn wills_of_clients_connected_at_crash_are_published_after_restart() {
     assert_eq!(a, ack(true));
 }
 
+/// DISCONNECT discards the will for good: the broker closes the socket only once the session's
+/// disconnect is committed, so killing it the moment the close is seen cannot resurrect the will.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn will_discarded_by_disconnect_stays_discarded_across_kill_9() {
+    let mut b = broker();
+    let (mut watcher, _) = RawClient::connect(b.addr(), "watcher", false).await;
+    watcher.subscribe(1, &[("will/#", QoS::AtLeastOnce)]).await;
+    disconnect(watcher).await;
+    for round in 0..5 {
+        let will = LastWill {
+            topic: format!("will/polite-{round}").as_str().into(),
+            payload: Bytes::from_static(b"must never appear"),
+            qos: QoS::AtLeastOnce,
+            retain: false,
+        };
+        let connect = connect_packet("polite", false, ProtocolVersion::V3_1_1, 60, Some(will));
+        let (mut polite, _) = RawClient::connect_with(b.addr(), connect).await;
+        polite.send(&Packet::Disconnect).await;
+        assert!(
+            polite.closed_within(Duration::from_secs(5)).await,
+            "DISCONNECT closes the connection"
+        );
+        b.kill9();
+        b.restart();
+    }
+    let (mut watcher, a) = RawClient::connect(b.addr(), "watcher", false).await;
+    assert_eq!(a, ack(true));
+    assert_silent(&mut watcher).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_graceful_shutdown_persists_and_closes_clients() {
     let mut b = broker();

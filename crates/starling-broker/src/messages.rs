@@ -269,6 +269,18 @@ pub enum SessionRequest {
         /// Packet id.
         packet_id: u16,
     },
+    /// DISCONNECT from a persistent session's client: the session goes offline (will
+    /// discarded) before the socket is closed, so that a crash right after cannot publish it.
+    Disconnect {
+        /// Client id.
+        client_id: ByteString,
+        /// Epoch.
+        epoch: u64,
+        /// Highest outbound sequence number written.
+        sent_up_to: u64,
+        /// True once committed.
+        reply: oneshot::Sender<bool>,
+    },
     /// PUBACK / PUBREC / PUBCOMP from a persistent session's client.
     Ack {
         /// Client id.

@@ -22,6 +22,15 @@ pub enum LogEvent {
     Committed(Vec<(u64, Bytes)>),
     /// Replay of what was on disk is complete; entries after this are new.
     Recovered,
+    /// The Raft leader changed: entries proposed before may never commit. Their requesters fail
+    /// now (visibly: CONNACK 3, closed connection) instead of at their timeout; should such an
+    /// entry still commit, nothing was acknowledged for it.
+    LeaderChanged {
+        /// The new leader, if known.
+        leader: Option<u64>,
+        /// The new term.
+        term: u64,
+    },
     /// A proposed entry was refused and will never commit (e.g. no leader): its requesters fail
     /// now instead of at their timeout.
     Rejected {

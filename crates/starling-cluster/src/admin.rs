@@ -101,8 +101,13 @@ pub struct ErrorView {
 
 type ApiError = (StatusCode, Json<ErrorView>);
 
-fn err(code: StatusCode, e: impl ToString) -> ApiError {
-    (code, Json(ErrorView { error: e.to_string() }))
+fn err(code: StatusCode, e: &dyn std::fmt::Display) -> ApiError {
+    (
+        code,
+        Json(ErrorView {
+            error: e.to_string(),
+        }),
+    )
 }
 
 async fn status(State(s): State<AdminState>) -> Result<Json<StatusView>, ApiError> {
@@ -110,7 +115,7 @@ async fn status(State(s): State<AdminState>) -> Result<Json<StatusView>, ApiErro
         .store
         .send(GetStats { digest: true })
         .await
-        .map_err(|e| err(StatusCode::SERVICE_UNAVAILABLE, e))?;
+        .map_err(|e| err(StatusCode::SERVICE_UNAVAILABLE, &e))?;
     let digest = format!("{:016x}", stats.digest.unwrap_or(0));
     let view = match &s.cluster {
         Some(c) => {
@@ -127,7 +132,12 @@ async fn status(State(s): State<AdminState>) -> Result<Json<StatusView>, ApiErro
                         .find(|p| p.0 == id)
                         .map(|p| (p.1.clone(), p.2.clone()))
                         .unwrap_or_default();
-                    MemberView { id, raft_address, admin_address, voter }
+                    MemberView {
+                        id,
+                        raft_address,
+                        admin_address,
+                        voter,
+                    }
                 })
                 .collect();
             StatusView {
@@ -157,7 +167,12 @@ async fn status(State(s): State<AdminState>) -> Result<Json<StatusView>, ApiErro
             first_index: 0,
             last_index: stats.log.commit_index,
             snapshot_index: 0,
-            members: vec![MemberView { id: 1, raft_address: String::new(), admin_address: String::new(), voter: true }],
+            members: vec![MemberView {
+                id: 1,
+                raft_address: String::new(),
+                admin_address: String::new(),
+                voter: true,
+            }],
             state_digest: digest,
             sessions: stats.state.sessions,
             retained: stats.state.retained_messages,
@@ -169,23 +184,43 @@ async fn status(State(s): State<AdminState>) -> Result<Json<StatusView>, ApiErro
 
 async fn change(s: &AdminState, change: MemberChange) -> Result<StatusCode, ApiError> {
     let Some(c) = &s.cluster else {
-        return Err(err(StatusCode::CONFLICT, "not in clustered mode"));
+        return Err(err(StatusCode::CONFLICT, &"not in clustered mode"));
     };
     let (tx, rx) = oneshot::channel();
     info!(?change, "membership change requested");
-    c.node.send(ChangeMembers { change, reply: tx }).await.map_err(|e| err(StatusCode::SERVICE_UNAVAILABLE, e))?;
+    c.node
+        .send(ChangeMembers { change, reply: tx })
+        .await
+        .map_err(|e| err(StatusCode::SERVICE_UNAVAILABLE, &e))?;
     match tokio::time::timeout(Duration::from_secs(15), rx).await {
         Ok(Ok(Ok(()))) => Ok(StatusCode::OK),
-        Ok(Ok(Err(e))) => Err(err(StatusCode::SERVICE_UNAVAILABLE, e)),
-        _ => Err(err(StatusCode::GATEWAY_TIMEOUT, "membership change not applied in time")),
+        Ok(Ok(Err(e))) => Err(err(StatusCode::SERVICE_UNAVAILABLE, &e)),
+        _ => Err(err(
+            StatusCode::GATEWAY_TIMEOUT,
+            &"membership change not applied in time",
+        )),
     }
 }
 
-async fn join(State(s): State<AdminState>, Json(req): Json<JoinRequest>) -> Result<StatusCode, ApiError> {
+async fn join(
+    State(s): State<AdminState>,
+    Json(req): Json<JoinRequest>,
+) -> Result<StatusCode, ApiError> {
     if req.node_id == 0 || !req.raft_address.contains(':') {
-        return Err(err(StatusCode::BAD_REQUEST, "node_id must be non-zero and raft_address host:port"));
+        return Err(err(
+            StatusCode::BAD_REQUEST,
+            &"node_id must be non-zero and raft_address host:port",
+        ));
     }
-    change(&s, MemberChange::Add { id: req.node_id, raft_address: req.raft_address, admin_address: req.admin_address }).await
+    change(
+        &s,
+        MemberChange::Add {
+            id: req.node_id,
+            raft_address: req.raft_address,
+            admin_address: req.admin_address,
+        },
+    )
+    .await
 }
 
 async fn leave(State(s): State<AdminState>, Path(id): Path<u64>) -> Result<StatusCode, ApiError> {

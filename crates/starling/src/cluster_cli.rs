@@ -41,9 +41,15 @@ pub(crate) enum ClusterOp {
 }
 
 /// Sends one request; returns (status code, body).
-fn request(admin: &str, method: &str, path: &str, body: Option<&str>) -> Result<(u16, String), String> {
+fn request(
+    admin: &str,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+) -> Result<(u16, String), String> {
     let mut s = TcpStream::connect(admin).map_err(|e| format!("cannot reach {admin}: {e}"))?;
-    s.set_read_timeout(Some(Duration::from_secs(30))).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))
+        .map_err(|e| e.to_string())?;
     let body = body.unwrap_or("");
     let req = format!(
         "{method} {path} HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
@@ -51,7 +57,8 @@ fn request(admin: &str, method: &str, path: &str, body: Option<&str>) -> Result<
     );
     s.write_all(req.as_bytes()).map_err(|e| e.to_string())?;
     let mut resp = String::new();
-    s.read_to_string(&mut resp).map_err(|e| format!("reading the answer from {admin}: {e}"))?;
+    s.read_to_string(&mut resp)
+        .map_err(|e| format!("reading the answer from {admin}: {e}"))?;
     let (head, body) = resp.split_once("\r\n\r\n").unwrap_or((&resp, ""));
     let code = head
         .split_whitespace()
@@ -62,8 +69,8 @@ fn request(admin: &str, method: &str, path: &str, body: Option<&str>) -> Result<
 }
 
 /// Runs an operation; the exit code is 0 on success.
-pub(crate) fn run(op: ClusterOp) -> Result<(), String> {
-    let (admin, method, path, body) = match &op {
+pub(crate) fn run(op: &ClusterOp) -> Result<(), String> {
+    let (admin, method, path, body) = match op {
         ClusterOp::Status { admin } => (admin, "GET", "/cluster/status".to_string(), None),
         ClusterOp::Join { admin, node_id, raft_address, admin_address } => (
             admin,

@@ -215,8 +215,13 @@ async fn serve(c: Config) -> Result<(), String> {
             .admin_listen
             .parse()
             .map_err(|e| format!("cluster.admin_listen {:?}: {e}", c.cluster.admin_listen))?;
-        let state = AdminState { cluster: cluster.clone(), store: broker.store().clone() };
-        let local = admin::serve(addr, state).await.map_err(|e| format!("admin endpoint {addr}: {e}"))?;
+        let state = AdminState {
+            cluster: cluster.clone(),
+            store: broker.store().clone(),
+        };
+        let local = admin::serve(addr, state)
+            .await
+            .map_err(|e| format!("admin endpoint {addr}: {e}"))?;
         info!(addr = %local, "Admin endpoint on {local}.");
     }
     wait_for_signal().await;
@@ -246,7 +251,7 @@ async fn wait_for_signal() {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Some(Command::Cluster { op }) = cli.command {
-        return match cluster_cli::run(op) {
+        return match cluster_cli::run(&op) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("starling cluster: {e}");

@@ -117,6 +117,8 @@ struct ClientSession {
     route: Vec<Vec<RoutedPublish>>,
     /// Last time a limit was logged for this client.
     last_limit_log: Option<Instant>,
+    /// Persistent sessions: already disconnected in the replicated state (DISCONNECT).
+    released: bool,
 }
 
 /// The connection actor.
@@ -404,11 +406,7 @@ impl Connection {
                 self.write_packet(&Packet::PingResp);
                 debug!(target: MQTT_LOG, client_id = %name, "Sending PINGRESP to {name}");
             }
-            (Phase::Active, Packet::Disconnect) => {
-                let name = self.name().to_string();
-                debug!(target: MQTT_LOG, client_id = %name, "Received DISCONNECT from {name}");
-                self.close(CloseReason::Disconnect, ctx);
-            }
+            (Phase::Active, Packet::Disconnect) => self.on_disconnect(ctx),
             (Phase::Active, Packet::Connect(_)) => {
                 self.close(CloseReason::Protocol("second CONNECT"), ctx)
             }
@@ -418,6 +416,38 @@ impl Connection {
             ),
             (Phase::Connecting | Phase::Closing, _) => {}
         }
+    }
+
+    fn on_disconnect(&mut self, ctx: &mut Context<Self>) {
+        let name = self.name().to_string();
+        debug!(target: MQTT_LOG, client_id = %name, "Received DISCONNECT from {name}");
+        let Some(s) = self.session.as_ref().filter(|s| s.persistent) else {
+            return self.close(CloseReason::Disconnect, ctx);
+        };
+        // The session goes offline (will discarded) before the socket closes, so that a crash
+        // in between cannot make the restarted broker publish the will.
+        let sent_up_to = match &s.flow {
+            Flow::Durable(f) => f.max_sent_seq(),
+            Flow::Local(_) => 0,
+        };
+        let (tx, rx) = oneshot::channel();
+        self.worker.store.do_send(SessionRequest::Disconnect {
+            client_id: s.client_id.clone(),
+            epoch: s.epoch,
+            sent_up_to,
+            reply: tx,
+        });
+        let wait = tokio::time::timeout(self.worker.config.commit_timeout(), rx);
+        ctx.wait(
+            actix::fut::wrap_future::<_, Self>(wait).map(|res, act, ctx| {
+                if matches!(res, Ok(Ok(true))) {
+                    if let Some(s) = act.session.as_mut() {
+                        s.released = true;
+                    }
+                }
+                act.close(CloseReason::Disconnect, ctx);
+            }),
+        );
     }
 
     fn on_connect(&mut self, c: Connect, ctx: &mut Context<Self>) {
@@ -537,11 +567,15 @@ impl Connection {
             filters: Vec::new(),
             route: Vec::new(),
             last_limit_log: None,
+            released: false,
         }));
         Counters::add(&self.worker.counters.clients_connected, 1);
         // Logged once the store accepted, so that a takeover's "already connected" line comes
         // first, as in Mosquitto.
-        let user = c.username.as_ref().map_or(String::new(), |u| format!(", u{u}"));
+        let user = c
+            .username
+            .as_ref()
+            .map_or(String::new(), |u| format!(", u{u}"));
         info!(target: MQTT_LOG, client_id = %client_id, peer = %self.peer.ip(), clean_session = c.clean_session,
             keep_alive = c.keep_alive,
             "New client connected from {} as {client_id} (c{}, k{}{user}).",
@@ -958,7 +992,7 @@ impl Actor for Connection {
             conn_id: self.id,
             client_id: s.client_id.clone(),
             key: s.key,
-            epoch: s.epoch,
+            epoch: if s.released { 0 } else { s.epoch },
             persistent: s.persistent,
             publish_will,
             sent_up_to,

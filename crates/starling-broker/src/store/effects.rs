@@ -325,6 +325,9 @@ impl SessionStore {
                 };
                 let _ = reply.send(outcome);
             }
+            Waiter::Disconnect(reply) => {
+                let _ = reply.send(matches!(result, CommandResult::Disconnected));
+            }
             Waiter::Unsubscribe(reply) => {
                 let _ = reply.send(matches!(result, CommandResult::Unsubscribed));
             }

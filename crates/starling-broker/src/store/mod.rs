@@ -167,7 +167,7 @@ impl SessionStore {
             Waiter::Subscribe(reply, _) => {
                 let _ = reply.send(SubscribeOutcome::Unavailable);
             }
-            Waiter::Unsubscribe(reply) => {
+            Waiter::Unsubscribe(reply) | Waiter::Disconnect(reply) => {
                 let _ = reply.send(false);
             }
             Waiter::Ack { conn, token } => conn.addr.do_send(Acked {
@@ -377,6 +377,20 @@ impl Handler<LogEvent> for SessionStore {
                 }
             }
             LogEvent::Recovered => self.on_recovered(ctx),
+            LogEvent::LeaderChanged { leader, term } => {
+                let failed = self.proposals.take_proposed();
+                if !failed.is_empty() {
+                    warn!(
+                        ?leader,
+                        term,
+                        requests = failed.len(),
+                        "leader changed: requests proposed before fail (clients retry)"
+                    );
+                }
+                for w in failed {
+                    Self::fail_waiter(w);
+                }
+            }
             LogEvent::Rejected { entry, reason } => {
                 warn!(reason = %reason, "proposal refused by the log; its requests fail");
                 for w in self.proposals.take_entry_waiters(entry) {
@@ -565,6 +579,20 @@ impl Handler<SessionRequest> for SessionStore {
                     packet_id: u32::from(packet_id),
                 });
                 self.propose(kind, Some(Waiter::Ack { conn: from, token }), ctx);
+            }
+            SessionRequest::Disconnect {
+                client_id,
+                epoch,
+                sent_up_to,
+                reply,
+            } => {
+                let kind = pb::command::Kind::Disconnect(pb::SessionDisconnect {
+                    client_id: client_id.to_string(),
+                    epoch,
+                    sent_up_to,
+                    publish_will: false,
+                });
+                self.propose(kind, Some(Waiter::Disconnect(reply)), ctx);
             }
             SessionRequest::Ack {
                 client_id,

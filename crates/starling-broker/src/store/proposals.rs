@@ -29,6 +29,8 @@ pub(crate) enum Waiter {
     Unsubscribe(oneshot::Sender<bool>),
     /// A PUBLISH or PUBREL whose acknowledgement waits for the commit.
     Ack { conn: Target, token: u64 },
+    /// DISCONNECT of a persistent session.
+    Disconnect(oneshot::Sender<bool>),
 }
 
 /// Commands waiting to be proposed and requesters waiting for them to apply.
@@ -38,6 +40,8 @@ pub(crate) struct Proposals {
     buffer: Vec<pb::Command>,
     buffer_bytes: usize,
     next_request: u64,
+    /// Highest request id handed to the log.
+    proposed_up_to: u64,
     waiting: BTreeMap<u64, (Instant, Waiter)>,
 }
 
@@ -52,6 +56,7 @@ impl Proposals {
             buffer: Vec::new(),
             buffer_bytes: 0,
             next_request: 0,
+            proposed_up_to: 0,
             waiting: BTreeMap::new(),
         }
     }
@@ -100,6 +105,7 @@ impl Proposals {
             commands: std::mem::take(&mut self.buffer),
         };
         self.buffer_bytes = 0;
+        self.proposed_up_to = self.next_request;
         Some(Bytes::from(batch.encode_to_vec()))
     }
 
@@ -146,6 +152,15 @@ impl Proposals {
             out.push(entry.remove().1);
         }
         out
+    }
+
+    /// The waiters of everything already handed to the log (a leader change may lose it).
+    pub(crate) fn take_proposed(&mut self) -> Vec<Waiter> {
+        let later = self.waiting.split_off(&(self.proposed_up_to + 1));
+        std::mem::replace(&mut self.waiting, later)
+            .into_values()
+            .map(|(_, w)| w)
+            .collect()
     }
 
     /// Every waiter (shutdown).

@@ -212,6 +212,8 @@ pub struct RaftNode {
     conf_waiters: Vec<ConfWaiter>,
     /// Proposals received before the log was attached.
     early: Vec<Bytes>,
+    /// Leader as last seen, to tell the store when it changes.
+    known_leader: u64,
 }
 
 fn role_name(r: StateRole) -> &'static str {
@@ -282,6 +284,7 @@ impl RaftNode {
             status,
             conf_waiters: Vec::new(),
             early: Vec::new(),
+            known_leader: 0,
             settings,
         })
     }
@@ -515,7 +518,21 @@ impl RaftNode {
         }
     }
 
-    fn update_status(&self) {
+    fn update_status(&mut self) {
+        let leader = self.raw.raft.leader_id;
+        if leader != self.known_leader {
+            if self.known_leader != 0 {
+                if let Some(sink) = &self.sink {
+                    let term = self.raw.raft.term;
+                    sink.do_send(LogEvent::LeaderChanged {
+                        leader: (leader != 0).then_some(leader),
+                        term,
+                    });
+                }
+            }
+            info!(leader, term = self.raw.raft.term, "leader changed");
+            self.known_leader = leader;
+        }
         let raft = &self.raw.raft;
         let core = self.storage.rl();
         let mut s = self.status.lock().unwrap_or_else(|e| e.into_inner());
