@@ -352,7 +352,9 @@ async fn queue_overflow_drops_and_counts() {
 
 #[tokio::test]
 async fn persistent_queue_overflow_drops_and_counts() {
+    // An offline persistent session holds max_inflight + max_queued_messages = 1 + 5 messages.
     let b = broker_env(&[
+        ("STARLING_MQTT_MAX_INFLIGHT", "1"),
         ("STARLING_MQTT_MAX_QUEUED_MESSAGES", "5"),
         ("STARLING_MQTT_SYS_INTERVAL_SECS", "1"),
     ]);
@@ -367,17 +369,17 @@ async fn persistent_queue_overflow_drops_and_counts() {
     }
     let (mut sub, ack) = RawClient::connect(b.addr(), "away", false).await;
     assert!(ack.session_present);
-    let got: Vec<String> = exactly(&mut sub, 5)
+    let got: Vec<String> = one_by_one(&mut sub, 6)
         .await
         .iter()
-        .map(|p| String::from_utf8(p.payload.to_vec()).unwrap())
+        .map(|p| String::from_utf8(p.to_vec()).unwrap())
         .collect();
-    assert_eq!(got, ["0", "1", "2", "3", "4"]);
+    assert_eq!(got, ["0", "1", "2", "3", "4", "5"]);
     wait_log(&b, "queue-full log line", |l| {
         l.contains("session queue full for client away") && l.contains("max_queued_messages")
     })
     .await;
-    assert_sys_dropped(&b, "3").await;
+    assert_sys_dropped(&b, "2").await;
 }
 
 #[tokio::test]
@@ -387,7 +389,8 @@ async fn queue_byte_limit_drops_and_counts() {
         ("STARLING_MQTT_MAX_QUEUED_BYTES", "2048"),
         ("STARLING_MQTT_SYS_INTERVAL_SECS", "1"),
     ]);
-    // Each message counts 7 (topic) + 500 (payload) + 64 = 571 bytes: three fit in 2048.
+    // Each message counts 7 (topic) + 500 (payload) + 64 = 571 bytes: three fit in 2048,
+    // counting the one in flight.
     let payload = |i: usize| format!("{i}").repeat(500).into_bytes();
     let (mut clean, _) = RawClient::connect(b.addr(), "slow-clean", true).await;
     clean.subscribe(1, &[("bytes/t", QoS::AtLeastOnce)]).await;
@@ -400,11 +403,11 @@ async fn queue_byte_limit_drops_and_counts() {
         publ.publish("bytes/t", rumqttc::QoS::AtLeastOnce, false, payload(i))
             .await;
     }
-    // Clean session: one in flight, three queued; persistent and offline: three queued.
-    let got = one_by_one(&mut clean, 4).await;
+    // Clean session: one in flight and two queued; persistent and offline: three queued.
+    let got = one_by_one(&mut clean, 3).await;
     assert_eq!(
         got,
-        (0..4).map(|i| Bytes::from(payload(i))).collect::<Vec<_>>()
+        (0..3).map(|i| Bytes::from(payload(i))).collect::<Vec<_>>()
     );
     let (mut away, _) = RawClient::connect(b.addr(), "slow-away", false).await;
     let got = one_by_one(&mut away, 3).await;
@@ -420,7 +423,7 @@ async fn queue_byte_limit_drops_and_counts() {
         })
         .await;
     }
-    assert_sys_dropped(&b, "9").await;
+    assert_sys_dropped(&b, "10").await;
 }
 
 /// Waits until `$SYS/broker/publish/messages/dropped` reads `want`.

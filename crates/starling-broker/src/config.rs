@@ -29,7 +29,7 @@ pub struct BrokerConfig {
     pub max_inflight_in: usize,
     /// Messages queued per session beyond the in-flight window.
     pub max_queued_messages: usize,
-    /// Bytes queued per session (topic + payload + 64 per message).
+    /// Bytes held per session, in flight or queued (topic + payload + 64 per message).
     pub max_queued_bytes: usize,
     /// Bytes waiting in a connection's write buffer before QoS 0 messages to it are dropped.
     pub max_write_buffer: usize,
@@ -135,6 +135,7 @@ impl BrokerConfig {
     pub fn state_config(&self) -> StateConfig {
         StateConfig {
             max_queued_messages: self.max_queued_messages,
+            max_inflight: self.max_inflight,
             max_queued_bytes: self.max_queued_bytes,
         }
     }

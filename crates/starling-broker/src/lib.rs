@@ -36,7 +36,7 @@ use tracing::info;
 
 pub use config::{BrokerConfig, ConfigError};
 pub use metrics::{Metrics, Totals};
-pub use replication::{LogEvent, LogStartError, LogStatus, ProposeError, ReplicatedLog};
+pub use replication::{Forwarder, LogEvent, LogStartError, LogStatus, ProposeError, ReplicatedLog};
 pub use store::{GetStats, Init, SessionStore, Shutdown, StoreStats};
 
 use router::RouterShard;
@@ -47,6 +47,39 @@ pub struct Worker {
     pub(crate) routers: Arc<[Addr<RouterShard>]>,
     pub(crate) store: Addr<SessionStore>,
     pub(crate) counters: Arc<metrics::Counters>,
+}
+
+/// Who this node is within its cluster.
+#[derive(Clone, Default)]
+pub struct NodeOptions {
+    /// This node's id (1 for a single node).
+    pub node_id: u64,
+    /// Clustered mode: sends fast-path messages to other nodes. Its presence also makes clean
+    /// sessions part of the replicated state (so that every node can route to them).
+    pub forwarder: Option<Arc<dyn Forwarder>>,
+}
+
+/// Delivers messages forwarded by another node to this node's non-durable subscribers.
+#[derive(Clone)]
+pub struct LocalDelivery {
+    routers: Arc<[Addr<RouterShard>]>,
+}
+
+impl LocalDelivery {
+    /// Routes `messages` (in order per topic) to local subscribers; completes once the router
+    /// shards have taken them, which is the backpressure of the forwarding stream.
+    pub async fn deliver(&self, messages: Vec<starling_state::Message>) {
+        let n = self.routers.len();
+        let mut per_shard: Vec<Vec<starling_state::Message>> = vec![Vec::new(); n];
+        for m in messages {
+            per_shard[router::shard_of(&m.topic, n)].push(m);
+        }
+        for (i, messages) in per_shard.into_iter().enumerate() {
+            if !messages.is_empty() {
+                let _ = self.routers[i].send(messages::FastPath { messages }).await;
+            }
+        }
+    }
 }
 
 /// The broker could not start.
@@ -71,6 +104,7 @@ pub enum StartError {
 /// A running broker.
 pub struct Broker {
     addrs: Vec<SocketAddr>,
+    routers: Arc<[Addr<RouterShard>]>,
     store: Addr<SessionStore>,
     accept_tasks: Vec<actix_rt::task::JoinHandle<()>>,
     arbiters: Vec<Arbiter>,
@@ -85,10 +119,12 @@ impl Broker {
     /// Invalid settings, a listener that cannot be bound, or a log that cannot be replayed.
     pub async fn start(
         config: BrokerConfig,
-        node_id: u64,
+        node: NodeOptions,
         log: Box<dyn ReplicatedLog>,
         metrics: Arc<Metrics>,
     ) -> Result<Broker, StartError> {
+        let NodeOptions { node_id, forwarder } = node;
+        let track_clean = forwarder.is_some();
         config.validate()?;
         let config = Arc::new(config);
         let n = config.worker_count();
@@ -100,15 +136,16 @@ impl Broker {
         let store = {
             let config = config.clone();
             SessionStore::start_in_arbiter(&store_arbiter.handle(), move |_| {
-                SessionStore::new(node_id, config, log, ready_tx)
+                SessionStore::new(node_id, config, log, ready_tx, track_clean)
             })
         };
         let routers: Vec<Addr<RouterShard>> = worker_arbiters
             .iter()
             .map(|a| {
-                let (store, counters) = (store.clone(), metrics.block());
+                let (store, counters, forwarder) =
+                    (store.clone(), metrics.block(), forwarder.clone());
                 RouterShard::start_in_arbiter(&a.handle(), move |_| {
-                    RouterShard::new(store, counters)
+                    RouterShard::new(store, forwarder, counters)
                 })
             })
             .collect();
@@ -135,7 +172,7 @@ impl Broker {
             })
             .collect::<Vec<_>>()
             .into();
-        let live = Arc::new(listener::Live::default());
+        let live = Arc::new(listener::Live::new());
         let mut addrs = Vec::new();
         let mut accept_tasks = Vec::new();
         for addr in &config.listeners {
@@ -166,6 +203,7 @@ impl Broker {
         let mut arbiters = worker_arbiters;
         arbiters.push(store_arbiter);
         Ok(Broker {
+            routers,
             addrs,
             store,
             accept_tasks,
@@ -177,6 +215,13 @@ impl Broker {
     /// The bound listener addresses (with the actual port when 0 was asked for).
     pub fn local_addrs(&self) -> &[SocketAddr] {
         &self.addrs
+    }
+
+    /// The entry point for messages forwarded by other nodes.
+    pub fn local_delivery(&self) -> LocalDelivery {
+        LocalDelivery {
+            routers: self.routers.clone(),
+        }
     }
 
     /// The session store, for status queries.

@@ -26,11 +26,22 @@ pub(crate) fn bind(addr: SocketAddr, backlog: u32) -> io::Result<TcpListener> {
     socket.listen(backlog)
 }
 
-/// Live connection count shared by every listener, for `max_connections`.
-#[derive(Debug, Default)]
+/// Live connection count shared by every listener, for `max_connections`, and connection ids.
+#[derive(Debug)]
 pub(crate) struct Live {
     pub(crate) count: AtomicUsize,
+    /// Connection ids: a random 32-bit prefix per process, so that an id in the replicated state
+    /// (a session's owner) never names a connection of a later run of this node.
     pub(crate) next_id: AtomicU64,
+}
+
+impl Live {
+    pub(crate) fn new() -> Live {
+        Live {
+            count: AtomicUsize::new(0),
+            next_id: AtomicU64::new(u64::from(rand::random::<u32>()) << 32),
+        }
+    }
 }
 
 /// Decrements the live count when a connection actor is dropped.

@@ -32,6 +32,15 @@ pub struct Target {
     pub addr: Addr<Connection>,
 }
 
+/// Where a subscription's non-durable deliveries go.
+#[derive(Clone, Debug)]
+pub enum RouteTarget {
+    /// A connection on this node.
+    Local(Target),
+    /// Another node, which delivers to its own connections (fast-path forwarding).
+    Remote(u64),
+}
+
 /// Which acknowledgement a connection owes its client once a PUBLISH or PUBREL is done.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AckKind {
@@ -113,7 +122,7 @@ pub enum RouteUpdate {
         /// Persistent session: QoS 1/2 go through the store.
         durable: bool,
         /// Where QoS 0 (and, if not durable, all) deliveries go; `None` while offline.
-        target: Option<Target>,
+        target: Option<RouteTarget>,
     },
     /// Remove a subscription.
     Remove {
@@ -129,11 +138,13 @@ pub enum RouteUpdate {
         /// Its filters.
         filters: Vec<Arc<str>>,
         /// New target.
-        target: Option<Target>,
+        target: Option<RouteTarget>,
     },
 }
 
-/// Store → router shard: deliver to non-durable subscribers only.
+/// → router shard: deliver to this node's non-durable subscribers only (never forwarded: the
+/// store's deferred fast path runs on every node that applies the entry, and messages received
+/// from another node were forwarded already).
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct FastPath {

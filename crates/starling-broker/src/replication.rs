@@ -31,6 +31,12 @@ pub enum LogEvent {
         /// The new term.
         term: u64,
     },
+    /// The leader has not heard from `node` for the configured time: propose that its sessions
+    /// go offline (wills published).
+    PeerDown {
+        /// The node.
+        node: u64,
+    },
     /// A proposed entry was refused and will never commit (e.g. no leader): its requesters fail
     /// now instead of at their timeout.
     Rejected {
@@ -96,4 +102,12 @@ pub trait ReplicatedLog: Send + 'static {
 
     /// Writes what is queued and stops.
     fn shutdown(&mut self);
+}
+
+/// Sends fast-path messages to another node of the cluster (QoS 0, and deliveries to clean
+/// sessions served there). Never blocks; a message that cannot be queued is dropped and counted
+/// (the fast path is at most once across nodes).
+pub trait Forwarder: Send + Sync + 'static {
+    /// Queues `messages` for delivery to `node`'s local subscribers.
+    fn forward(&self, node: u64, messages: Vec<starling_state::Message>);
 }

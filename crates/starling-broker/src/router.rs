@@ -12,9 +12,10 @@ use starling_state::{Message as AppMessage, TopicTrie};
 use tracing::warn;
 
 use crate::messages::{
-    Acked, Deliver, DurableItem, DurablePublish, FastPath, Route, RouteUpdate, Target,
+    Acked, Deliver, DurableItem, DurablePublish, FastPath, Route, RouteTarget, RouteUpdate, Target,
 };
 use crate::metrics::Counters;
+use crate::replication::Forwarder;
 use crate::store::SessionStore;
 
 /// Picks the shard of a topic (FNV-1a).
@@ -32,13 +33,15 @@ pub fn shard_of(topic: &str, shards: usize) -> usize {
 struct Sub {
     qos: QoS,
     durable: bool,
-    target: Option<Target>,
+    target: Option<RouteTarget>,
 }
 
 /// Deliveries of one routing pass, grouped per connection.
 #[derive(Default)]
 pub(crate) struct Outbox {
     by_conn: HashMap<u64, (Target, Vec<AppMessage>)>,
+    /// Messages to forward, per remote node (each message once per node).
+    by_node: HashMap<u64, Vec<AppMessage>>,
     durable: Vec<DurableItem>,
     acked: Vec<u64>,
 }
@@ -47,7 +50,8 @@ pub(crate) struct Outbox {
 #[derive(Default)]
 pub(crate) struct RouteTable {
     trie: TopicTrie<u64, Sub>,
-    scratch: Vec<(u64, QoS, bool, Option<Target>)>,
+    scratch: Vec<(u64, QoS, bool, Option<RouteTarget>)>,
+    nodes: Vec<u64>,
 }
 
 impl RouteTable {
@@ -91,9 +95,16 @@ impl RouteTable {
         }
     }
 
-    /// Routes one message. Non-durable deliveries go to `out`; returns true when the message
-    /// also needs the store (a persistent subscriber at QoS 1/2, or RETAIN).
-    pub(crate) fn route(&mut self, message: &AppMessage, out: &mut Outbox) -> bool {
+    /// Routes one message. Deliveries to this node's connections go to `out`, and, unless
+    /// `local_only`, the message once to every other node with a matching subscriber. Returns
+    /// true when the message also needs the store (a persistent subscriber at QoS 1/2, or
+    /// RETAIN).
+    pub(crate) fn route(
+        &mut self,
+        message: &AppMessage,
+        out: &mut Outbox,
+        local_only: bool,
+    ) -> bool {
         let scratch = &mut self.scratch;
         scratch.clear();
         self.trie.for_each_match(&message.topic, |k, s| {
@@ -105,20 +116,34 @@ impl RouteTable {
             scratch.dedup_by(|a, b| a.0 == b.0);
         }
         let mut needs_store = message.retain;
+        self.nodes.clear();
         for (_, sub_qos, durable, target) in scratch.drain(..) {
             let qos = message.qos.min(sub_qos);
             if durable && qos != QoS::AtMostOnce {
                 needs_store = true;
                 continue;
             }
-            if let Some(t) = target {
-                let m = message.with(qos, false);
-                out.by_conn
-                    .entry(t.conn_id)
-                    .or_insert_with(|| (t, Vec::new()))
-                    .1
-                    .push(m);
+            match target {
+                Some(RouteTarget::Local(t)) => {
+                    let m = message.with(qos, false);
+                    out.by_conn
+                        .entry(t.conn_id)
+                        .or_insert_with(|| (t, Vec::new()))
+                        .1
+                        .push(m);
+                }
+                Some(RouteTarget::Remote(node)) if !local_only && !self.nodes.contains(&node) => {
+                    self.nodes.push(node);
+                }
+                _ => {}
             }
+        }
+        for node in &self.nodes {
+            // The remote node downgrades per subscriber itself.
+            out.by_node
+                .entry(*node)
+                .or_default()
+                .push(message.with(message.qos, false));
         }
         needs_store
     }
@@ -133,15 +158,22 @@ impl RouteTable {
 pub struct RouterShard {
     table: RouteTable,
     store: Addr<SessionStore>,
+    forwarder: Option<Arc<dyn Forwarder>>,
     counters: Arc<Counters>,
 }
 
 impl RouterShard {
-    /// A shard that forwards durable work to `store`.
-    pub fn new(store: Addr<SessionStore>, counters: Arc<Counters>) -> RouterShard {
+    /// A shard that hands durable work to `store` and fast-path messages for other nodes to
+    /// `forwarder` (clustered mode).
+    pub fn new(
+        store: Addr<SessionStore>,
+        forwarder: Option<Arc<dyn Forwarder>>,
+        counters: Arc<Counters>,
+    ) -> RouterShard {
         RouterShard {
             table: RouteTable::default(),
             store,
+            forwarder,
             counters,
         }
     }
@@ -158,6 +190,11 @@ impl RouterShard {
                         "connection mailbox full, messages dropped"
                     );
                 }
+            }
+        }
+        if let Some(f) = &self.forwarder {
+            for (node, messages) in out.by_node {
+                f.forward(node, messages);
             }
         }
         if !out.durable.is_empty() {
@@ -186,7 +223,7 @@ impl Handler<Route> for RouterShard {
     fn handle(&mut self, msg: Route, _: &mut Self::Context) {
         let mut out = Outbox::default();
         for p in msg.publishes {
-            if self.table.route(&p.message, &mut out) {
+            if self.table.route(&p.message, &mut out, false) {
                 let reply = p.token.and_then(|t| msg.from.clone().map(|a| (a, t)));
                 out.durable.push(DurableItem {
                     message: p.message,
@@ -207,7 +244,7 @@ impl Handler<FastPath> for RouterShard {
         let mut out = Outbox::default();
         for m in msg.messages {
             // Durable targets were served by the state machine already.
-            let _ = self.table.route(&m, &mut out);
+            let _ = self.table.route(&m, &mut out, true);
         }
         self.send_out(out, None);
     }
@@ -257,10 +294,10 @@ mod tests {
         let mut t = RouteTable::default();
         add(&mut t, 1, "a/#", QoS::AtLeastOnce, true);
         let mut out = Outbox::default();
-        assert!(t.route(&msg("a/b", QoS::AtLeastOnce, false), &mut out));
-        assert!(!t.route(&msg("a/b", QoS::AtMostOnce, false), &mut out));
+        assert!(t.route(&msg("a/b", QoS::AtLeastOnce, false), &mut out, false));
+        assert!(!t.route(&msg("a/b", QoS::AtMostOnce, false), &mut out, false));
         assert!(
-            t.route(&msg("x", QoS::AtMostOnce, true), &mut out),
+            t.route(&msg("x", QoS::AtMostOnce, true), &mut out, false),
             "retained messages always go to the store"
         );
     }
@@ -269,7 +306,11 @@ mod tests {
     fn durable_subscriber_granted_qos0_stays_on_the_fast_path() {
         let mut t = RouteTable::default();
         add(&mut t, 1, "a", QoS::AtMostOnce, true);
-        assert!(!t.route(&msg("a", QoS::ExactlyOnce, false), &mut Outbox::default()));
+        assert!(!t.route(
+            &msg("a", QoS::ExactlyOnce, false),
+            &mut Outbox::default(),
+            false
+        ));
     }
 
     #[test]
@@ -288,6 +329,35 @@ mod tests {
             filter: "a".into(),
         });
         assert_eq!(t.len(), 1);
+    }
+
+    #[test]
+    fn remote_subscribers_get_one_forward_per_node_and_none_when_local_only() {
+        let mut t = RouteTable::default();
+        for (key, filter, node) in [(1, "a/#", 2), (2, "a/b", 2), (3, "+/b", 3)] {
+            t.update(RouteUpdate::Add {
+                key,
+                filter: filter.into(),
+                qos: QoS::AtLeastOnce,
+                durable: false,
+                target: Some(RouteTarget::Remote(node)),
+            });
+        }
+        let mut out = Outbox::default();
+        assert!(
+            t.route(&msg("a/b", QoS::AtLeastOnce, true), &mut out, false),
+            "retained: needs the store"
+        );
+        assert_eq!(out.by_node.len(), 2);
+        assert_eq!(
+            out.by_node[&2].len(),
+            1,
+            "one forward per node, not per subscriber"
+        );
+        assert!(!out.by_node[&2][0].retain, "live forwards carry RETAIN=0");
+        let mut out = Outbox::default();
+        t.route(&msg("a/b", QoS::AtLeastOnce, false), &mut out, true);
+        assert!(out.by_node.is_empty());
     }
 
     #[test]

@@ -32,6 +32,9 @@ pub struct ClusterConfig {
     pub max_message_bytes: usize,
     /// Messages queued per peer before they are dropped (Raft retransmits).
     pub peer_queue: usize,
+    /// Seconds the leader waits for an unreachable node before its sessions go offline and
+    /// their wills are published (unless a client reconnected elsewhere meanwhile).
+    pub node_down_secs: u64,
 }
 
 impl Default for ClusterConfig {
@@ -48,6 +51,7 @@ impl Default for ClusterConfig {
             heartbeat_ticks: 2,
             max_message_bytes: 256 * 1024 * 1024,
             peer_queue: 4096,
+            node_down_secs: 10,
         }
     }
 }

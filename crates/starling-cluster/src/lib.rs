@@ -8,12 +8,17 @@
 //! - [`raft_log`]: [`RaftLog`], the port implementation in clustered mode.
 //! - [`transport`]: peer messages over gRPC (one stream per peer, reconnecting with backoff).
 //! - [`config`]: the `[cluster]` settings.
-//! - [`admin`]: the admin HTTP endpoint (status, membership operations).
+//! - [`admin`]: the admin HTTP endpoint (status, readiness, Prometheus metrics, membership
+//!   operations, backup export).
+//! - [`backup`]: the backup file `GET /cluster/snapshot` exports.
+//! - [`latency`]: the proposal-to-commit latency histogram.
 //!
 //! [`ReplicatedLog`]: starling_broker::ReplicatedLog
 
 pub mod admin;
+pub mod backup;
 pub mod config;
+pub mod latency;
 pub mod local;
 pub mod raft;
 pub mod raft_log;
@@ -21,7 +26,9 @@ mod transport;
 
 pub use config::{node_id_from_hostname, ClusterConfig, ClusterConfigError};
 pub use local::LocalLog;
-pub use raft::{ChangeMembers, MemberChange, NodeStatus, RaftNode, TransferLeadership};
+pub use raft::{
+    ChangeMembers, ExportBackup, MemberChange, NodeStatus, RaftNode, TransferLeadership,
+};
 pub use raft_log::{ClusterHandle, RaftLog};
 pub use starling_storage::FsyncPolicy;
 

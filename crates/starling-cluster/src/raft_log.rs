@@ -2,21 +2,28 @@
 
 use std::net::TcpListener as StdTcpListener;
 use std::path::Path;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use actix::prelude::*;
 use bytes::Bytes;
 use prost::Message as _;
-use starling_broker::{LogEvent, LogStartError, LogStatus, ProposeError, ReplicatedLog};
+use starling_broker::{
+    LocalDelivery, LogEvent, LogStartError, LogStatus, ProposeError, ReplicatedLog,
+};
 use starling_proto::cluster::v1 as cpb;
 use starling_proto::cluster::v1::cluster_server::ClusterServer;
-use starling_storage::{FsyncPolicy, LogStore, LogWriter, StoreOptions, WriteBatch};
+use starling_storage::{
+    FsyncPolicy, LogStore, LogWriter, SnapshotRecord, StoreOptions, WriteBatch,
+};
 use tracing::{error, info};
 
 use crate::config::ClusterConfig;
-use crate::raft::storage::{encode, RaftStorage, PEERS};
+use crate::raft::storage::{
+    encode, RaftStorage, BOOTSTRAP_INDEX, BOOTSTRAP_INDEX_TERM, PEERS, SNAPSHOT_CONF_STATE,
+};
 use crate::raft::{Attach, Propose, RaftNode, RaftSettings, SaveSnapshot, StatusCell, Stop};
-use crate::transport::ClusterService;
+use crate::transport::{ClusterService, PeerForwarder};
 use crate::STATE_GROUP;
 
 /// What the admin endpoint needs to reach the Raft node.
@@ -28,6 +35,10 @@ pub struct ClusterHandle {
     pub node: Addr<RaftNode>,
     /// Its status.
     pub status: StatusCell,
+    /// Fast-path forwarding to the other nodes (the broker's `Forwarder`).
+    pub forwarder: Arc<PeerForwarder>,
+    /// Where forwards from other nodes are delivered; set once the broker runs.
+    pub delivery: Arc<OnceLock<LocalDelivery>>,
 }
 
 /// The log in clustered mode: entries are committed by Raft across the cluster.
@@ -82,18 +93,35 @@ impl RaftLog {
             None if config.bootstrap && configured.iter().any(|(id, _)| *id == node_id) => {
                 let voters: Vec<u64> = configured.iter().map(|(id, _)| *id).collect();
                 info!(node_id, ?voters, "bootstrapping a new cluster");
-                let s = RaftStorage::bootstrap(voters);
+                let table = cpb::PeerTable {
+                    members: peers.clone(),
+                };
+                // The initial snapshot: an empty state and the founders' addresses.
+                let data = Bytes::from(
+                    cpb::SnapshotData {
+                        state: Bytes::new(),
+                        peers: Some(table.clone()),
+                    }
+                    .encode_to_vec(),
+                );
+                let s = RaftStorage::bootstrap(voters, data.clone());
                 let mut batch = WriteBatch::new(STATE_GROUP);
-                batch.conf_state = Some(encode(&s.rl().conf_state));
-                batch.meta.push((
-                    PEERS.into(),
-                    Bytes::from(
-                        cpb::PeerTable {
-                            members: peers.clone(),
-                        }
-                        .encode_to_vec(),
-                    ),
-                ));
+                {
+                    let core = s.rl();
+                    batch.hard_state = Some(encode(&core.hard_state));
+                    batch.conf_state = Some(encode(&core.conf_state));
+                    batch
+                        .meta
+                        .push((SNAPSHOT_CONF_STATE.into(), encode(&core.conf_state)));
+                }
+                batch.snapshot = Some(SnapshotRecord {
+                    index: BOOTSTRAP_INDEX,
+                    term: BOOTSTRAP_INDEX_TERM,
+                    data,
+                });
+                batch
+                    .meta
+                    .push((PEERS.into(), Bytes::from(table.encode_to_vec())));
                 store.write(&[batch]).map_err(start_err)?;
                 s
             }
@@ -113,6 +141,7 @@ impl RaftLog {
             peer_queue: config.peer_queue,
             max_message_bytes: config.max_message_bytes,
             conf_change_timeout: Duration::from_secs(10),
+            node_down_after: Duration::from_secs(config.node_down_secs.max(1)),
         };
         let listener = StdTcpListener::bind(config.listen).map_err(|e| {
             LogStartError(format!("cannot listen for peers on {}: {e}", config.listen))
@@ -122,6 +151,10 @@ impl RaftLog {
         let status = StatusCell::default();
         let node =
             RaftNode::new(settings, storage, writer, peers, status.clone()).map_err(start_err)?;
+        let forwarder = PeerForwarder::new(node_id, config.peer_queue, config.max_message_bytes);
+        let node = node.with_forwarder(forwarder.clone());
+        let delivery: Arc<OnceLock<LocalDelivery>> = Arc::default();
+        let svc_delivery = delivery.clone();
         let arbiter = Arbiter::new();
         let max = config.max_message_bytes;
         let addr = RaftNode::start_in_arbiter(&arbiter.handle(), move |ctx| {
@@ -129,6 +162,7 @@ impl RaftLog {
                 node_id,
                 group: STATE_GROUP,
                 raft: ctx.address(),
+                delivery: svc_delivery,
             };
             actix_rt::spawn(async move {
                 let incoming = match tokio::net::TcpListener::from_std(listener) {
@@ -155,6 +189,8 @@ impl RaftLog {
                 node_id,
                 node: addr,
                 status,
+                forwarder,
+                delivery,
             },
             _arbiter: arbiter,
         })

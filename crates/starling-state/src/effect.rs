@@ -125,7 +125,7 @@ pub enum Effect {
         /// Connection to close.
         owner: Owner,
     },
-    /// A persistent subscription was added or its QoS changed.
+    /// A subscription was added or its QoS changed.
     RouteAdd {
         /// Session.
         client_id: Arc<str>,
@@ -133,15 +133,17 @@ pub enum Effect {
         filter: Arc<str>,
         /// Granted QoS.
         qos: QoS,
+        /// Persistent session: its QoS 1/2 deliveries are durable (queued here).
+        durable: bool,
     },
-    /// A persistent subscription was removed.
+    /// A subscription was removed.
     RouteRemove {
         /// Session.
         client_id: Arc<str>,
         /// Filter.
         filter: Arc<str>,
     },
-    /// The session is now served by `owner`.
+    /// The session (persistent, or a tracked clean session) is now served by `owner`.
     Online {
         /// Session.
         client_id: Arc<str>,

@@ -129,6 +129,22 @@ impl Session {
     }
 }
 
+/// A clean session tracked in clustered mode, so that every node can route to it, take it over
+/// and publish its will if its node dies. It lives as long as its connection.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CleanSession {
+    /// Client identifier.
+    pub client_id: Arc<str>,
+    /// The connection serving it.
+    pub owner: Owner,
+    /// Epoch of that connection.
+    pub epoch: u64,
+    /// Topic filter → granted QoS.
+    pub subscriptions: BTreeMap<Arc<str>, QoS>,
+    /// Will of the connection.
+    pub will: Option<Message>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -13,15 +13,19 @@ use starling_proto::state::v1 as pb;
 use crate::effect::{CommandResult, Effect, Rejection, Resume};
 use crate::message::Message;
 use crate::retained::RetainedStore;
-use crate::session::{Owner, Session};
+use crate::session::{CleanSession, Owner, Session};
 use crate::trie::TopicTrie;
 
 /// Limits that are part of the replicated behaviour (identical on every node).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StateConfig {
-    /// Most messages queued for one session; a message that would exceed it is dropped.
+    /// Most messages waiting behind a session's in-flight window; a message that would exceed
+    /// it is dropped.
     pub max_queued_messages: usize,
-    /// Most bytes queued for one session (see [`Message::cost`]).
+    /// The in-flight window: a session holds up to `max_inflight + max_queued_messages`
+    /// messages not yet completed.
+    pub max_inflight: usize,
+    /// Most bytes held for one session, in flight or waiting (see [`Message::cost`]).
     pub max_queued_bytes: usize,
 }
 
@@ -29,6 +33,7 @@ impl Default for StateConfig {
     fn default() -> Self {
         StateConfig {
             max_queued_messages: 1000,
+            max_inflight: 20,
             max_queued_bytes: 16 * 1024 * 1024,
         }
     }
@@ -49,6 +54,8 @@ pub struct StateStats {
     pub retained_messages: usize,
     /// Messages dropped because a session queue was full, since the beginning of the log.
     pub dropped_messages: u64,
+    /// Clean sessions tracked (clustered mode).
+    pub clean_sessions: usize,
 }
 
 /// A snapshot could not be restored.
@@ -67,6 +74,11 @@ pub struct State {
     /// Subscriptions of persistent sessions, for routing durable messages.
     index: TopicTrie<Arc<str>, QoS>,
     retained: RetainedStore,
+    /// Clean sessions tracked in clustered mode.
+    clean: HashMap<Arc<str>, CleanSession>,
+    /// Highest epoch handed out; every connect takes the next one, so a command from any earlier
+    /// connection (of this or an older incarnation of the session) is recognised as stale.
+    last_epoch: u64,
     applied_index: u64,
     dropped_messages: u64,
 }
@@ -104,6 +116,8 @@ impl State {
             sessions: HashMap::new(),
             index: TopicTrie::new(),
             retained: RetainedStore::new(),
+            clean: HashMap::new(),
+            last_epoch: 0,
             applied_index: 0,
             dropped_messages: 0,
         }
@@ -123,6 +137,20 @@ impl State {
     /// A stored session.
     pub fn session(&self, client_id: &str) -> Option<&Session> {
         self.sessions.get(client_id)
+    }
+
+    /// A tracked clean session (clustered mode).
+    pub fn clean_session(&self, client_id: &str) -> Option<&CleanSession> {
+        self.clean.get(client_id)
+    }
+
+    /// The filters of a persistent or tracked clean session.
+    pub fn filters_of(&self, client_id: &str) -> Vec<Arc<str>> {
+        match (self.sessions.get(client_id), self.clean.get(client_id)) {
+            (Some(s), _) => s.subscriptions.keys().cloned().collect(),
+            (None, Some(c)) => c.subscriptions.keys().cloned().collect(),
+            (None, None) => Vec::new(),
+        }
     }
 
     /// All stored sessions (in no particular order).
@@ -147,6 +175,7 @@ impl State {
             subscriptions: self.index.len(),
             retained_messages: self.retained.len(),
             dropped_messages: self.dropped_messages,
+            clean_sessions: self.clean.len(),
             ..StateStats::default()
         };
         for session in self.sessions.values() {
@@ -202,27 +231,60 @@ impl State {
         Ok(s)
     }
 
+    fn next_epoch(&mut self) -> u64 {
+        self.last_epoch += 1;
+        self.last_epoch
+    }
+
     fn connect(&mut self, origin: &Origin, c: &pb::SessionConnect, effects: &mut Vec<Effect>) {
-        if c.clean_session {
-            if let Some(s) = self.sessions.remove(c.client_id.as_str()) {
-                self.forget(s, effects);
-            }
-            let resume = Box::default();
-            origin.reply(
-                effects,
-                CommandResult::Connected {
-                    epoch: 0,
-                    session_present: false,
-                    resume,
-                },
-            );
-            return;
-        }
         let owner = Owner {
             node: c.node_id,
             connection: c.connection_id,
         };
         let will = c.will.clone().map(Message::from_pb);
+        // A client id has one session: a connect of either kind replaces the other kind.
+        if c.clean_session {
+            if let Some(s) = self.sessions.remove(c.client_id.as_str()) {
+                self.forget(s, effects);
+            }
+        }
+        if let Some(old) = self.clean.remove(c.client_id.as_str()) {
+            self.forget_clean(old, true, effects);
+        }
+        if c.clean_session {
+            let epoch = if c.track {
+                let epoch = self.next_epoch();
+                let client_id: Arc<str> = Arc::from(c.client_id.as_str());
+                self.clean.insert(
+                    client_id.clone(),
+                    CleanSession {
+                        client_id: client_id.clone(),
+                        owner,
+                        epoch,
+                        subscriptions: Default::default(),
+                        will,
+                    },
+                );
+                effects.push(Effect::Online {
+                    client_id,
+                    owner,
+                    epoch,
+                });
+                epoch
+            } else {
+                0
+            };
+            let resume = Box::default();
+            return origin.reply(
+                effects,
+                CommandResult::Connected {
+                    epoch,
+                    session_present: false,
+                    resume,
+                },
+            );
+        }
+        let epoch = self.next_epoch();
         let present = self.sessions.contains_key(c.client_id.as_str());
         let s = self
             .sessions
@@ -241,7 +303,7 @@ impl State {
         if !present {
             s.username = c.username.clone();
         }
-        s.epoch += 1;
+        s.epoch = epoch;
         s.owner = Some(owner);
         s.will = will;
         s.disconnected_at_ms = 0;
@@ -257,9 +319,8 @@ impl State {
         effects.push(Effect::Online {
             client_id: s.client_id.clone(),
             owner,
-            epoch: s.epoch,
+            epoch,
         });
-        let epoch = s.epoch;
         // A connection taken over loses its network connection: its will is published.
         if let Some(w) = old_will {
             self.publish_message(&w, false, effects);
@@ -274,6 +335,24 @@ impl State {
         );
     }
 
+    /// Ends a tracked clean session: closes its connection, publishes its will if asked.
+    fn forget_clean(&mut self, cs: CleanSession, publish_will: bool, effects: &mut Vec<Effect>) {
+        effects.push(Effect::Kick {
+            client_id: cs.client_id.clone(),
+            owner: cs.owner,
+        });
+        let filters = cs.subscriptions.into_keys().collect();
+        effects.push(Effect::SessionRemoved {
+            client_id: cs.client_id,
+            filters,
+        });
+        if publish_will {
+            if let Some(w) = cs.will {
+                self.publish_message(&w, false, effects);
+            }
+        }
+    }
+
     /// Removes a session's subscriptions and closes its connection, if any.
     fn forget(&mut self, s: Session, effects: &mut Vec<Effect>) {
         if let Some(owner) = s.owner {
@@ -281,6 +360,10 @@ impl State {
                 client_id: s.client_id.clone(),
                 owner,
             });
+            // Its connection is closed by this: its will is due.
+            if let Some(w) = &s.will {
+                self.publish_message(w, false, effects);
+            }
         }
         for filter in s.subscriptions.keys() {
             self.index.remove(filter, &s.client_id);
@@ -298,6 +381,25 @@ impl State {
         d: &pb::SessionDisconnect,
         effects: &mut Vec<Effect>,
     ) {
+        if self
+            .clean
+            .get(d.client_id.as_str())
+            .is_some_and(|c| c.epoch == d.epoch)
+        {
+            if let Some(cs) = self.clean.remove(d.client_id.as_str()) {
+                let filters = cs.subscriptions.into_keys().collect();
+                effects.push(Effect::SessionRemoved {
+                    client_id: cs.client_id,
+                    filters,
+                });
+                if d.publish_will {
+                    if let Some(w) = cs.will {
+                        self.publish_message(&w, false, effects);
+                    }
+                }
+            }
+            return origin.reply(effects, CommandResult::Disconnected);
+        }
         let s = match self.owned(&d.client_id, d.epoch) {
             Ok(s) => s,
             Err(r) => return origin.reply(effects, CommandResult::Rejected(r)),
@@ -327,6 +429,29 @@ impl State {
     }
 
     fn subscribe(&mut self, origin: &Origin, sub: &pb::Subscribe, effects: &mut Vec<Effect>) {
+        if let Some(cs) = self
+            .clean
+            .get_mut(sub.client_id.as_str())
+            .filter(|c| c.epoch == sub.epoch)
+        {
+            // Retained messages for a clean session are sent by the node serving it.
+            let mut granted = Vec::with_capacity(sub.filters.len());
+            for f in &sub.filters {
+                let qos = qos_of(f.qos);
+                granted.push(qos);
+                if topic::validate_filter(&f.filter).is_ok() {
+                    let filter: Arc<str> = Arc::from(f.filter.as_str());
+                    cs.subscriptions.insert(filter.clone(), qos);
+                    effects.push(Effect::RouteAdd {
+                        client_id: cs.client_id.clone(),
+                        filter,
+                        qos,
+                        durable: false,
+                    });
+                }
+            }
+            return origin.reply(effects, CommandResult::Subscribed(granted));
+        }
         let s = match self.owned(&sub.client_id, sub.epoch) {
             Ok(s) => s,
             Err(r) => return origin.reply(effects, CommandResult::Rejected(r)),
@@ -350,6 +475,7 @@ impl State {
                 client_id: client_id.clone(),
                 filter: filter.clone(),
                 qos: *qos,
+                durable: true,
             });
         }
         origin.reply(effects, CommandResult::Subscribed(granted));
@@ -379,6 +505,21 @@ impl State {
     }
 
     fn unsubscribe(&mut self, origin: &Origin, u: &pb::Unsubscribe, effects: &mut Vec<Effect>) {
+        if let Some(cs) = self
+            .clean
+            .get_mut(u.client_id.as_str())
+            .filter(|c| c.epoch == u.epoch)
+        {
+            for f in &u.filters {
+                if let Some((filter, _)) = cs.subscriptions.remove_entry(f.as_str()) {
+                    effects.push(Effect::RouteRemove {
+                        client_id: cs.client_id.clone(),
+                        filter,
+                    });
+                }
+            }
+            return origin.reply(effects, CommandResult::Unsubscribed);
+        }
         let s = match self.owned(&u.client_id, u.epoch) {
             Ok(s) => s,
             Err(r) => return origin.reply(effects, CommandResult::Rejected(r)),
@@ -443,7 +584,7 @@ impl State {
         let Some(s) = self.sessions.get_mut(client_id) else {
             return;
         };
-        if s.queue.len() >= self.config.max_queued_messages
+        if s.queue.len() >= self.config.max_queued_messages + self.config.max_inflight
             || s.queued_bytes + m.cost() > self.config.max_queued_bytes
         {
             self.dropped_messages += 1;
@@ -538,8 +679,27 @@ impl State {
                 continue;
             };
             let all = s.next_seq - 1;
+            if let Some(owner) = s.owner {
+                // Should the node still be serving it (a partition), it stops.
+                effects.push(Effect::Kick {
+                    client_id: s.client_id.clone(),
+                    owner,
+                });
+            }
             if let Some(w) = Self::go_offline(s, all, origin.timestamp_ms, effects) {
                 self.publish_message(&w, false, effects);
+            }
+        }
+        let mut clean: Vec<Arc<str>> = self
+            .clean
+            .values()
+            .filter(|c| c.owner.node == n.node_id)
+            .map(|c| c.client_id.clone())
+            .collect();
+        clean.sort_unstable();
+        for id in clean {
+            if let Some(cs) = self.clean.remove(&*id) {
+                self.forget_clean(cs, true, effects);
             }
         }
         origin.reply(effects, CommandResult::NodeDownApplied);
@@ -588,11 +748,36 @@ impl State {
             .collect();
         let mut retained = Vec::with_capacity(self.retained.len());
         self.retained.for_each(|m| retained.push(m.to_pb()));
+        let mut clean_ids: Vec<&Arc<str>> = self.clean.keys().collect();
+        clean_ids.sort_unstable();
+        let clean_sessions = clean_ids
+            .into_iter()
+            .map(|id| {
+                let c = &self.clean[id];
+                pb::CleanSessionRecord {
+                    client_id: c.client_id.to_string(),
+                    owner_node: c.owner.node,
+                    owner_connection: c.owner.connection,
+                    epoch: c.epoch,
+                    subscriptions: c
+                        .subscriptions
+                        .iter()
+                        .map(|(f, q)| pb::SubscriptionRecord {
+                            filter: f.to_string(),
+                            qos: q.as_u8().into(),
+                        })
+                        .collect(),
+                    will: c.will.as_ref().map(Message::to_pb),
+                }
+            })
+            .collect();
         pb::Snapshot {
             applied_index: self.applied_index,
             sessions,
             retained,
             dropped_messages: self.dropped_messages,
+            clean_sessions,
+            last_epoch: self.last_epoch,
         }
     }
 
@@ -601,6 +786,30 @@ impl State {
         let mut state = State::new(config);
         state.applied_index = snap.applied_index;
         state.dropped_messages = snap.dropped_messages;
+        state.last_epoch = snap.last_epoch;
+        for c in snap.clean_sessions {
+            let id: Arc<str> = Arc::from(c.client_id.as_str());
+            let subscriptions = c
+                .subscriptions
+                .into_iter()
+                .map(|s| (Arc::from(s.filter.as_str()), qos_of(s.qos)))
+                .collect();
+            let owner = Owner {
+                node: c.owner_node,
+                connection: c.owner_connection,
+            };
+            let will = c.will.map(Message::from_pb);
+            state.clean.insert(
+                id.clone(),
+                CleanSession {
+                    client_id: id,
+                    owner,
+                    epoch: c.epoch,
+                    subscriptions,
+                    will,
+                },
+            );
+        }
         for m in snap.retained {
             state.retained.set(&Message::from_pb(m));
         }

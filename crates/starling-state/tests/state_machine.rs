@@ -69,6 +69,7 @@ impl Log {
             connection_id: conn,
             will: None,
             username: String::new(),
+            track: false,
         }));
         match r {
             Some(CommandResult::Connected {
@@ -374,10 +375,12 @@ fn retained_set_clear_and_delivery_on_subscribe_after_suback() {
     assert!(queued.message.retain);
 }
 
+/// The limit is "queued beyond the in-flight window": window + queued messages are held.
 #[test]
 fn queue_limit_drops_new_messages_and_reports() {
     let mut log = Log::with(StateConfig {
-        max_queued_messages: 2,
+        max_queued_messages: 1,
+        max_inflight: 1,
         max_queued_bytes: 1 << 20,
     });
     let (e, _, _, _) = log.connect("s", false, 1);
@@ -412,6 +415,7 @@ fn node_down_disconnects_its_sessions_and_publishes_wills_once() {
         connection_id: 5,
         will: Some(msg("will/dying", "gone", 1, true)),
         username: String::new(),
+        track: false,
     }));
     let (_, effects) = log.run(Kind::NodeDown(pb::NodeDown { node_id: 2 }));
     assert_eq!(deliveries(&effects).len(), 1);
@@ -438,6 +442,7 @@ fn takeover_publishes_the_old_connections_will() {
             connection_id: conn,
             will: Some(msg("w", "old", 0, true)),
             username: String::new(),
+            track: false,
         })
     };
     log.run(connect(1));
@@ -459,6 +464,7 @@ fn graceful_disconnect_discards_will() {
         connection_id: 1,
         will: Some(msg("w", "x", 0, true)),
         username: String::new(),
+        track: false,
     }));
     log.disconnect("c", 1, 0, false);
     assert!(log.state.retained().is_empty());
@@ -523,16 +529,19 @@ fn arb_kind() -> impl Strategy<Value = Kind> {
     ]
     .prop_map(String::from);
     prop_oneof![
-        (id.clone(), any::<bool>(), 1..3u64, 1..4u64).prop_map(|(c, clean, node, conn)| {
-            Kind::Connect(pb::SessionConnect {
-                client_id: c.clone(),
-                clean_session: clean,
-                node_id: node,
-                connection_id: conn,
-                will: Some(msg(&format!("will/{c}"), "w", 1, false)),
-                username: String::new(),
-            })
-        }),
+        (id.clone(), any::<bool>(), 1..3u64, 1..4u64, any::<bool>()).prop_map(
+            |(c, clean, node, conn, track)| {
+                Kind::Connect(pb::SessionConnect {
+                    client_id: c.clone(),
+                    clean_session: clean,
+                    node_id: node,
+                    connection_id: conn,
+                    will: Some(msg(&format!("will/{c}"), "w", 1, false)),
+                    username: String::new(),
+                    track,
+                })
+            }
+        ),
         (id.clone(), 0..6u64, 0..8u64, any::<bool>()).prop_map(|(c, epoch, sent, will)| {
             Kind::Disconnect(pb::SessionDisconnect {
                 client_id: c,
@@ -600,7 +609,7 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(256))]
     #[test]
     fn same_log_same_state_and_snapshot_restores_it(kinds in proptest::collection::vec(arb_kind(), 1..60), cut in 0usize..60) {
-        let config = StateConfig { max_queued_messages: 5, max_queued_bytes: 1 << 20 };
+        let config = StateConfig { max_queued_messages: 3, max_inflight: 2, max_queued_bytes: 1 << 20 };
         let batches: Vec<pb::Batch> = kinds.into_iter().enumerate().map(|(i, k)| pb::Batch {
             node_id: 1, incarnation: 1, timestamp_ms: i as u64 * 10,
             commands: vec![pb::Command { request_id: i as u64 + 1, kind: Some(k) }],
@@ -630,4 +639,140 @@ proptest! {
             prop_assert!(s.queue.len() <= 5);
         }
     }
+}
+
+// ---- Clean sessions tracked in clustered mode ----
+
+fn tracked(
+    log: &mut Log,
+    id: &str,
+    node: u64,
+    conn: u64,
+    will: Option<pb::AppMessage>,
+) -> (u64, Vec<Effect>) {
+    let (r, e) = log.run(Kind::Connect(pb::SessionConnect {
+        client_id: id.into(),
+        clean_session: true,
+        node_id: node,
+        connection_id: conn,
+        will,
+        username: String::new(),
+        track: true,
+    }));
+    match r {
+        Some(CommandResult::Connected {
+            epoch,
+            session_present: false,
+            ..
+        }) => (epoch, e),
+        other => panic!("tracked connect gave {other:?}"),
+    }
+}
+
+#[test]
+fn tracked_clean_session_routes_without_queueing_and_ends_at_disconnect() {
+    let mut log = Log::new();
+    let (e, _) = tracked(&mut log, "c", 2, 9, None);
+    assert!(e > 0);
+    let (r, effects) = log.subscribe("c", e, "t/#", 1);
+    assert_eq!(r, Some(CommandResult::Subscribed(vec![QoS::AtLeastOnce])));
+    assert!(effects.contains(&Effect::RouteAdd {
+        client_id: "c".into(),
+        filter: "t/#".into(),
+        qos: QoS::AtLeastOnce,
+        durable: false
+    }));
+    // Not a durable target: nothing is queued for it.
+    assert!(deliveries(&log.publish("t/x", "m", 1, false)).is_empty());
+    assert_eq!(log.state.stats().clean_sessions, 1);
+    log.disconnect("c", e, 0, false);
+    assert!(log.state.clean_session("c").is_none());
+    assert_eq!(log.state.stats().clean_sessions, 0);
+}
+
+#[test]
+fn tracked_clean_takeover_kicks_the_old_owner_and_publishes_its_will() {
+    let mut log = Log::new();
+    let (es, _, _, _) = log.connect("w", false, 1);
+    log.subscribe("w", es, "will/#", 1);
+    let (e1, _) = tracked(&mut log, "c", 2, 5, Some(msg("will/c", "bye", 1, false)));
+    let (e2, effects) = tracked(&mut log, "c", 3, 6, None);
+    assert!(e2 > e1);
+    assert!(effects.contains(&Effect::Kick {
+        client_id: "c".into(),
+        owner: Owner {
+            node: 2,
+            connection: 5
+        }
+    }));
+    assert_eq!(
+        deliveries(&effects).len(),
+        1,
+        "the old connection's will reaches the watcher"
+    );
+    // The old connection's late commands are stale.
+    let (r, _) = log.subscribe("c", e1, "x", 0);
+    assert_eq!(r, Some(CommandResult::Rejected(Rejection::NoSession)));
+}
+
+#[test]
+fn persistent_connect_replaces_a_tracked_clean_session_and_vice_versa() {
+    let mut log = Log::new();
+    let (e, _) = tracked(&mut log, "c", 2, 5, None);
+    log.subscribe("c", e, "a", 0);
+    let (_, present, _, effects) = log.connect("c", false, 7);
+    assert!(!present);
+    assert!(effects.iter().any(|x| matches!(x, Effect::SessionRemoved { filters, .. } if filters == &vec![std::sync::Arc::<str>::from("a")])));
+    assert!(log.state.clean_session("c").is_none());
+    let (_, effects) = tracked(&mut log, "c", 2, 8, None);
+    assert!(effects.contains(&Effect::Kick {
+        client_id: "c".into(),
+        owner: Owner {
+            node: 1,
+            connection: 7
+        }
+    }));
+    assert!(log.state.session("c").is_none());
+}
+
+#[test]
+fn epochs_are_never_reused_even_for_a_recreated_session() {
+    let mut log = Log::new();
+    let (e1, _, _, _) = log.connect("p", false, 1);
+    log.run(Kind::DropSession(pb::DropSession {
+        client_id: "p".into(),
+        if_disconnected_at_ms: 0,
+    }));
+    let (e2, _, _, _) = log.connect("p", false, 2);
+    assert!(e2 > e1);
+    assert_eq!(
+        log.disconnect("p", e1, 0, false),
+        Some(CommandResult::Rejected(Rejection::StaleEpoch))
+    );
+}
+
+#[test]
+fn node_down_removes_its_tracked_clean_sessions_and_publishes_their_wills() {
+    let mut log = Log::new();
+    let (es, _, _, _) = log.connect("w", false, 1);
+    log.subscribe("w", es, "will/#", 1);
+    tracked(
+        &mut log,
+        "gone",
+        2,
+        1,
+        Some(msg("will/gone", "x", 1, false)),
+    );
+    tracked(
+        &mut log,
+        "stays",
+        3,
+        1,
+        Some(msg("will/stays", "x", 1, false)),
+    );
+    let (_, effects) = log.run(Kind::NodeDown(pb::NodeDown { node_id: 2 }));
+    assert!(log.state.clean_session("gone").is_none());
+    assert!(log.state.clean_session("stays").is_some());
+    let d = deliveries(&effects);
+    assert_eq!(d.len(), 1);
 }

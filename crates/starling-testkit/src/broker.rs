@@ -57,8 +57,17 @@ impl BrokerBuilder {
 
     /// Starts the broker on a free port with a fresh data directory and waits until it listens.
     pub fn start(self) -> BrokerProcess {
-        let data = tempfile::Builder::new().prefix("starling-test-").tempdir().expect("temp dir");
-        let mut b = BrokerProcess { builder: self, data, port: 0, child: None, log: Arc::default() };
+        let data = tempfile::Builder::new()
+            .prefix("starling-test-")
+            .tempdir()
+            .expect("temp dir");
+        let mut b = BrokerProcess {
+            builder: self,
+            data,
+            port: 0,
+            child: None,
+            log: Arc::default(),
+        };
         b.spawn_on_free_port();
         b
     }
@@ -74,7 +83,10 @@ pub struct BrokerProcess {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
 }
 
 impl BrokerProcess {
@@ -121,7 +133,9 @@ impl BrokerProcess {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
-        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot run {}: {e}", b.bin.display()));
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}", b.bin.display()));
         let stderr = child.stderr.take().expect("stderr");
         let log = self.log.clone();
         let (tx, rx) = std::sync::mpsc::channel();
@@ -164,13 +178,15 @@ impl BrokerProcess {
         let mut c = self.child.take()?;
         signal(c.id(), "TERM");
         let mut status = None;
-        wait_until(timeout, "broker to exit after SIGTERM", || match c.try_wait() {
-            Ok(Some(s)) => {
-                status = s.code();
-                true
+        wait_until(timeout, "broker to exit after SIGTERM", || {
+            match c.try_wait() {
+                Ok(Some(s)) => {
+                    status = s.code();
+                    true
+                }
+                Ok(None) => false,
+                Err(_) => true,
             }
-            Ok(None) => false,
-            Err(_) => true,
         });
         status
     }
@@ -178,7 +194,10 @@ impl BrokerProcess {
     /// Starts the process again on the same port and data directory.
     pub fn restart(&mut self) {
         self.kill9();
-        self.log.lock().unwrap_or_else(|e| e.into_inner()).push("--- restart ---".into());
+        self.log
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push("--- restart ---".into());
         for _ in 0..50 {
             if self.spawn() {
                 return;
@@ -202,19 +221,28 @@ impl BrokerProcess {
     /// Waits until a log line contains `needle`.
     pub fn wait_for_log(&self, needle: &str, timeout: Duration) {
         wait_until(timeout, &format!("log line containing {needle:?}"), || {
-            self.log.lock().unwrap_or_else(|e| e.into_inner()).iter().any(|l| l.contains(needle))
+            self.log
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .any(|l| l.contains(needle))
         });
     }
 
     /// True while the process runs.
     pub fn is_running(&mut self) -> bool {
-        self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 }
 
 /// Sends a signal with the `kill` command (the workspace forbids `unsafe`, so no libc call).
 pub fn signal(pid: u32, sig: &str) {
-    let _ = Command::new("kill").arg(format!("-{sig}")).arg(pid.to_string()).status();
+    let _ = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status();
 }
 
 impl Drop for BrokerProcess {

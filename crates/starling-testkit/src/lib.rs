@@ -3,13 +3,17 @@
 //!
 //! # Layout
 //! - [`broker`]: [`BrokerProcess`]: start, `kill -9`, SIGTERM, restart on the same port and data.
+//! - [`cluster`]: [`TestCluster`]: N nodes as processes on loopback, observed through their admin
+//!   endpoints (leader, convergence of applied index and state digest, membership changes).
 //! - [`raw`]: [`RawClient`]: send any bytes or packets, receive decoded packets with a timeout.
 //! - [`wait`]: [`wait_until`], the only way tests wait for something to become true.
 
 pub mod broker;
+pub mod cluster;
 pub mod raw;
 pub mod wait;
 
 pub use broker::{BrokerBuilder, BrokerProcess};
+pub use cluster::{ClusterBuilder, ClusterNode, Converged, TestCluster};
 pub use raw::{RawClient, RecvError};
 pub use wait::{wait_until, wait_until_async};

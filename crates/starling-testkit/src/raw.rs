@@ -37,12 +37,20 @@ impl RawClient {
     pub async fn open(addr: SocketAddr) -> RawClient {
         let stream = TcpStream::connect(addr).await.expect("connect to broker");
         stream.set_nodelay(true).expect("nodelay");
-        RawClient { stream, buf: BytesMut::new(), decoder: Decoder::new(usize::MAX >> 4) }
+        RawClient {
+            stream,
+            buf: BytesMut::new(),
+            decoder: Decoder::new(usize::MAX >> 4),
+        }
     }
 
     /// Opens a connection and completes CONNECT/CONNACK; returns the CONNACK.
     pub async fn connect(addr: SocketAddr, client_id: &str, clean: bool) -> (RawClient, ConnAck) {
-        Self::connect_with(addr, connect_packet(client_id, clean, ProtocolVersion::V3_1_1, 60, None)).await
+        Self::connect_with(
+            addr,
+            connect_packet(client_id, clean, ProtocolVersion::V3_1_1, 60, None),
+        )
+        .await
     }
 
     /// Opens a connection, sends `connect` and waits for CONNACK.
@@ -105,10 +113,20 @@ impl RawClient {
     }
 
     /// SUBSCRIBE and wait for the SUBACK's return codes.
-    pub async fn subscribe(&mut self, packet_id: u16, filters: &[(&str, QoS)]) -> Vec<SubscribeReturnCode> {
-        let filters =
-            filters.iter().map(|(f, q)| SubscribeFilter { filter: (*f).into(), qos: *q }).collect();
-        self.send(&Packet::Subscribe(Subscribe { packet_id, filters })).await;
+    pub async fn subscribe(
+        &mut self,
+        packet_id: u16,
+        filters: &[(&str, QoS)],
+    ) -> Vec<SubscribeReturnCode> {
+        let filters = filters
+            .iter()
+            .map(|(f, q)| SubscribeFilter {
+                filter: (*f).into(),
+                qos: *q,
+            })
+            .collect();
+        self.send(&Packet::Subscribe(Subscribe { packet_id, filters }))
+            .await;
         loop {
             match self.recv().await {
                 Ok(Packet::SubAck(a)) if a.packet_id == packet_id => return a.return_codes,
@@ -119,7 +137,14 @@ impl RawClient {
     }
 
     /// Sends a PUBLISH.
-    pub async fn publish(&mut self, topic: &str, payload: &[u8], qos: QoS, retain: bool, packet_id: u16) {
+    pub async fn publish(
+        &mut self,
+        topic: &str,
+        payload: &[u8],
+        qos: QoS,
+        retain: bool,
+        packet_id: u16,
+    ) {
         let p = Publish {
             dup: false,
             qos,
@@ -143,7 +168,13 @@ impl RawClient {
 }
 
 /// A CONNECT packet.
-pub fn connect_packet(client_id: &str, clean: bool, protocol: ProtocolVersion, keep_alive: u16, will: Option<LastWill>) -> Connect {
+pub fn connect_packet(
+    client_id: &str,
+    clean: bool,
+    protocol: ProtocolVersion,
+    keep_alive: u16,
+    will: Option<LastWill>,
+) -> Connect {
     Connect {
         protocol,
         clean_session: clean,

@@ -10,13 +10,14 @@ mod logging;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
-use starling_broker::{Broker, Metrics, ReplicatedLog};
+use starling_broker::{Broker, Forwarder, Metrics, NodeOptions, ReplicatedLog};
 use starling_cluster::admin::{self, AdminState};
-use starling_cluster::{ClusterHandle, FsyncPolicy, LocalLog, RaftLog};
-use tracing::{error, info};
+use starling_cluster::{ClusterHandle, FsyncPolicy, LocalLog, RaftLog, TransferLeadership};
+use tracing::{error, info, warn};
 
 use crate::config::{Config, Fsync, LogFormat};
 
@@ -202,9 +203,17 @@ async fn serve(c: Config) -> Result<(), String> {
     let node_id = node_id(&c)?;
     let (log, cluster) = open_log(&c, node_id)?;
     let metrics = Metrics::new();
-    let broker = Broker::start(c.mqtt.clone(), node_id, log, metrics)
+    let forwarder = cluster
+        .as_ref()
+        .map(|h| h.forwarder.clone() as Arc<dyn Forwarder>);
+    let node = NodeOptions { node_id, forwarder };
+    let broker = Broker::start(c.mqtt.clone(), node, log, metrics.clone())
         .await
         .map_err(|e| e.to_string())?;
+    if let Some(h) = &cluster {
+        // Forwards from other nodes are delivered from now on.
+        let _ = h.delivery.set(broker.local_delivery());
+    }
     for a in broker.local_addrs() {
         let family = if a.is_ipv4() { "ipv4" } else { "ipv6" };
         info!(target: "mqtt", addr = %a, "Opening {family} listen socket on port {}.", a.port());
@@ -218,6 +227,7 @@ async fn serve(c: Config) -> Result<(), String> {
         let state = AdminState {
             cluster: cluster.clone(),
             store: broker.store().clone(),
+            metrics,
         };
         let local = admin::serve(addr, state)
             .await
@@ -226,8 +236,51 @@ async fn serve(c: Config) -> Result<(), String> {
     }
     wait_for_signal().await;
     info!(target: "mqtt", "starling version {} terminating", env!("CARGO_PKG_VERSION"));
+    if let Some(c) = &cluster {
+        transfer_leadership(c, LEADERSHIP_TRANSFER_TIMEOUT).await;
+    }
     broker.shutdown().await;
     Ok(())
+}
+
+/// How long a leader that is asked to stop tries to hand leadership over.
+const LEADERSHIP_TRANSFER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// On a leader: asks Raft to hand leadership to the most up-to-date voter and waits until another
+/// node leads (re-asking every 500 ms, as raft-rs abandons a transfer after an election timeout),
+/// so the cluster does not sit out an election timeout after this node exits. Gives up after
+/// `timeout`; a follower returns at once.
+async fn transfer_leadership(c: &ClusterHandle, timeout: Duration) {
+    let leader = || {
+        let s = c.status.lock().unwrap_or_else(|e| e.into_inner());
+        (s.leader, s.voters.len())
+    };
+    let (first, voters) = leader();
+    if first != c.node_id || voters < 2 {
+        return;
+    }
+    let start = tokio::time::Instant::now();
+    let mut asked = start - Duration::from_secs(1);
+    while start.elapsed() < timeout {
+        if asked.elapsed() >= Duration::from_millis(500) {
+            c.node.do_send(TransferLeadership);
+            asked = tokio::time::Instant::now();
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let (now, _) = leader();
+        if now != 0 && now != c.node_id {
+            info!(
+                to = now,
+                elapsed_ms = start.elapsed().as_millis() as u64,
+                "leadership transferred"
+            );
+            return;
+        }
+    }
+    warn!(
+        ?timeout,
+        "leadership not transferred in time; stopping anyway"
+    );
 }
 
 async fn wait_for_signal() {

@@ -32,6 +32,7 @@ use tracing::{debug, info, warn};
 
 use self::acks::PendingAcks;
 use self::outbound::{AckOutcome, DurableOutbound, LocalOutbound, Offer, Send};
+use crate::config::BrokerConfig;
 use crate::listener::LiveGuard;
 use crate::messages::{
     AckKind, Acked, ConnectInfo, ConnectOutcome, ConnectRequest, ConnectionClosed, Deliver,
@@ -99,26 +100,71 @@ enum Flow {
 }
 
 /// What exists once CONNECT is accepted.
+///
+/// Kept small: what an idle client never uses (its QoS flows, its inbound traffic state) is
+/// allocated on first use, so that an idle connection costs little memory.
 struct ClientSession {
     client_id: ByteString,
     protocol: ProtocolVersion,
     keep_alive: u16,
     persistent: bool,
-    will: Option<LastWill>,
+    /// Persistent sessions: already disconnected in the replicated state (DISCONNECT).
+    released: bool,
+    will: Option<Box<LastWill>>,
     epoch: u64,
     key: u64,
-    flow: Flow,
+    /// Outbound QoS 1/2 flow, created with the first message.
+    flow: Option<Box<Flow>>,
+    /// Inbound traffic state, created with the first PUBLISH or PUBREL.
+    traffic: Option<Box<Traffic>>,
+    /// Clean sessions: filters subscribed (to remove on close).
+    filters: Vec<Arc<str>>,
+}
+
+/// A client's inbound traffic state.
+#[derive(Default)]
+struct Traffic {
     /// Clean sessions: inbound QoS 2 ids awaiting PUBREL.
     inbound_qos2: HashSet<u16>,
     acks: PendingAcks,
-    /// Clean sessions: filters subscribed (to remove on close).
-    filters: Vec<Arc<str>>,
     /// PUBLISHes of this read pass, per router shard.
     route: Vec<Vec<RoutedPublish>>,
     /// Last time a limit was logged for this client.
     last_limit_log: Option<Instant>,
-    /// Persistent sessions: already disconnected in the replicated state (DISCONNECT).
-    released: bool,
+}
+
+impl ClientSession {
+    fn traffic(&mut self) -> &mut Traffic {
+        self.traffic.get_or_insert_with(Box::default)
+    }
+
+    /// Acknowledgements owed to the client.
+    fn owed_acks(&self) -> usize {
+        self.traffic.as_ref().map_or(0, |t| t.acks.len())
+    }
+
+    fn flow(&mut self, config: &BrokerConfig) -> &mut Flow {
+        let persistent = self.persistent;
+        self.flow.get_or_insert_with(|| {
+            Box::new(if persistent {
+                Flow::Durable(DurableOutbound::new(config.max_inflight))
+            } else {
+                Flow::Local(LocalOutbound::new(
+                    config.max_inflight,
+                    config.max_queued_messages,
+                    config.max_queued_bytes,
+                ))
+            })
+        })
+    }
+
+    /// Highest outbound sequence number written (persistent sessions).
+    fn sent_up_to(&self) -> u64 {
+        match self.flow.as_deref() {
+            Some(Flow::Durable(f)) => f.max_sent_seq(),
+            _ => 0,
+        }
+    }
 }
 
 /// The connection actor.
@@ -135,6 +181,8 @@ pub struct Connection {
     phase: Phase,
     close_reason: Option<CloseReason>,
     session: Option<Box<ClientSession>>,
+    /// The CONNECT deadline, cancelled when CONNECT arrives (a pending timer costs memory).
+    connect_timer: Option<SpawnHandle>,
     _live: LiveGuard,
     /// Senders dropped when the actor is dropped. Declared after `stream`, so (fields drop in
     /// declaration order) their receivers complete only once the socket is closed.
@@ -164,6 +212,7 @@ impl Connection {
             phase: Phase::AwaitingConnect,
             close_reason: None,
             session: None,
+            connect_timer: None,
             _live: live,
             closed_waiters: Vec::new(),
         }
@@ -197,7 +246,7 @@ impl Connection {
     fn read_paused(&self) -> bool {
         self.session
             .as_ref()
-            .is_some_and(|s| s.acks.len() >= self.worker.config.max_inflight_in)
+            .is_some_and(|s| s.owed_acks() >= self.worker.config.max_inflight_in)
     }
 
     // ---- closing ----
@@ -357,8 +406,11 @@ impl Connection {
         let Some(s) = self.session.as_mut() else {
             return;
         };
+        let Some(t) = s.traffic.as_mut() else {
+            return;
+        };
         let mut due = Vec::new();
-        s.acks.ready(|kind, pid| due.push((kind, pid)));
+        t.acks.ready(|kind, pid| due.push((kind, pid)));
         for (kind, pid) in due {
             let t = match kind {
                 AckKind::PubAck => PacketType::PubAck,
@@ -375,12 +427,13 @@ impl Connection {
         let Some(s) = self.session.as_mut() else {
             return;
         };
-        if s.last_limit_log
+        let t = s.traffic();
+        if t.last_limit_log
             .is_some_and(|t| now.duration_since(t) < Duration::from_secs(10))
         {
             return;
         }
-        s.last_limit_log = Some(now);
+        t.last_limit_log = Some(now);
         warn!(client_id = %s.client_id, limit = key, "{what} for client {} (limit {key}); dropping messages", s.client_id);
     }
 
@@ -426,10 +479,7 @@ impl Connection {
         };
         // The session goes offline (will discarded) before the socket closes, so that a crash
         // in between cannot make the restarted broker publish the will.
-        let sent_up_to = match &s.flow {
-            Flow::Durable(f) => f.max_sent_seq(),
-            Flow::Local(_) => 0,
-        };
+        let sent_up_to = s.sent_up_to();
         let (tx, rx) = oneshot::channel();
         self.worker.store.do_send(SessionRequest::Disconnect {
             client_id: s.client_id.clone(),
@@ -451,6 +501,9 @@ impl Connection {
     }
 
     fn on_connect(&mut self, c: Connect, ctx: &mut Context<Self>) {
+        if let Some(t) = self.connect_timer.take() {
+            ctx.cancel_future(t);
+        }
         let config = &self.worker.config;
         let mut client_id = c.client_id.clone();
         let code = if c.protocol == ProtocolVersion::V3_1 {
@@ -542,32 +595,19 @@ impl Connection {
         resume: starling_state::Resume,
         ctx: &mut Context<Self>,
     ) {
-        let config = self.worker.config.clone();
         let persistent = !c.clean_session;
-        let flow = if persistent {
-            Flow::Durable(DurableOutbound::new(config.max_inflight))
-        } else {
-            Flow::Local(LocalOutbound::new(
-                config.max_inflight,
-                config.max_queued_messages,
-                config.max_queued_bytes,
-            ))
-        };
         self.session = Some(Box::new(ClientSession {
             client_id: client_id.clone(),
             protocol: c.protocol,
             keep_alive: c.keep_alive,
             persistent,
-            will: c.will,
+            released: false,
+            will: c.will.map(Box::new),
             epoch,
             key,
-            flow,
-            inbound_qos2: HashSet::new(),
-            acks: PendingAcks::default(),
+            flow: None,
+            traffic: None,
             filters: Vec::new(),
-            route: Vec::new(),
-            last_limit_log: None,
-            released: false,
         }));
         Counters::add(&self.worker.counters.clients_connected, 1);
         // Logged once the store accepted, so that a takeover's "already connected" line comes
@@ -583,11 +623,14 @@ impl Connection {
         let present = session_present && c.protocol == ProtocolVersion::V3_1_1;
         self.write_connack(present, ConnectReturnCode::Accepted, client_id);
         self.phase = Phase::Active;
-        if let Some(Flow::Durable(f)) = self.session.as_mut().map(|s| &mut s.flow) {
-            f.extend(resume.outbound);
-            let mut out = Vec::new();
-            f.refill(&mut out);
-            self.write_sends(out);
+        if !resume.outbound.is_empty() {
+            let config = &self.worker.config;
+            if let Some(Flow::Durable(f)) = self.session.as_mut().map(|s| s.flow(config)) {
+                f.extend(resume.outbound);
+                let mut out = Vec::new();
+                f.refill(&mut out);
+                self.write_sends(out);
+            }
         }
         self.schedule_keepalive(ctx);
     }
@@ -629,54 +672,56 @@ impl Connection {
             qos: p.qos,
             retain: p.retain,
         };
+        let (client_id, epoch, persistent) = (&s.client_id, s.epoch, s.persistent);
+        let t = s.traffic.get_or_insert_with(Box::default);
         let token = match p.qos {
             QoS::AtMostOnce => None,
-            QoS::AtLeastOnce => Some(s.acks.push(AckKind::PubAck, p.packet_id)),
-            QoS::ExactlyOnce if s.persistent => {
+            QoS::AtLeastOnce => Some(t.acks.push(AckKind::PubAck, p.packet_id)),
+            QoS::ExactlyOnce if persistent => {
                 // Exactly once across failover: the state machine accepts the id once.
-                let token = s.acks.push(AckKind::PubRec, p.packet_id);
+                let token = t.acks.push(AckKind::PubRec, p.packet_id);
                 self.worker.store.do_send(SessionRequest::Publish {
                     from: Target {
                         conn_id: self.id,
                         addr: ctx.address(),
                     },
                     token,
-                    client_id: s.client_id.clone(),
-                    epoch: s.epoch,
+                    client_id: client_id.clone(),
+                    epoch,
                     packet_id: p.packet_id,
                     message,
                 });
                 return;
             }
             QoS::ExactlyOnce => {
-                if !s.inbound_qos2.insert(p.packet_id) {
-                    s.acks.push_done(AckKind::PubRec, p.packet_id);
+                if !t.inbound_qos2.insert(p.packet_id) {
+                    t.acks.push_done(AckKind::PubRec, p.packet_id);
                     self.release_acks();
                     return;
                 }
-                Some(s.acks.push(AckKind::PubRec, p.packet_id))
+                Some(t.acks.push(AckKind::PubRec, p.packet_id))
             }
         };
-        if s.route.is_empty() {
-            s.route.resize_with(shards, Vec::new);
+        if t.route.is_empty() {
+            t.route.resize_with(shards, Vec::new);
         }
         let shard = shard_of(&message.topic, shards);
-        s.route[shard].push(RoutedPublish { message, token });
+        t.route[shard].push(RoutedPublish { message, token });
     }
 
     /// Sends this read pass's PUBLISHes to their shards.
     fn flush_routes(&mut self, ctx: &mut Context<Self>) {
-        let Some(s) = self.session.as_mut() else {
+        let Some(t) = self.session.as_mut().and_then(|s| s.traffic.as_mut()) else {
             return;
         };
-        if s.route.iter().all(Vec::is_empty) {
+        if t.route.iter().all(Vec::is_empty) {
             return;
         }
         let from = Target {
             conn_id: self.id,
             addr: ctx.address(),
         };
-        for (i, batch) in s.route.iter_mut().enumerate() {
+        for (i, batch) in t.route.iter_mut().enumerate() {
             if batch.is_empty() {
                 continue;
             }
@@ -699,7 +744,10 @@ impl Connection {
             return;
         };
         let mut out = Vec::new();
-        match &mut s.flow {
+        let Some(flow) = s.flow.as_deref_mut() else {
+            return;
+        };
+        match flow {
             Flow::Local(f) => {
                 if f.puback(pid) {
                     f.refill(&mut out);
@@ -725,7 +773,10 @@ impl Connection {
         let Some(s) = self.session.as_mut() else {
             return;
         };
-        match &mut s.flow {
+        let Some(flow) = s.flow.as_deref_mut() else {
+            return;
+        };
+        match flow {
             Flow::Local(f) => {
                 if f.pubrec(pid) {
                     self.write_ack(PacketType::PubRel, pid);
@@ -750,7 +801,10 @@ impl Connection {
             return;
         };
         let mut out = Vec::new();
-        match &mut s.flow {
+        let Some(flow) = s.flow.as_deref_mut() else {
+            return;
+        };
+        match flow {
             Flow::Local(f) => {
                 if f.pubcomp(pid) {
                     f.refill(&mut out);
@@ -777,7 +831,7 @@ impl Connection {
             return;
         };
         if s.persistent {
-            let token = s.acks.push(AckKind::PubComp, pid);
+            let token = s.traffic().acks.push(AckKind::PubComp, pid);
             self.worker.store.do_send(SessionRequest::Release {
                 from: Target {
                     conn_id: self.id,
@@ -790,8 +844,9 @@ impl Connection {
             });
         } else {
             // An unknown PUBREL still gets PUBCOMP.
-            s.inbound_qos2.remove(&pid);
-            s.acks.push_done(AckKind::PubComp, pid);
+            let t = s.traffic();
+            t.inbound_qos2.remove(&pid);
+            t.acks.push_done(AckKind::PubComp, pid);
             self.release_acks();
         }
     }
@@ -827,7 +882,8 @@ impl Connection {
             }
         }
         let (tx, rx) = oneshot::channel();
-        let epoch = if s.persistent { s.epoch } else { 0 };
+        // 0 for a clean session outside the replicated state (single node).
+        let epoch = s.epoch;
         self.worker.store.do_send(SubscribeRequest {
             target,
             client_id: name.clone(),
@@ -890,7 +946,7 @@ impl Connection {
             s.filters.retain(|f| !filters.contains(f));
         }
         let (tx, rx) = oneshot::channel();
-        let epoch = if s.persistent { s.epoch } else { 0 };
+        let epoch = s.epoch;
         self.worker.store.do_send(UnsubscribeRequest {
             client_id: name,
             key: s.key,
@@ -918,8 +974,13 @@ impl Connection {
             let Some(s) = self.session.as_mut() else {
                 return;
             };
-            match (&mut s.flow, m.qos) {
-                (_, QoS::AtMostOnce) | (Flow::Durable(_), _) => {
+            let flow = if m.qos == QoS::AtMostOnce {
+                None
+            } else {
+                Some(s.flow(&self.worker.config))
+            };
+            match (flow, m.qos) {
+                (_, QoS::AtMostOnce) | (None | Some(Flow::Durable(_)), _) => {
                     if self.wbuf.len() >= max_wbuf {
                         Counters::add(&self.worker.counters.dropped_qos0, 1);
                         self.limit_bit("max_write_buffer", "write buffer full (slow consumer)");
@@ -932,7 +993,7 @@ impl Connection {
                     };
                     self.write_publish(0, false, &m);
                 }
-                (Flow::Local(f), _) => match f.offer(m) {
+                (Some(Flow::Local(f)), _) => match f.offer(m) {
                     Offer::Send(send) => self.write_sends(vec![send]),
                     Offer::Queued => {}
                     Offer::Dropped(limit) => {
@@ -953,11 +1014,14 @@ impl Actor for Connection {
         Counters::add(&self.worker.counters.connections_opened, 1);
         ctx.spawn(io::Reader);
         ctx.spawn(io::Writer);
-        ctx.run_later(self.worker.config.connect_timeout(), |act, ctx| {
-            if act.phase == Phase::AwaitingConnect {
-                act.close(CloseReason::ConnectTimeout, ctx);
-            }
-        });
+        self.connect_timer = Some(ctx.run_later(
+            self.worker.config.connect_timeout(),
+            |act, ctx| {
+                if act.phase == Phase::AwaitingConnect {
+                    act.close(CloseReason::ConnectTimeout, ctx);
+                }
+            },
+        ));
     }
 
     fn stopped(&mut self, _: &mut Self::Context) {
@@ -966,7 +1030,8 @@ impl Actor for Connection {
         Counters::add(&self.worker.counters.clients_disconnected, 1);
         let reason = self.close_reason.clone().unwrap_or(CloseReason::Eof);
         let publish_will = reason.publishes_will();
-        if !s.persistent && publish_will {
+        // A session in the replicated state has its will published by the state machine.
+        if !s.persistent && s.epoch == 0 && publish_will {
             if let Some(w) = &s.will {
                 let message = AppMessage {
                     topic: w.topic.clone(),
@@ -984,10 +1049,7 @@ impl Actor for Connection {
                 });
             }
         }
-        let sent_up_to = match &s.flow {
-            Flow::Durable(f) => f.max_sent_seq(),
-            Flow::Local(_) => 0,
-        };
+        let sent_up_to = s.sent_up_to();
         self.worker.store.do_send(ConnectionClosed {
             conn_id: self.id,
             client_id: s.client_id.clone(),
@@ -1020,7 +1082,7 @@ impl Handler<DurableDeliver> for Connection {
             return;
         }
         let mut out = Vec::new();
-        if let Flow::Durable(f) = &mut s.flow {
+        if let Flow::Durable(f) = s.flow(&self.worker.config) {
             f.extend(msg.items);
             f.refill(&mut out);
         }
@@ -1041,7 +1103,7 @@ impl Handler<ReleaseReady> for Connection {
         if s.epoch != msg.epoch {
             return;
         }
-        let Flow::Durable(f) = &mut s.flow else {
+        let Some(Flow::Durable(f)) = s.flow.as_deref_mut() else {
             return;
         };
         let pids: Vec<u16> = msg
@@ -1065,9 +1127,12 @@ impl Handler<Acked> for Connection {
         let Some(s) = self.session.as_mut() else {
             return;
         };
-        let was_paused = s.acks.len() >= self.worker.config.max_inflight_in;
+        let was_paused = s.owed_acks() >= self.worker.config.max_inflight_in;
+        let Some(traffic) = s.traffic.as_mut() else {
+            return;
+        };
         for t in msg.tokens {
-            s.acks.complete(t);
+            traffic.acks.complete(t);
         }
         self.release_acks();
         if was_paused && !self.read_paused() {
@@ -1087,5 +1152,22 @@ impl Handler<Kick> for Connection {
             KickReason::Shutdown => CloseReason::Shutdown,
         };
         self.close(reason, ctx);
+    }
+}
+
+#[cfg(test)]
+mod size_probe {
+    #[test]
+    fn print_sizes() {
+        eprintln!("Connection {} ClientSession {} LocalOutbound {} DurableOutbound {} PendingAcks {} Decoder {} TcpStream {} Context {}",
+            std::mem::size_of::<super::Connection>(),
+            std::mem::size_of::<super::ClientSession>(),
+            std::mem::size_of::<super::outbound::LocalOutbound>(),
+            std::mem::size_of::<super::outbound::DurableOutbound>(),
+            std::mem::size_of::<super::acks::PendingAcks>(),
+            std::mem::size_of::<starling_codec::Decoder>(),
+            std::mem::size_of::<tokio::net::TcpStream>(),
+            std::mem::size_of::<actix::Context<super::Connection>>(),
+        );
     }
 }

@@ -52,7 +52,8 @@ pub(crate) struct LocalOutbound {
     next_pid: u16,
     inflight: HashMap<u16, LocalInflight>,
     queue: VecDeque<AppMessage>,
-    queued_bytes: usize,
+    /// Bytes of the messages held, in flight or queued (as the replicated state counts them).
+    held_bytes: usize,
 }
 
 impl LocalOutbound {
@@ -64,7 +65,7 @@ impl LocalOutbound {
             next_pid: 0,
             inflight: HashMap::new(),
             queue: VecDeque::new(),
-            queued_bytes: 0,
+            held_bytes: 0,
         }
     }
 
@@ -95,19 +96,26 @@ impl LocalOutbound {
 
     /// Offers a QoS 1/2 message.
     pub(crate) fn offer(&mut self, message: AppMessage) -> Offer {
+        let cost = message.cost();
+        if self.held_bytes + cost > self.max_queued_bytes {
+            return Offer::Dropped("max_queued_bytes");
+        }
         if self.inflight.len() < self.window && self.queue.is_empty() {
+            self.held_bytes += cost;
             return Offer::Send(self.start(message));
         }
-        let cost = message.cost();
         if self.queue.len() >= self.max_queued {
             return Offer::Dropped("max_queued_messages");
         }
-        if self.queued_bytes + cost > self.max_queued_bytes {
-            return Offer::Dropped("max_queued_bytes");
-        }
-        self.queued_bytes += cost;
+        self.held_bytes += cost;
         self.queue.push_back(message);
         Offer::Queued
+    }
+
+    fn complete(&mut self, pid: u16) {
+        if let Some(f) = self.inflight.remove(&pid) {
+            self.held_bytes -= f.message.cost();
+        }
     }
 
     /// Messages that fit the window now.
@@ -116,7 +124,6 @@ impl LocalOutbound {
             let Some(m) = self.queue.pop_front() else {
                 break;
             };
-            self.queued_bytes -= m.cost();
             out.push(self.start(m));
         }
     }
@@ -125,7 +132,7 @@ impl LocalOutbound {
     pub(crate) fn puback(&mut self, pid: u16) -> bool {
         match self.inflight.get(&pid) {
             Some(f) if f.message.qos == QoS::AtLeastOnce => {
-                self.inflight.remove(&pid);
+                self.complete(pid);
                 true
             }
             _ => false,
@@ -147,7 +154,7 @@ impl LocalOutbound {
     pub(crate) fn pubcomp(&mut self, pid: u16) -> bool {
         match self.inflight.get(&pid) {
             Some(f) if f.released => {
-                self.inflight.remove(&pid);
+                self.complete(pid);
                 true
             }
             _ => false,
@@ -367,15 +374,18 @@ mod tests {
 
     #[test]
     fn local_queue_is_bounded_in_bytes_too() {
-        // Each message costs 1 (topic) + 1 (payload) + 64 = 66 bytes: two fit in 140.
+        // Each message costs 1 (topic) + 1 (payload) + 64 = 66 bytes: two fit in 140, counting
+        // the one in flight (as the replicated state counts a persistent session's bytes).
         let mut o = LocalOutbound::new(1, 10, 140);
-        o.offer(m(QoS::AtLeastOnce, "a"));
+        assert!(matches!(o.offer(m(QoS::AtLeastOnce, "a")), Offer::Send(_)));
         assert_eq!(o.offer(m(QoS::AtLeastOnce, "b")), Offer::Queued);
-        assert_eq!(o.offer(m(QoS::AtLeastOnce, "c")), Offer::Queued);
         assert_eq!(
-            o.offer(m(QoS::AtLeastOnce, "d")),
+            o.offer(m(QoS::AtLeastOnce, "c")),
             Offer::Dropped("max_queued_bytes")
         );
+        // Completing the one in flight frees its bytes.
+        assert!(o.puback(1));
+        assert_eq!(o.offer(m(QoS::AtLeastOnce, "d")), Offer::Queued);
     }
 
     #[test]

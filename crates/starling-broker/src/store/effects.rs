@@ -2,17 +2,16 @@
 //! deliveries to the connections this node serves, router updates, fast-path deliveries.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
 use starling_state::{pb, CommandResult, Effect, Message as AppMessage, Outbound};
 use tokio::time::Instant;
-use tracing::warn;
+use tracing::{info, warn};
 
 use super::proposals::Waiter;
 use super::SessionStore;
-use crate::connection::Connection;
+use crate::connection::{Connection, MQTT_LOG};
 use crate::messages::*;
 use crate::router::{shard_of, RouterShard};
 
@@ -98,8 +97,8 @@ impl Outboxes {
 }
 
 impl SessionStore {
-    /// The target of a persistent session if it is served by `conn` on this node.
-    fn target_of(&self, client_id: &str, owner: starling_state::Owner) -> Option<Target> {
+    /// The connection serving a session, if `owner` is a connection on this node.
+    fn local_target(&self, client_id: &str, owner: starling_state::Owner) -> Option<Target> {
         if owner.node != self.node_id {
             return None;
         }
@@ -107,6 +106,23 @@ impl SessionStore {
             conn_id: c.conn_id,
             addr: c.addr.clone(),
         })
+    }
+
+    /// Where a session's non-durable deliveries go: its connection here, or its node.
+    fn route_target(&self, client_id: &str, owner: starling_state::Owner) -> Option<RouteTarget> {
+        if owner.node == self.node_id {
+            self.local_target(client_id, owner).map(RouteTarget::Local)
+        } else {
+            Some(RouteTarget::Remote(owner.node))
+        }
+    }
+
+    /// The owner of a persistent or tracked clean session.
+    fn owner_of(&self, client_id: &str) -> Option<starling_state::Owner> {
+        match self.state.session(client_id) {
+            Some(s) => s.owner,
+            None => self.state.clean_session(client_id).map(|c| c.owner),
+        }
     }
 
     pub(super) fn dispatch(&mut self, effect: Effect, out: &mut Outboxes, ctx: &mut Context<Self>) {
@@ -127,7 +143,7 @@ impl SessionStore {
                 epoch,
                 message,
             } => {
-                if let Some(t) = self.target_of(&client_id, owner) {
+                if let Some(t) = self.local_target(&client_id, owner) {
                     out.conn(t.conn_id, &t.addr, Some(epoch))
                         .items
                         .push(message);
@@ -139,7 +155,7 @@ impl SessionStore {
                 epoch,
                 message,
             } => {
-                if let Some(t) = self.target_of(&client_id, owner) {
+                if let Some(t) = self.local_target(&client_id, owner) {
                     out.conn(t.conn_id, &t.addr, Some(epoch)).qos0.push(message);
                 }
             }
@@ -149,35 +165,41 @@ impl SessionStore {
                 epoch,
                 seq,
             } => {
-                if let Some(t) = self.target_of(&client_id, owner) {
+                if let Some(t) = self.local_target(&client_id, owner) {
                     out.conn(t.conn_id, &t.addr, Some(epoch)).releases.push(seq);
                 }
             }
             Effect::FastPath { message } => out.fast_path.push(message),
             Effect::Kick { client_id, owner } => {
-                if let Some(t) = self.target_of(&client_id, owner) {
+                if let Some(t) = self.local_target(&client_id, owner) {
                     t.addr.do_send(Kick {
                         reason: KickReason::TakenOver,
                         closed: None,
                     });
+                } else if owner.node != self.node_id
+                    && self
+                        .owner_of(&client_id)
+                        .is_some_and(|o| o.node == self.node_id)
+                {
+                    // Taken over here from a connection on another node (closed there).
+                    info!(target: MQTT_LOG, client_id = %client_id, "Client {client_id} already connected, closing old connection.");
                 }
             }
             Effect::RouteAdd {
                 client_id,
                 filter,
                 qos,
+                durable,
             } => {
                 let key = self.key_of(&client_id);
                 let target = self
-                    .state
-                    .session(&client_id)
-                    .and_then(|s| s.owner)
-                    .and_then(|o| self.target_of(&client_id, o));
+                    .owner_of(&client_id)
+                    .and_then(|o| self.route_target(&client_id, o));
                 self.broadcast(RouteUpdate::Add {
                     key,
                     filter,
                     qos,
-                    durable: true,
+                    durable,
                     target,
                 });
             }
@@ -191,14 +213,17 @@ impl SessionStore {
                 epoch,
             } => {
                 let key = self.key_of(&client_id);
-                let target = self.target_of(&client_id, owner);
-                if owner.node == self.node_id && target.is_none() && self.recovered {
+                if owner.node == self.node_id
+                    && self.local_target(&client_id, owner).is_none()
+                    && self.recovered
+                {
                     // Its connection is gone already (it gave up waiting, or was replaced before
                     // the commit): release the session, or its will and queue stay behind an
                     // owner that will never report back.
                     self.release_orphan(&client_id, epoch, ctx);
                 }
-                let filters = self.filters_of(&client_id);
+                let target = self.route_target(&client_id, owner);
+                let filters = self.state.filters_of(&client_id);
                 if !filters.is_empty() {
                     self.broadcast(RouteUpdate::Retarget {
                         key,
@@ -209,7 +234,7 @@ impl SessionStore {
             }
             Effect::Offline { client_id } => {
                 let key = self.key_of(&client_id);
-                let filters = self.filters_of(&client_id);
+                let filters = self.state.filters_of(&client_id);
                 if !filters.is_empty() {
                     self.broadcast(RouteUpdate::Retarget {
                         key,
@@ -255,13 +280,6 @@ impl SessionStore {
         self.propose(kind, None, ctx);
     }
 
-    fn filters_of(&self, client_id: &str) -> Vec<Arc<str>> {
-        self.state
-            .session(client_id)
-            .map(|s| s.subscriptions.keys().cloned().collect())
-            .unwrap_or_default()
-    }
-
     fn reply(
         &mut self,
         w: Waiter,
@@ -274,7 +292,7 @@ impl SessionStore {
                 reply,
                 target,
                 client_id,
-                clean,
+                local,
             } => {
                 if let Some(n) = self.connecting.get_mut(&client_id) {
                     *n -= 1;
@@ -291,7 +309,7 @@ impl SessionStore {
                     let _ = reply.send(ConnectOutcome::Unavailable);
                     return;
                 };
-                let key = if clean {
+                let key = if local {
                     target.conn_id
                 } else {
                     self.key_of(&client_id)
@@ -307,18 +325,23 @@ impl SessionStore {
                     if self.client(&client_id, target.conn_id).is_some() {
                         self.clients.remove(&client_id);
                     }
-                    if !clean {
+                    if !local {
                         self.release_orphan(&client_id, epoch, ctx);
                     }
                 }
             }
-            Waiter::Subscribe(reply, filters) => {
+            Waiter::Subscribe {
+                reply,
+                filters,
+                clean,
+            } => {
                 let outcome = match result {
                     CommandResult::Subscribed(granted) => {
-                        // Replicated retained messages arrive as deliveries; `$SYS` ones are local.
+                        // A persistent session's replicated retained messages arrive as
+                        // deliveries; a clean session gets them here; `$SYS` ones are local.
                         SubscribeOutcome::Done {
                             granted,
-                            retained: self.retained_for(&filters, false),
+                            retained: self.retained_for(&filters, clean),
                         }
                     }
                     _ => SubscribeOutcome::Unavailable,

@@ -65,6 +65,8 @@ pub struct SessionStore {
     ready: Option<oneshot::Sender<Result<(), String>>>,
     recovered: bool,
     last_queue_full_log: Option<Instant>,
+    /// Clustered mode: clean sessions are recorded in the replicated state too.
+    track_clean: bool,
 }
 
 impl SessionStore {
@@ -74,6 +76,7 @@ impl SessionStore {
         config: Arc<BrokerConfig>,
         log: Box<dyn ReplicatedLog>,
         ready: oneshot::Sender<Result<(), String>>,
+        track_clean: bool,
     ) -> SessionStore {
         let incarnation = rand::random::<u64>() | 1;
         SessionStore {
@@ -94,6 +97,7 @@ impl SessionStore {
             ready: Some(ready),
             recovered: false,
             last_queue_full_log: None,
+            track_clean,
         }
     }
 
@@ -164,7 +168,7 @@ impl SessionStore {
             Waiter::Connect { reply, .. } => {
                 let _ = reply.send(ConnectOutcome::Unavailable);
             }
-            Waiter::Subscribe(reply, _) => {
+            Waiter::Subscribe { reply, .. } => {
                 let _ = reply.send(SubscribeOutcome::Unavailable);
             }
             Waiter::Unsubscribe(reply) | Waiter::Disconnect(reply) => {
@@ -377,6 +381,10 @@ impl Handler<LogEvent> for SessionStore {
                 }
             }
             LogEvent::Recovered => self.on_recovered(ctx),
+            LogEvent::PeerDown { node } => {
+                let kind = pb::command::Kind::NodeDown(pb::NodeDown { node_id: node });
+                self.propose(kind, None, ctx);
+            }
             LogEvent::LeaderChanged { leader, term } => {
                 let failed = self.proposals.take_proposed();
                 if !failed.is_empty() {
@@ -441,7 +449,15 @@ impl Handler<ConnectRequest> for SessionStore {
             },
         );
         let clean = req.info.clean_session;
-        if clean && self.state.session(&id).is_none() && !self.connecting.contains_key(&id) {
+        // On a single node a clean session never enters the replicated state (unless it must
+        // discard a stored session); in a cluster it is recorded so that every node can route
+        // to it, take it over, and publish its will if this node dies.
+        let track = clean && self.track_clean;
+        if clean
+            && !track
+            && self.state.session(&id).is_none()
+            && !self.connecting.contains_key(&id)
+        {
             let _ = req.reply.send(ConnectOutcome::Accepted {
                 session_present: false,
                 epoch: 0,
@@ -451,7 +467,7 @@ impl Handler<ConnectRequest> for SessionStore {
             return;
         }
         *self.connecting.entry(id.clone()).or_default() += 1;
-        let will = if clean {
+        let will = if clean && !track {
             None
         } else {
             req.info.will.as_ref().map(|w| {
@@ -475,12 +491,13 @@ impl Handler<ConnectRequest> for SessionStore {
                 .username
                 .as_ref()
                 .map_or(String::new(), |u| u.to_string()),
+            track,
         });
         let waiter = Waiter::Connect {
             reply: req.reply,
             target: req.target,
             client_id: id,
-            clean,
+            local: clean && !track,
         };
         self.propose(kind, Some(waiter), ctx);
     }
@@ -497,7 +514,7 @@ impl Handler<SubscribeRequest> for SessionStore {
                     filter: filter.clone(),
                     qos: *qos,
                     durable: false,
-                    target: Some(req.target.clone()),
+                    target: Some(RouteTarget::Local(req.target.clone())),
                 });
             }
             let retained = self.retained_for(&req.filters, true);
@@ -517,7 +534,13 @@ impl Handler<SubscribeRequest> for SessionStore {
                 })
                 .collect(),
         });
-        self.propose(kind, Some(Waiter::Subscribe(req.reply, req.filters)), ctx);
+        let clean = self.state.clean_session(&req.client_id).is_some();
+        let waiter = Waiter::Subscribe {
+            reply: req.reply,
+            filters: req.filters,
+            clean,
+        };
+        self.propose(kind, Some(waiter), ctx);
     }
 }
 
@@ -640,14 +663,18 @@ impl Handler<ConnectionClosed> for SessionStore {
         if self.client(&msg.client_id, msg.conn_id).is_some() {
             self.clients.remove(&msg.client_id);
         }
-        if !msg.persistent {
-            for filter in msg.filters {
-                self.broadcast(RouteUpdate::Remove {
-                    key: msg.key,
-                    filter,
-                });
+        if msg.epoch == 0 {
+            // An untracked clean session (or a persistent one already released): only its
+            // router entries are left to remove.
+            if !msg.persistent {
+                for filter in msg.filters {
+                    self.broadcast(RouteUpdate::Remove {
+                        key: msg.key,
+                        filter,
+                    });
+                }
             }
-        } else if msg.epoch != 0 {
+        } else {
             let kind = pb::command::Kind::Disconnect(pb::SessionDisconnect {
                 client_id: msg.client_id.to_string(),
                 epoch: msg.epoch,

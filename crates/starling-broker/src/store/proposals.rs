@@ -18,13 +18,16 @@ pub(crate) enum Waiter {
         reply: oneshot::Sender<ConnectOutcome>,
         target: Target,
         client_id: ByteString,
+        /// An untracked clean session (single node): keyed by its connection in the router.
+        local: bool,
+    },
+    /// SUBSCRIBE of a persistent or tracked clean session.
+    Subscribe {
+        reply: oneshot::Sender<SubscribeOutcome>,
+        filters: Vec<(std::sync::Arc<str>, starling_codec::QoS)>,
+        /// A clean session: its retained messages come with the reply (not queued).
         clean: bool,
     },
-    /// SUBSCRIBE of a persistent session.
-    Subscribe(
-        oneshot::Sender<SubscribeOutcome>,
-        Vec<(std::sync::Arc<str>, starling_codec::QoS)>,
-    ),
     /// UNSUBSCRIBE of a persistent session.
     Unsubscribe(oneshot::Sender<bool>),
     /// A PUBLISH or PUBREL whose acknowledgement waits for the commit.

@@ -17,7 +17,7 @@
 pub(crate) mod slog_drain;
 pub(crate) mod storage;
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -37,7 +37,9 @@ use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 
 use self::storage::{decode, encode, persist_entries, RaftStorage, PEERS, SNAPSHOT_CONF_STATE};
-use crate::transport::Transport;
+use crate::backup::Backup;
+use crate::latency::LatencyHistogram;
+use crate::transport::{PeerForwarder, Transport};
 
 /// What the admin endpoint and `$SYS` see of a node.
 #[derive(Clone, Debug, Default)]
@@ -68,6 +70,8 @@ pub struct NodeStatus {
     pub peers: Vec<(u64, String, String)>,
     /// Messages dropped by the transport.
     pub dropped_messages: u64,
+    /// Proposal-to-commit latency of entries proposed on this node while it led.
+    pub proposal_latency: LatencyHistogram,
 }
 
 impl NodeStatus {
@@ -106,6 +110,9 @@ pub struct RaftSettings {
     pub max_message_bytes: usize,
     /// How long a membership change may take.
     pub conf_change_timeout: Duration,
+    /// A voter the leader has not heard from for this long is reported down: the cluster then
+    /// disconnects its sessions and publishes their wills.
+    pub node_down_after: Duration,
 }
 
 /// A peer's Raft message, to step into the node.
@@ -170,6 +177,14 @@ pub struct ChangeMembers {
 #[rtype(result = "()")]
 pub struct TransferLeadership;
 
+/// Asks for a [`Backup`]: the latest stored snapshot and the entries applied after it.
+#[derive(Message)]
+#[rtype(result = "Backup")]
+pub struct ExportBackup;
+
+/// Proposals on the leader whose commit is awaited for the latency histogram, at most.
+const LATENCY_TRACKED: usize = 65_536;
+
 /// The storage writer finished write `seq`.
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -214,6 +229,15 @@ pub struct RaftNode {
     early: Vec<Bytes>,
     /// Leader as last seen, to tell the store when it changes.
     known_leader: u64,
+    /// Entries proposed here while leading: (index, when), for the latency histogram.
+    proposed_at: VecDeque<(u64, Instant)>,
+    /// Proposal-to-commit latency.
+    latency: LatencyHistogram,
+    /// Fast-path forwarder whose peer set follows the membership.
+    forwarder: Option<Arc<PeerForwarder>>,
+    /// Leader only: when each voter was last heard from, and those reported down.
+    last_active: HashMap<u64, Instant>,
+    reported_down: HashSet<u64>,
 }
 
 fn role_name(r: StateRole) -> &'static str {
@@ -285,8 +309,58 @@ impl RaftNode {
             conf_waiters: Vec::new(),
             early: Vec::new(),
             known_leader: 0,
+            proposed_at: VecDeque::new(),
+            latency: LatencyHistogram::default(),
+            forwarder: None,
+            last_active: HashMap::new(),
+            reported_down: HashSet::new(),
             settings,
         })
+    }
+
+    /// Sends fast-path forwards through `forwarder`, keeping its peers in step with the
+    /// membership.
+    pub(crate) fn with_forwarder(mut self, forwarder: Arc<PeerForwarder>) -> RaftNode {
+        self.forwarder = Some(forwarder);
+        self
+    }
+
+    fn peer_addresses(&self) -> Vec<(u64, String)> {
+        self.peers
+            .iter()
+            .map(|p| (p.node_id, p.raft_address.clone()))
+            .collect()
+    }
+
+    /// Leader only: reports voters not heard from for `node_down_after` to the store, which
+    /// proposes that their sessions go offline (their wills are published). A voter heard from
+    /// again is forgotten from the report list.
+    fn check_peers_alive(&mut self) {
+        if self.raw.raft.state != StateRole::Leader {
+            self.last_active.clear();
+            self.reported_down.clear();
+            return;
+        }
+        let now = Instant::now();
+        let me = self.settings.id;
+        let voters: Vec<u64> = self.storage.rl().conf_state.voters.clone();
+        for id in voters.into_iter().filter(|id| *id != me) {
+            let active = self.raw.raft.prs().get(id).is_some_and(|p| p.recent_active);
+            let seen = *self.last_active.entry(id).or_insert(now);
+            if active {
+                self.last_active.insert(id, now);
+                if self.reported_down.remove(&id) {
+                    info!(node = id, "node is back");
+                }
+            } else if now.duration_since(seen) >= self.settings.node_down_after
+                && self.reported_down.insert(id)
+            {
+                warn!(node = id, after = ?self.settings.node_down_after, "node unreachable: its sessions go offline and their wills are published");
+                if let Some(sink) = &self.sink {
+                    sink.do_send(LogEvent::PeerDown { node: id });
+                }
+            }
+        }
     }
 
     fn schedule_ready(&mut self, ctx: &mut Context<Self>) {
@@ -397,6 +471,11 @@ impl RaftNode {
         if let Some((last, _)) = out.last() {
             self.last_applied = *last;
             self.raw.advance_apply_to(*last);
+            let now = Instant::now();
+            while let Some((_, at)) = self.proposed_at.front().filter(|(i, _)| *i <= *last) {
+                self.latency.observe(now - *at);
+                self.proposed_at.pop_front();
+            }
         }
         if let Some(sink) = &self.sink {
             sink.do_send(LogEvent::Committed(out));
@@ -488,6 +567,9 @@ impl RaftNode {
             ),
         ));
         self.peers = peers;
+        if let Some(f) = &self.forwarder {
+            f.set_peers(&self.peer_addresses());
+        }
     }
 
     fn submit_writes(&mut self, ctx: &mut Context<Self>) {
@@ -533,6 +615,10 @@ impl RaftNode {
             info!(leader, term = self.raw.raft.term, "leader changed");
             self.known_leader = leader;
         }
+        if self.raw.raft.state != StateRole::Leader {
+            // Entries proposed as leader may never commit now; stop timing them.
+            self.proposed_at.clear();
+        }
         let raft = &self.raw.raft;
         let core = self.storage.rl();
         let mut s = self.status.lock().unwrap_or_else(|e| e.into_inner());
@@ -553,6 +639,9 @@ impl RaftNode {
             .map(|p| (p.node_id, p.raft_address.clone(), p.admin_address.clone()))
             .collect();
         s.dropped_messages = self.transport.dropped;
+        if s.proposal_latency.count != self.latency.count {
+            s.proposal_latency = self.latency.clone();
+        }
     }
 
     fn expire_conf_waiters(&mut self) {
@@ -577,9 +666,13 @@ impl Actor for RaftNode {
         for p in &peers {
             self.transport.set_peer(p.node_id, &p.raft_address);
         }
+        if let Some(f) = &self.forwarder {
+            f.set_peers(&self.peer_addresses());
+        }
         ctx.run_interval(self.settings.tick, |act, ctx| {
             act.raw.tick();
             act.expire_conf_waiters();
+            act.check_peers_alive();
             act.schedule_ready(ctx);
         });
     }
@@ -630,7 +723,15 @@ impl Handler<Propose> for RaftNode {
             self.early.push(msg.0);
             return;
         }
-        if let Err(e) = self.raw.propose(Vec::new(), msg.0.to_vec()) {
+        let result = self.raw.propose(Vec::new(), msg.0.to_vec());
+        if result.is_ok()
+            && self.raw.raft.state == StateRole::Leader
+            && self.proposed_at.len() < LATENCY_TRACKED
+        {
+            let index = self.raw.raft.raft_log.last_index();
+            self.proposed_at.push_back((index, Instant::now()));
+        }
+        if let Err(e) = result {
             debug!(error = %e, "proposal dropped");
             if let Some(sink) = &self.sink {
                 let reason = if self.raw.raft.leader_id == 0 {
@@ -799,6 +900,24 @@ impl Handler<TransferLeadership> for RaftNode {
             self.raw.transfer_leader(t);
             self.schedule_ready(ctx);
         }
+    }
+}
+
+impl Handler<ExportBackup> for RaftNode {
+    type Result = MessageResult<ExportBackup>;
+
+    fn handle(&mut self, _: ExportBackup, _: &mut Self::Context) -> Self::Result {
+        let core = self.storage.rl();
+        let entries = core
+            .entries
+            .iter()
+            .take_while(|e| e.index <= self.last_applied)
+            .cloned()
+            .collect();
+        MessageResult(Backup {
+            snapshot: core.snapshot.clone(),
+            entries,
+        })
     }
 }
 

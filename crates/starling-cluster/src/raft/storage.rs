@@ -19,6 +19,10 @@ use starling_storage::{LogStore, SnapshotRecord, StorageError, WriteBatch};
 pub(crate) const SNAPSHOT_CONF_STATE: &str = "snapshot_conf_state";
 /// Metadata key of the peer address table.
 pub(crate) const PEERS: &str = "peers";
+/// Index of the snapshot a new cluster's log starts after (see [`RaftStorage::bootstrap`]).
+pub(crate) const BOOTSTRAP_INDEX: u64 = 1;
+/// Term of that snapshot.
+pub(crate) const BOOTSTRAP_INDEX_TERM: u64 = 1;
 
 /// What raft-rs reads.
 #[derive(Default)]
@@ -142,10 +146,23 @@ impl RaftStorage {
         }))
     }
 
-    /// A fresh log whose first configuration is `voters` (cluster bootstrap).
-    pub(crate) fn bootstrap(voters: Vec<u64>) -> RaftStorage {
+    /// A fresh log whose first configuration is `voters` (cluster bootstrap): it starts after
+    /// a snapshot at [`BOOTSTRAP_INDEX`] that carries that configuration and `data` (the
+    /// encoded initial state), and that snapshot counts as committed.
+    ///
+    /// The first configuration must be in the log's history, not only in each founder's conf
+    /// state: a node added later starts empty and learns the configuration from what the leader
+    /// sends it. Were the log to start at index 1, the leader would send it entries from 1 and
+    /// it would never learn of the founding voters (it would count itself as the only voter and
+    /// could elect itself alone). Starting after a snapshot makes the leader send that snapshot
+    /// first, as TiKV does with its initial snapshot. Every founder builds the same one.
+    pub(crate) fn bootstrap(voters: Vec<u64>, data: Bytes) -> RaftStorage {
         let mut core = Core::default();
         core.conf_state.voters = voters;
+        core.hard_state.term = BOOTSTRAP_INDEX_TERM;
+        core.hard_state.commit = BOOTSTRAP_INDEX;
+        let conf = core.conf_state.clone();
+        core.compact(BOOTSTRAP_INDEX, BOOTSTRAP_INDEX_TERM, conf, data);
         RaftStorage {
             core: Arc::new(RwLock::new(core)),
         }
@@ -166,6 +183,15 @@ pub(crate) enum LoadError {
     Decode(#[from] protobuf::ProtobufError),
     #[error("raft log has a gap at index {0}")]
     Gap(u64),
+}
+
+/// Whether `id` is a voter or learner (incoming or outgoing) of `cs`.
+fn conf_has(cs: &ConfState, id: u64) -> bool {
+    cs.voters
+        .iter()
+        .chain(&cs.learners)
+        .chain(&cs.voters_outgoing)
+        .any(|v| *v == id)
 }
 
 pub(crate) fn decode<M: protobuf::Message>(b: &[u8]) -> Result<M, protobuf::ProtobufError> {
@@ -236,14 +262,24 @@ impl raft::Storage for RaftStorage {
         Ok(self.rl().last_index())
     }
 
-    fn snapshot(&self, _request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+    fn snapshot(&self, _request_index: u64, to: u64) -> raft::Result<Snapshot> {
         let core = self.rl();
         if core.snap_index() == 0 {
             return Err(raft::Error::Store(
                 RaftStorageError::SnapshotTemporarilyUnavailable,
             ));
         }
-        Ok(core.snapshot.clone())
+        let mut snap = core.snapshot.clone();
+        // raft-rs drops a snapshot whose configuration lacks the recipient. A node added after
+        // the latest snapshot was taken is in that position: give the snapshot the current
+        // configuration, which includes it (the leader only replicates to members of the
+        // configuration it has applied, so that configuration is committed). The recipient then
+        // replays the membership changes after the snapshot's index; each is idempotent (adding
+        // a voter twice, removing a non-member are no-ops), so it ends where the leader is.
+        if !conf_has(snap.get_metadata().get_conf_state(), to) {
+            snap.mut_metadata().set_conf_state(core.conf_state.clone());
+        }
+        Ok(snap)
     }
 }
 
@@ -262,7 +298,7 @@ mod tests {
 
     #[test]
     fn append_replaces_conflicting_suffix_and_compact_keeps_terms() {
-        let s = RaftStorage::bootstrap(vec![1]);
+        let s = RaftStorage::empty();
         s.wl().append(&[ent(1, 1), ent(2, 1), ent(3, 1)]);
         s.wl().append(&[ent(2, 2)]);
         assert_eq!(s.last_index().unwrap(), 2);
@@ -286,6 +322,49 @@ mod tests {
             1
         );
         assert_eq!(s.snapshot(0, 0).unwrap().get_metadata().index, 1);
+    }
+
+    #[test]
+    fn bootstrap_starts_after_a_snapshot_with_the_first_configuration() {
+        let s = RaftStorage::bootstrap(vec![1, 2, 3], Bytes::from_static(b"initial"));
+        assert_eq!((s.first_index().unwrap(), s.last_index().unwrap()), (2, 1));
+        let state = s.initial_state().unwrap();
+        assert_eq!(state.conf_state.voters, vec![1, 2, 3]);
+        assert_eq!(
+            (state.hard_state.term, state.hard_state.commit),
+            (BOOTSTRAP_INDEX_TERM, BOOTSTRAP_INDEX)
+        );
+        // A node added later has nothing; what it needs from index 1 on is the snapshot, with
+        // the founders in its configuration.
+        assert!(matches!(
+            s.entries(1, 2, None, GetEntriesContext::empty(false)),
+            Err(raft::Error::Store(RaftStorageError::Compacted))
+        ));
+        let snap = s.snapshot(1, 4).unwrap();
+        assert_eq!(
+            (snap.get_metadata().index, snap.get_metadata().term),
+            (BOOTSTRAP_INDEX, BOOTSTRAP_INDEX_TERM)
+        );
+        assert_eq!(snap.get_metadata().get_conf_state().voters, vec![1, 2, 3]);
+        assert_eq!(snap.data, Bytes::from_static(b"initial"));
+    }
+
+    #[test]
+    fn a_snapshot_for_a_node_added_since_carries_the_current_configuration() {
+        let s = RaftStorage::bootstrap(vec![1, 2, 3], Bytes::from_static(b"initial"));
+        s.wl().conf_state.voters = vec![1, 2, 3, 4];
+        let for_4 = s.snapshot(1, 4).unwrap();
+        assert_eq!(
+            for_4.get_metadata().get_conf_state().voters,
+            vec![1, 2, 3, 4]
+        );
+        assert_eq!(
+            (for_4.get_metadata().index, for_4.data.clone()),
+            (BOOTSTRAP_INDEX, Bytes::from_static(b"initial"))
+        );
+        // A member of the snapshot's configuration gets it as it was taken.
+        let for_3 = s.snapshot(1, 3).unwrap();
+        assert_eq!(for_3.get_metadata().get_conf_state().voters, vec![1, 2, 3]);
     }
 
     #[test]

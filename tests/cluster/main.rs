@@ -1,0 +1,20 @@
+//! Multi-node behaviour of the Raft-replicated store: real `starling` processes on loopback,
+//! observed through MQTT clients and each node's admin endpoint (`/cluster/status`: role,
+//! leader, applied index, state digest).
+//!
+//! Every test starts its own cluster (its own ports and data directories) with 50 ms Raft ticks;
+//! waits are deadlines on observable state. Figures worth reporting (re-election time, catch-up
+//! time, snapshot size) are printed as `MEASURE ...` lines (`-- --nocapture`).
+
+#[path = "../common/mod.rs"]
+mod common;
+
+mod support;
+
+mod crash;
+mod election;
+mod failover;
+mod membership;
+mod partition;
+mod replication;
+mod snapshot;
