@@ -179,7 +179,8 @@ async fn stream_loop<M: Send + 'static>(
                 // and the fast path is at most once.
                 while rx.try_recv().is_ok() {}
                 tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(2));
+                // Capped low: a restarted peer is back within about this long.
+                backoff = (backoff * 2).min(Duration::from_millis(500));
                 continue;
             }
         };

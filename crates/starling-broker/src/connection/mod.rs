@@ -283,7 +283,7 @@ impl Connection {
                 debug!(client_id = %name, code = *code as u8, "closed after CONNACK refusal")
             }
             CloseReason::Unavailable => {
-                warn!(client_id = %name, "client {name} disconnected: the state store did not commit in time (limit commit_timeout_secs)")
+                warn!(client_id = %name, "client {name} disconnected: the replicated state refused the request or did not commit it within commit_timeout_secs (no leader or no quorum?)")
             }
             CloseReason::Shutdown => {
                 debug!(client_id = %name, "closed: broker shutting down")
@@ -573,6 +573,7 @@ impl Connection {
                 }
                 _ => {
                     let name = client_id.to_string();
+                    warn!(client_id = %name, peer = %act.peer, "client {name} refused with CONNACK 3: the replicated state refused the session or did not commit it within commit_timeout_secs (no leader or no quorum?)");
                     act.write_connack(false, ConnectReturnCode::ServerUnavailable, &name);
                     act.session = None;
                     act.close(
