@@ -100,6 +100,13 @@ pub trait ReplicatedLog: Send + 'static {
     /// Current status.
     fn status(&self) -> LogStatus;
 
+    /// True when every entry this node proposes is committed as it was proposed (the same
+    /// `Bytes`), in proposal order, with nothing else in between: the store can then skip
+    /// decoding its own entries. False for a replicated log.
+    fn commits_as_proposed(&self) -> bool {
+        false
+    }
+
     /// Writes what is queued and stops.
     fn shutdown(&mut self);
 }

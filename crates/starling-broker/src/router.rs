@@ -1,9 +1,12 @@
-//! Router shards: each holds the whole subscription index; a PUBLISH goes to the shard chosen by
-//! a hash of its topic, which keeps per-topic order while spreading topics over the workers.
+//! Router shards, one per worker thread: each holds the whole subscription index. A PUBLISH is
+//! routed by the shard on the thread of the connection that received it, which keeps each
+//! client's messages in order (MQTT orders per publisher) and costs no thread hop; only the
+//! deliveries cross threads, batched per subscriber. Messages that come from the session store
+//! or from another node go to the shard chosen by a hash of their topic, keeping per-topic order.
 //!
 //! `#[PerformanceCriticalPath]`: every PUBLISH passes through [`RouteTable::route`].
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
 use std::sync::Arc;
 
 use actix::prelude::*;
@@ -39,9 +42,10 @@ struct Sub {
 /// Deliveries of one routing pass, grouped per connection.
 #[derive(Default)]
 pub(crate) struct Outbox {
-    by_conn: HashMap<u64, (Target, Vec<AppMessage>)>,
+    // Integer keys we assign ourselves: a fast hash is safe here (not client-controlled).
+    by_conn: FxHashMap<u64, (Target, Vec<AppMessage>)>,
     /// Messages to forward, per remote node (each message once per node).
-    by_node: HashMap<u64, Vec<AppMessage>>,
+    by_node: FxHashMap<u64, Vec<AppMessage>>,
     durable: Vec<DurableItem>,
     acked: Vec<u64>,
 }

@@ -3,6 +3,9 @@
 //!
 //! At start it replays the stored snapshot and the entries after it, from its own thread and in
 //! bounded chunks (each chunk waits until the store has applied the previous one).
+//!
+//! Without persistence (`persistence = false`) there is nothing to make durable: an entry is
+//! committed as soon as it is proposed, in order, without a storage thread.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -25,7 +28,8 @@ const REPLAY_CHUNK_BYTES: u64 = 8 * 1024 * 1024;
 
 /// A node's own write-ahead log.
 pub struct LocalLog {
-    store: LogStore,
+    /// `None`: nothing is kept (`persistence = false`).
+    store: Option<LogStore>,
     queue_capacity: usize,
     writer: Option<LogWriter>,
     sink: Option<Recipient<LogEvent>>,
@@ -50,19 +54,18 @@ impl LocalLog {
         let path = dir.join(DB_FILE);
         let store = LogStore::open(&path, StoreOptions { fsync })
             .map_err(|e| LogStartError(format!("{}: {e}", path.display())))?;
-        Ok(Self::with_store(store, queue_capacity))
+        Ok(Self::with_store(Some(store), queue_capacity))
     }
 
-    /// A log that keeps nothing across restarts (`persistence = false`).
+    /// A log that keeps nothing across restarts (`persistence = false`): entries commit at once.
     ///
     /// # Errors
-    /// The in-memory database cannot be created.
+    /// None today; kept fallible like [`LocalLog::open`].
     pub fn in_memory(queue_capacity: usize) -> Result<LocalLog, LogStartError> {
-        let store = LogStore::open_in_memory().map_err(|e| LogStartError(e.to_string()))?;
-        Ok(Self::with_store(store, queue_capacity))
+        Ok(Self::with_store(None, queue_capacity))
     }
 
-    fn with_store(store: LogStore, queue_capacity: usize) -> LocalLog {
+    fn with_store(store: Option<LogStore>, queue_capacity: usize) -> LocalLog {
         LocalLog {
             store,
             queue_capacity: queue_capacity.max(1),
@@ -134,14 +137,17 @@ fn replay(store: &LogStore, sink: &Recipient<LogEvent>) -> Result<u64, String> {
 
 impl ReplicatedLog for LocalLog {
     fn start(&mut self, sink: Recipient<LogEvent>) -> Result<(), LogStartError> {
+        let Some(store) = self.store.clone() else {
+            sink.do_send(LogEvent::Recovered);
+            self.sink = Some(sink);
+            return Ok(());
+        };
         let err = |e: starling_storage::StorageError| LogStartError(e.to_string());
-        let snap = self
-            .store
+        let snap = store
             .snapshot(STATE_GROUP)
             .map_err(err)?
             .map_or(0, |s| s.index);
-        let last = self
-            .store
+        let last = store
             .last_index(STATE_GROUP)
             .map_err(err)?
             .unwrap_or(0)
@@ -149,11 +155,10 @@ impl ReplicatedLog for LocalLog {
         self.next_index = last + 1;
         self.committed.store(last, Ordering::Relaxed);
         self.writer = Some(
-            LogWriter::spawn(self.store.clone(), self.queue_capacity)
+            LogWriter::spawn(store.clone(), self.queue_capacity)
                 .map_err(|e| LogStartError(format!("cannot start the log writer: {e}")))?,
         );
         self.sink = Some(sink.clone());
-        let store = self.store.clone();
         std::thread::Builder::new()
             .name("starling-replay".into())
             .spawn(move || match replay(&store, &sink) {
@@ -168,10 +173,19 @@ impl ReplicatedLog for LocalLog {
         if self.failed.load(Ordering::Relaxed) {
             return Err(ProposeError::Unavailable("storage failed".into()));
         }
+        let index = self.next_index;
+        if self.store.is_none() {
+            let Some(sink) = &self.sink else {
+                return Err(ProposeError::Unavailable("log not started".into()));
+            };
+            self.next_index += 1;
+            self.committed.store(index, Ordering::Relaxed);
+            sink.do_send(LogEvent::Committed(vec![(index, data)]));
+            return Ok(());
+        }
         let (Some(writer), Some(sink)) = (&self.writer, &self.sink) else {
             return Err(ProposeError::Unavailable("log not started".into()));
         };
-        let index = self.next_index;
         let mut batch = WriteBatch::new(STATE_GROUP);
         batch.entries.push((index, data.clone()));
         let (sink, committed, failed) = (sink.clone(), self.committed.clone(), self.failed.clone());
@@ -203,6 +217,9 @@ impl ReplicatedLog for LocalLog {
     }
 
     fn save_snapshot(&mut self, index: u64, data: Bytes) {
+        if self.store.is_none() {
+            return;
+        }
         let mut batch = WriteBatch::new(STATE_GROUP);
         batch.snapshot = Some(SnapshotRecord {
             index,
@@ -215,6 +232,10 @@ impl ReplicatedLog for LocalLog {
         if self.pending_snapshot.is_some() {
             warn!(index, "log writer queue full; snapshot deferred");
         }
+    }
+
+    fn commits_as_proposed(&self) -> bool {
+        true
     }
 
     fn status(&self) -> LogStatus {
@@ -233,8 +254,8 @@ impl ReplicatedLog for LocalLog {
             w.shutdown();
         }
         // The queue was full: the writer has drained it now, write the snapshot directly.
-        if let Some(batch) = self.pending_snapshot.take() {
-            if let Err(e) = self.store.write(&[batch]) {
+        if let (Some(store), Some(batch)) = (&self.store, self.pending_snapshot.take()) {
+            if let Err(e) = store.write(&[batch]) {
                 error!(error = %e, "final snapshot write failed");
             }
         }

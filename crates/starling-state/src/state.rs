@@ -4,7 +4,6 @@
 //! here reads a clock, a random number or the iteration order of a hash map when that order could
 //! change the state. Effects are returned for the node to act on.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use starling_codec::{topic, QoS};
@@ -15,6 +14,7 @@ use crate::message::Message;
 use crate::retained::RetainedStore;
 use crate::session::{CleanSession, Owner, Session};
 use crate::trie::TopicTrie;
+use crate::FastMap;
 
 /// Limits that are part of the replicated behaviour (identical on every node).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -70,12 +70,12 @@ pub enum SnapshotError {
 #[derive(Debug)]
 pub struct State {
     config: StateConfig,
-    sessions: HashMap<Arc<str>, Session>,
+    sessions: FastMap<Arc<str>, Session>,
     /// Subscriptions of persistent sessions, for routing durable messages.
     index: TopicTrie<Arc<str>, QoS>,
     retained: RetainedStore,
     /// Clean sessions tracked in clustered mode.
-    clean: HashMap<Arc<str>, CleanSession>,
+    clean: FastMap<Arc<str>, CleanSession>,
     /// Highest epoch handed out; every connect takes the next one, so a command from any earlier
     /// connection (of this or an older incarnation of the session) is recognised as stale.
     last_epoch: u64,
@@ -113,10 +113,10 @@ impl State {
     pub fn new(config: StateConfig) -> State {
         State {
             config,
-            sessions: HashMap::new(),
+            sessions: FastMap::default(),
             index: TopicTrie::new(),
             retained: RetainedStore::new(),
-            clean: HashMap::new(),
+            clean: FastMap::default(),
             last_epoch: 0,
             applied_index: 0,
             dropped_messages: 0,

@@ -5,7 +5,7 @@
 //! allocates; `+` and `#` subscriptions hang off each node, so a publish visits only the branches
 //! that can match. Topics beginning with `$` are not matched by a first-level `+` or `#`.
 
-use std::collections::HashMap;
+use crate::FastMap;
 
 /// Topic filters mapped to values, one value per (filter, key).
 #[derive(Debug)]
@@ -16,7 +16,7 @@ pub struct TopicTrie<K, V> {
 
 #[derive(Debug)]
 struct Node<K, V> {
-    children: HashMap<Box<str>, Node<K, V>>,
+    children: FastMap<Box<str>, Node<K, V>>,
     plus: Option<Box<Node<K, V>>>,
     /// Subscriptions whose filter ends with `/#` below this node (or is `#` at the root).
     hash: Vec<(K, V)>,
@@ -27,7 +27,7 @@ struct Node<K, V> {
 impl<K, V> Default for Node<K, V> {
     fn default() -> Self {
         Node {
-            children: HashMap::new(),
+            children: FastMap::default(),
             plus: None,
             hash: Vec::new(),
             here: Vec::new(),

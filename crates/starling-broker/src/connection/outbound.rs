@@ -7,7 +7,9 @@
 //!   reused as soon as the client acknowledges, while the acknowledgement commits in the
 //!   background. PUBREL waits for the PUBREC to be committed (exactly-once rule 2).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+
+use rustc_hash::FxHashMap;
 
 use starling_codec::QoS;
 use starling_state::{Message as AppMessage, Outbound};
@@ -50,7 +52,8 @@ pub(crate) struct LocalOutbound {
     max_queued: usize,
     max_queued_bytes: usize,
     next_pid: u16,
-    inflight: HashMap<u16, LocalInflight>,
+    // Packet ids: at most 65535 keys, a fast hash is fine.
+    inflight: FxHashMap<u16, LocalInflight>,
     queue: VecDeque<AppMessage>,
     /// Bytes of the messages held, in flight or queued (as the replicated state counts them).
     held_bytes: usize,
@@ -63,7 +66,7 @@ impl LocalOutbound {
             max_queued,
             max_queued_bytes,
             next_pid: 0,
-            inflight: HashMap::new(),
+            inflight: FxHashMap::default(),
             queue: VecDeque::new(),
             held_bytes: 0,
         }
@@ -200,7 +203,7 @@ pub(crate) enum AckOutcome {
 pub(crate) struct DurableOutbound {
     window: usize,
     pending: VecDeque<Outbound>,
-    inflight: HashMap<u16, DurableInflight>,
+    inflight: FxHashMap<u16, DurableInflight>,
     max_sent_seq: u64,
 }
 
@@ -209,7 +212,7 @@ impl DurableOutbound {
         DurableOutbound {
             window: window.min(65_535),
             pending: VecDeque::new(),
-            inflight: HashMap::new(),
+            inflight: FxHashMap::default(),
             max_sent_seq: 0,
         }
     }

@@ -1,7 +1,7 @@
 //! Turning the effects of applied entries into messages: replies to waiting requesters,
 //! deliveries to the connections this node serves, router updates, fast-path deliveries.
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
 use std::time::Duration;
 
 use actix::prelude::*;
@@ -18,7 +18,7 @@ use crate::router::{shard_of, RouterShard};
 /// Messages to send once a batch of entries is applied, grouped per destination.
 #[derive(Default)]
 pub(super) struct Outboxes {
-    conns: HashMap<u64, ConnOutbox>,
+    conns: FxHashMap<u64, ConnOutbox>,
     fast_path: Vec<AppMessage>,
 }
 
@@ -354,6 +354,8 @@ impl SessionStore {
             Waiter::Unsubscribe(reply) => {
                 let _ = reply.send(matches!(result, CommandResult::Unsubscribed));
             }
+            // Committed (or stale: the session moved on, and this connection is closed).
+            Waiter::OutboundAck(_) => {}
             Waiter::Ack { conn, token } => {
                 let o = out.conn(conn.conn_id, &conn.addr, None);
                 match result {

@@ -14,15 +14,16 @@
 mod effects;
 mod proposals;
 
-use std::collections::HashMap;
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
+use bytes::Bytes;
 use bytestring::ByteString;
 use prost::Message as _;
 use starling_codec::QoS;
-use starling_state::{pb, Message as AppMessage, RetainedStore, State, StateStats};
+use starling_state::{pb, FastMap, Message as AppMessage, RetainedStore, State, StateStats};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tracing::{error, info, warn};
@@ -55,10 +56,10 @@ pub struct SessionStore {
     proposals: Proposals,
     flush_scheduled: bool,
     log_busy: bool,
-    clients: HashMap<ByteString, Client>,
+    clients: FastMap<ByteString, Client>,
     /// Persistent connects proposed and not yet applied, per client id.
-    connecting: HashMap<ByteString, usize>,
-    keys: HashMap<Arc<str>, u64>,
+    connecting: FastMap<ByteString, usize>,
+    keys: FastMap<Arc<str>, u64>,
     next_key: u64,
     sys_retained: RetainedStore,
     entries_since_snapshot: u64,
@@ -67,6 +68,9 @@ pub struct SessionStore {
     last_queue_full_log: Option<Instant>,
     /// Clustered mode: clean sessions are recorded in the replicated state too.
     track_clean: bool,
+    /// Entries proposed and not yet committed, decoded (only for a log that commits them as
+    /// proposed, in order).
+    decoded: VecDeque<(Bytes, pb::Batch)>,
 }
 
 impl SessionStore {
@@ -88,9 +92,9 @@ impl SessionStore {
             proposals: Proposals::new(node_id, incarnation),
             flush_scheduled: false,
             log_busy: false,
-            clients: HashMap::new(),
-            connecting: HashMap::new(),
-            keys: HashMap::new(),
+            clients: FastMap::default(),
+            connecting: FastMap::default(),
+            keys: FastMap::default(),
             next_key: 0,
             sys_retained: RetainedStore::new(),
             entries_since_snapshot: 0,
@@ -98,6 +102,7 @@ impl SessionStore {
             recovered: false,
             last_queue_full_log: None,
             track_clean,
+            decoded: VecDeque::new(),
         }
     }
 
@@ -148,11 +153,15 @@ impl SessionStore {
         if self.log_busy {
             return;
         }
-        let Some(entry) = self.proposals.take_entry() else {
+        let Some((entry, batch)) = self.proposals.take_entry() else {
             return;
         };
         match self.log.propose(entry.clone()) {
-            Ok(()) => {}
+            Ok(()) => {
+                if self.log.commits_as_proposed() {
+                    self.decoded.push_back((entry, batch));
+                }
+            }
             Err(ProposeError::Busy) => {
                 self.log_busy = true;
                 self.proposals.restore(entry);
@@ -176,6 +185,10 @@ impl SessionStore {
             }
             Waiter::Ack { conn, token } => conn.addr.do_send(Acked {
                 tokens: vec![token],
+                refused: true,
+            }),
+            Waiter::OutboundAck(conn) => conn.addr.do_send(Acked {
+                tokens: Vec::new(),
                 refused: true,
             }),
         }
@@ -359,7 +372,18 @@ impl Handler<LogEvent> for SessionStore {
                         self.state.skip(index);
                         continue;
                     }
-                    match pb::Batch::decode(data) {
+                    // A log that commits our entries as proposed hands back the same bytes: the
+                    // batch is already decoded.
+                    let own = self
+                        .decoded
+                        .front()
+                        .is_some_and(|(b, _)| b.as_ptr() == data.as_ptr() && b.len() == data.len());
+                    let cached = if own { self.decoded.pop_front() } else { None };
+                    let decoded = match cached {
+                        Some((_, batch)) => Ok(batch),
+                        None => pb::Batch::decode(data),
+                    };
+                    match decoded {
                         Ok(batch) => self.state.apply(index, &batch, &mut effects),
                         Err(e) => {
                             error!(index, error = %e, "undecodable log entry skipped");
@@ -414,6 +438,14 @@ impl Handler<ConnectRequest> for SessionStore {
 
     fn handle(&mut self, req: ConnectRequest, ctx: &mut Self::Context) {
         let id = req.info.client_id.clone();
+        // Before any takeover: a refused client must not close the owner's connection.
+        if self.config.bind_session_to_user {
+            let user = req.info.username.as_deref().unwrap_or("");
+            if self.state.session(&id).is_some_and(|s| s.username != user) {
+                let _ = req.reply.send(ConnectOutcome::NotAuthorized);
+                return;
+            }
+        }
         if let Some(old) = self.clients.get(&id) {
             if old.conn_id != req.target.conn_id {
                 // The old connection is closed first, then the new one proceeds (MQTT-3.1.4-2):
@@ -628,13 +660,19 @@ impl Handler<SessionRequest> for SessionStore {
                     AckKind::PubRec => pb::AckKind::Pubrec,
                     AckKind::PubComp => pb::AckKind::Pubcomp,
                 };
+                let waiter = self.clients.get(&client_id).map(|c| {
+                    Waiter::OutboundAck(Target {
+                        conn_id: c.conn_id,
+                        addr: c.addr.clone(),
+                    })
+                });
                 let cmd = pb::command::Kind::Ack(pb::OutboundAck {
                     client_id: client_id.to_string(),
                     epoch,
                     seq,
                     kind: kind as i32,
                 });
-                self.propose(cmd, None, ctx);
+                self.propose(cmd, waiter, ctx);
             }
         }
     }

@@ -32,6 +32,10 @@ pub(crate) enum Waiter {
     Unsubscribe(oneshot::Sender<bool>),
     /// A PUBLISH or PUBREL whose acknowledgement waits for the commit.
     Ack { conn: Target, token: u64 },
+    /// A persistent subscriber's PUBACK / PUBREC / PUBCOMP: nothing waits for it, but if it
+    /// cannot commit the connection is closed, so that the client resumes and the flow is
+    /// redone from the replicated state (a lost PUBREC would otherwise never get its PUBREL).
+    OutboundAck(Target),
     /// DISCONNECT of a persistent session.
     Disconnect(oneshot::Sender<bool>),
 }
@@ -93,8 +97,8 @@ impl Proposals {
         self.buffer.is_empty()
     }
 
-    /// The buffered commands as one encoded entry.
-    pub(crate) fn take_entry(&mut self) -> Option<Bytes> {
+    /// The buffered commands as one entry: encoded, and as they are.
+    pub(crate) fn take_entry(&mut self) -> Option<(Bytes, pb::Batch)> {
         if self.buffer.is_empty() {
             return None;
         }
@@ -109,7 +113,7 @@ impl Proposals {
         };
         self.buffer_bytes = 0;
         self.proposed_up_to = self.next_request;
-        Some(Bytes::from(batch.encode_to_vec()))
+        Some((Bytes::from(batch.encode_to_vec()), batch))
     }
 
     /// Puts an entry that could not be proposed back in front of the buffer.
