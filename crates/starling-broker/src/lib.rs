@@ -3,14 +3,18 @@
 //! # Layout
 //! - [`connection`]: the connection actor, one per client (socket IO, protocol state machine,
 //!   keep-alive, outbound QoS flows, ordered acknowledgements).
-//! - [`router`]: router-shard actors, one per worker; each holds the whole subscription index and
-//!   serves the topics that hash to it.
+//! - [`router`]: router-shard actors, one per worker thread; each holds the whole subscription
+//!   index and routes the PUBLISHes of the connections on its thread (so a client's messages keep
+//!   their order and routing needs no thread hop); messages from the store or from other nodes go
+//!   to the shard a hash of their topic picks.
 //! - [`store`]: the session-store actor, owning the node's replica of the replicated state
 //!   (persistent sessions, retained messages) and the registry of clients on this node.
 //! - [`replication`]: the port to the log that orders the store's commands (a local write-ahead
 //!   log on one node, Raft in a cluster); implemented outside this crate.
 //! - [`sys`]: `$SYS` topics. [`metrics`]: per-thread counters. [`messages`]: actor messages.
-//! - [`listener`]: accept loops.
+//! - [`listener`]: accept loops (TCP, TLS, WebSocket; connection limits).
+//! - [`security`]: the password and ACL files in force (swapped on reload) and the password
+//!   verification threads.
 //!
 //! Threads: the actix System thread accepts; `workers` arbiters each run a router shard and the
 //! connections handed to them round-robin; the store has its own arbiter; the log does its IO on
@@ -23,6 +27,7 @@ pub mod messages;
 pub mod metrics;
 pub mod replication;
 pub mod router;
+pub mod security;
 pub mod store;
 pub mod sys;
 
@@ -34,9 +39,10 @@ use actix::prelude::*;
 use tokio::sync::oneshot;
 use tracing::info;
 
-pub use config::{BrokerConfig, ConfigError};
+pub use config::{Anonymous, BrokerConfig, ConfigError, ListenerConfig, Transport};
 pub use metrics::{Metrics, Totals};
 pub use replication::{Forwarder, LogEvent, LogStartError, LogStatus, ProposeError, ReplicatedLog};
+pub use security::{Security, SecurityError, SecuritySummary};
 pub use store::{GetStats, Init, SessionStore, Shutdown, StoreStats};
 
 use router::RouterShard;
@@ -44,9 +50,12 @@ use router::RouterShard;
 /// What every connection on one worker shares.
 pub struct Worker {
     pub(crate) config: Arc<BrokerConfig>,
-    pub(crate) routers: Arc<[Addr<RouterShard>]>,
+    /// The router shard running on this worker's thread: it routes the PUBLISHes of this
+    /// worker's connections, without a thread hop.
+    pub(crate) router: Addr<RouterShard>,
     pub(crate) store: Addr<SessionStore>,
     pub(crate) counters: Arc<metrics::Counters>,
+    pub(crate) security: Arc<Security>,
 }
 
 /// Who this node is within its cluster.
@@ -99,6 +108,17 @@ pub enum StartError {
     /// The log could not be started or replayed.
     #[error("state store: {0}")]
     Store(String),
+    /// The password or ACL file could not be loaded.
+    #[error(transparent)]
+    Security(#[from] SecurityError),
+    /// A TLS listener's certificate, key or CA file could not be loaded.
+    #[error("TLS listener {addr}: {source}")]
+    Tls {
+        /// The listener.
+        addr: SocketAddr,
+        /// Why.
+        source: connection::transport::TlsSetupError,
+    },
 }
 
 /// A running broker.
@@ -109,6 +129,7 @@ pub struct Broker {
     accept_tasks: Vec<actix_rt::task::JoinHandle<()>>,
     arbiters: Vec<Arbiter>,
     metrics: Arc<Metrics>,
+    security: Arc<Security>,
 }
 
 impl Broker {
@@ -126,6 +147,36 @@ impl Broker {
         let NodeOptions { node_id, forwarder } = node;
         let track_clean = forwarder.is_some();
         config.validate()?;
+        // Security files and certificates first: a bad file stops the start before any thread.
+        let security = Arc::new(Security::load(&config)?);
+        let mut handshakes = Vec::new();
+        let tables = config.listeners.iter().map(|a| (*a, None));
+        let tables = tables.chain(config.listener.iter().map(|l| (l.addr, Some(l))));
+        for (addr, l) in tables {
+            let tls = match l.filter(|l| l.transport.is_tls()) {
+                Some(l) => Some(
+                    connection::transport::server_config(l)
+                        .map_err(|source| StartError::Tls { addr, source })?,
+                ),
+                None => None,
+            };
+            let h = connection::transport::Handshake::new(
+                l.map_or(Transport::Tcp, |l| l.transport),
+                tls,
+                l.is_some_and(|l| l.use_identity_as_username),
+                config.max_packet_size,
+            );
+            handshakes.push((addr, Arc::new(h)));
+        }
+        info!(
+            anonymous = config.anonymous_allowed(),
+            "anonymous clients {}",
+            if config.anonymous_allowed() {
+                "allowed"
+            } else {
+                "refused (CONNACK 5)"
+            }
+        );
         let config = Arc::new(config);
         let n = config.worker_count();
         let worker_arbiters: Vec<Arbiter> = (0..n).map(|_| Arbiter::new()).collect();
@@ -161,12 +212,14 @@ impl Broker {
 
         let workers: Arc<[(ArbiterHandle, Arc<Worker>)]> = worker_arbiters
             .iter()
-            .map(|a| {
+            .enumerate()
+            .map(|(i, a)| {
                 let w = Worker {
                     config: config.clone(),
-                    routers: routers.clone(),
+                    router: routers[i].clone(),
                     store: store.clone(),
                     counters: metrics.block(),
+                    security: security.clone(),
                 };
                 (a.handle(), Arc::new(w))
             })
@@ -175,23 +228,25 @@ impl Broker {
         let live = Arc::new(listener::Live::new());
         let mut addrs = Vec::new();
         let mut accept_tasks = Vec::new();
-        for addr in &config.listeners {
-            let l = listener::bind(*addr, config.backlog).map_err(|source| StartError::Listen {
-                addr: *addr,
-                source,
-            })?;
-            let local = l.local_addr().map_err(|source| StartError::Listen {
-                addr: *addr,
-                source,
-            })?;
-            info!(addr = %local, "listening for MQTT");
+        let accept_counters = metrics.block();
+        for (addr, handshake) in handshakes {
+            let l = listener::bind(addr, config.backlog)
+                .map_err(|source| StartError::Listen { addr, source })?;
+            let local = l
+                .local_addr()
+                .map_err(|source| StartError::Listen { addr, source })?;
+            info!(addr = %local, transport = ?handshake.transport(), "listening for MQTT");
             addrs.push(local);
-            accept_tasks.push(actix_rt::spawn(listener::accept_loop(
-                l,
-                workers.clone(),
-                live.clone(),
-                config.max_connections,
-            )));
+            let cx = listener::AcceptContext {
+                workers: workers.clone(),
+                live: live.clone(),
+                handshake,
+                max_connections: config.max_connections,
+                max_per_ip: config.max_connections_per_ip,
+                connect_timeout: config.connect_timeout(),
+                counters: accept_counters.clone(),
+            };
+            accept_tasks.push(actix_rt::spawn(listener::accept_loop(l, cx)));
         }
         // Started once every listener is bound: an actor created but never polled before a
         // startup error would run its `started` while the runtime is torn down, and panic there.
@@ -209,7 +264,23 @@ impl Broker {
             accept_tasks,
             arbiters,
             metrics,
+            security,
         })
+    }
+
+    /// Re-reads the password and ACL files (SIGHUP). Connected clients keep their connection;
+    /// their ACL decisions follow the new rules from their next message on. On error the rules
+    /// in force stay.
+    ///
+    /// # Errors
+    /// A file that cannot be read or parsed.
+    pub fn reload_security(&self) -> Result<SecuritySummary, starling_auth::LoadError> {
+        self.security.reload()
+    }
+
+    /// The security state (password and ACL files in force).
+    pub fn security(&self) -> &Arc<Security> {
+        &self.security
     }
 
     /// The bound listener addresses (with the actual port when 0 was asked for).

@@ -185,6 +185,8 @@ pub enum ConnectOutcome {
     },
     /// The store cannot commit now (no quorum, shutting down): CONNACK 3.
     Unavailable,
+    /// `bind_session_to_user`: the stored session was created by another user: CONNACK 5.
+    NotAuthorized,
 }
 
 /// Connection → store.

@@ -5,6 +5,10 @@
 //! decodes and handles a budget of packets per poll, then yields to the mailbox; between bursts
 //! its buffer is released, so an idle connection holds no read or write buffer.
 //!
+//! Plain TCP (the common case) is read and written by readiness (`poll_read_ready` +
+//! `try_read_buf`, `poll_write_ready` + `try_write`); TLS and WebSocket streams go through
+//! [`Stream`]'s poll methods, into and out of the same buffers.
+//!
 //! `#[PerformanceCriticalPath]`
 
 use std::io;
@@ -15,6 +19,7 @@ use actix::prelude::*;
 use bytes::Buf;
 use tokio::time::Instant;
 
+use super::transport::Stream;
 use super::{CloseReason, Connection, Phase};
 use crate::metrics::Counters;
 
@@ -63,7 +68,28 @@ impl ActorFuture<Connection> for Reader {
                     continue;
                 }
             }
-            match act.stream.poll_read_ready(cx) {
+            let Stream::Tcp(tcp) = &act.stream else {
+                if act.rbuf.capacity() - act.rbuf.len() < 1024 {
+                    act.rbuf.reserve(READ_CHUNK);
+                }
+                match act.stream.poll_read_other(cx, &mut act.rbuf) {
+                    Poll::Pending => {
+                        if act.rbuf.is_empty() && act.rbuf.capacity() > 0 {
+                            act.rbuf = bytes::BytesMut::new();
+                        }
+                        act.flush_routes(ctx);
+                        return Poll::Pending;
+                    }
+                    Poll::Ready(Ok(0)) => act.close(CloseReason::Eof, ctx),
+                    Poll::Ready(Ok(n)) => {
+                        Counters::add(&act.worker.counters.bytes_received, n as u64);
+                        act.last_read = Instant::now();
+                    }
+                    Poll::Ready(Err(e)) => act.close(CloseReason::SocketError(e.kind()), ctx),
+                }
+                continue;
+            };
+            match tcp.poll_read_ready(cx) {
                 Poll::Pending => {
                     if act.rbuf.is_empty() && act.rbuf.capacity() > 0 {
                         act.rbuf = bytes::BytesMut::new();
@@ -80,7 +106,7 @@ impl ActorFuture<Connection> for Reader {
             if act.rbuf.capacity() - act.rbuf.len() < 1024 {
                 act.rbuf.reserve(READ_CHUNK);
             }
-            match act.stream.try_read_buf(&mut act.rbuf) {
+            match tcp.try_read_buf(&mut act.rbuf) {
                 Ok(0) => act.close(CloseReason::Eof, ctx),
                 Ok(n) => {
                     Counters::add(&act.worker.counters.bytes_received, n as u64);
@@ -112,13 +138,37 @@ impl ActorFuture<Connection> for Writer {
                 if act.wbuf.capacity() > 0 {
                     act.wbuf = bytes::BytesMut::new();
                 }
+                if !act.stream.is_tcp() {
+                    // TLS records / WebSocket frames still buffered below us.
+                    if let Poll::Ready(Err(e)) = act.stream.poll_flush_other(cx) {
+                        act.close(CloseReason::SocketError(e.kind()), ctx);
+                    }
+                    if act.phase == Phase::Closing
+                        && act.stream.poll_shutdown_other(cx).is_pending()
+                    {
+                        return Poll::Pending;
+                    }
+                }
                 if act.phase == Phase::Closing {
                     ctx.stop();
                     return Poll::Ready(());
                 }
                 return Poll::Pending;
             }
-            match act.stream.poll_write_ready(cx) {
+            let Stream::Tcp(tcp) = &act.stream else {
+                match act.stream.poll_write_other(cx, &mut act.wbuf) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Ok(n)) => {
+                        Counters::add(&act.worker.counters.bytes_sent, n as u64);
+                    }
+                    Poll::Ready(Err(e)) => {
+                        act.wbuf.clear();
+                        act.close(CloseReason::SocketError(e.kind()), ctx);
+                    }
+                }
+                continue;
+            };
+            match tcp.poll_write_ready(cx) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Err(e)) => {
                     act.wbuf.clear();
@@ -127,7 +177,7 @@ impl ActorFuture<Connection> for Writer {
                 }
                 Poll::Ready(Ok(())) => {}
             }
-            match act.stream.try_write(&act.wbuf) {
+            match tcp.try_write(&act.wbuf) {
                 Ok(n) => {
                     Counters::add(&act.worker.counters.bytes_sent, n as u64);
                     act.wbuf.advance(n);

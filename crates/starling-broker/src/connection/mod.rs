@@ -2,15 +2,22 @@
 //! keep-alive timer and the client's outbound flow; sessions' replicated state lives in the
 //! session store, subscriptions in the router shards.
 //!
-//! Lifecycle: `AwaitingConnect` → (CONNECT) `Connecting` (waiting for the store) → `Active` →
-//! `Closing` (flush what is written, then stop). Whatever ends it, `stopped` tells the store and,
-//! for a clean session whose will is due, publishes the will.
+//! Lifecycle: `AwaitingConnect` → (CONNECT) `Connecting` (password verification, then waiting
+//! for the store) → `Active` → `Closing` (flush what is written, then stop). Whatever ends it,
+//! `stopped` tells the store and, for a clean session whose will is due, publishes the will.
+//!
+//! Security (docs/security.md): CONNECT is authenticated (CONNACK 4 / 5) before the store hears
+//! of it; the client's ACL lives in its [`guard::Guard`]: PUBLISH to a topic it may not write is
+//! acknowledged and dropped (as Mosquitto does for 3.1.1), SUBSCRIBE to a filter through which
+//! nothing is readable gets 0x80, and deliveries are filtered only while a subscription is
+//! partially readable. The socket is a [`transport::Stream`]: plain TCP, TLS or WebSocket.
 
 mod acks;
+mod guard;
 mod io;
 mod outbound;
+pub(crate) mod transport;
 
-use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::task::Waker;
@@ -19,19 +26,22 @@ use std::time::Duration;
 use actix::prelude::*;
 use bytes::BytesMut;
 use bytestring::ByteString;
+use rustc_hash::FxHashSet;
+use starling_auth::{Authorizer, Coverage, Verdict};
 use starling_codec::encode::{encode_ack, encode_publish};
 use starling_codec::{
     topic, ConnAck, Connect, ConnectReturnCode, DecodeError, Decoder, LastWill, Packet, PacketType,
     ProtocolVersion, Publish, QoS, SubAck, SubscribeReturnCode,
 };
-use starling_state::Message as AppMessage;
-use tokio::net::TcpStream;
+use starling_state::{Message as AppMessage, Outbound};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use self::acks::PendingAcks;
+use self::guard::{topic_limit, Guard, TokenBucket};
 use self::outbound::{AckOutcome, DurableOutbound, LocalOutbound, Offer, Send};
+use self::transport::Stream;
 use crate::config::BrokerConfig;
 use crate::listener::LiveGuard;
 use crate::messages::{
@@ -39,9 +49,11 @@ use crate::messages::{
     DurableDeliver, Kick, KickReason, ReleaseReady, Route, RoutedPublish, SessionRequest,
     SubscribeOutcome, SubscribeRequest, Target, UnsubscribeRequest,
 };
-use crate::metrics::Counters;
-use crate::router::shard_of;
+use crate::metrics::{Counters, Limit, SecurityEvent};
 use crate::Worker;
+
+/// How long a CONNECT may wait for its password verification before CONNACK 3.
+const AUTH_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Log target of the lines that mirror Mosquitto's.
 pub const MQTT_LOG: &str = "mqtt";
@@ -80,6 +92,8 @@ pub(crate) enum CloseReason {
     Refused(ConnectReturnCode),
     /// A commit did not happen in time.
     Unavailable,
+    /// A 3.1 client's subscription was refused (3.1 has no failure return code).
+    Denied(&'static str),
     /// The broker is shutting down.
     Shutdown,
 }
@@ -119,18 +133,24 @@ struct ClientSession {
     traffic: Option<Box<Traffic>>,
     /// Clean sessions: filters subscribed (to remove on close).
     filters: Vec<Arc<str>>,
+    /// ACL and subscription bookkeeping; only with an ACL file or `max_subscriptions`.
+    guard: Option<Box<Guard>>,
 }
 
 /// A client's inbound traffic state.
 #[derive(Default)]
 struct Traffic {
     /// Clean sessions: inbound QoS 2 ids awaiting PUBREL.
-    inbound_qos2: HashSet<u16>,
+    inbound_qos2: FxHashSet<u16>,
     acks: PendingAcks,
     /// PUBLISHes of this read pass, per router shard.
-    route: Vec<Vec<RoutedPublish>>,
+    route: Vec<RoutedPublish>,
     /// Last time a limit was logged for this client.
     last_limit_log: Option<Instant>,
+    /// `max_publish_rate`: created with the first PUBLISH when configured.
+    bucket: Option<TokenBucket>,
+    /// Reading paused by the rate limit until a timer clears this.
+    throttled: bool,
 }
 
 impl ClientSession {
@@ -167,12 +187,26 @@ impl ClientSession {
     }
 }
 
+/// What a CONNECT left once the password and the store accepted it.
+struct Admitted {
+    client_id: ByteString,
+    /// The effective user name (certificate CN or CONNECT user name).
+    username: Option<ByteString>,
+    guard: Option<Box<Guard>>,
+    session_present: bool,
+    epoch: u64,
+    key: u64,
+}
+
 /// The connection actor.
 pub struct Connection {
     id: u64,
     worker: Arc<Worker>,
-    stream: TcpStream,
+    stream: Stream,
     peer: SocketAddr,
+    /// On a `use_identity_as_username` listener: the client certificate's CN (`None` inside:
+    /// no certificate or no CN). Taken at CONNECT.
+    identity: Option<Box<Option<ByteString>>>,
     rbuf: BytesMut,
     wbuf: BytesMut,
     decoder: Decoder,
@@ -194,9 +228,10 @@ impl Connection {
     pub(crate) fn new(
         id: u64,
         worker: Arc<Worker>,
-        stream: TcpStream,
+        stream: Stream,
         peer: SocketAddr,
         live: LiveGuard,
+        identity: Option<Option<ByteString>>,
     ) -> Connection {
         let decoder = Decoder::new(worker.config.max_packet_size);
         Connection {
@@ -204,6 +239,7 @@ impl Connection {
             worker,
             stream,
             peer,
+            identity: identity.map(Box::new),
             rbuf: BytesMut::new(),
             wbuf: BytesMut::new(),
             decoder,
@@ -244,9 +280,10 @@ impl Connection {
     }
 
     fn read_paused(&self) -> bool {
-        self.session
-            .as_ref()
-            .is_some_and(|s| s.owed_acks() >= self.worker.config.max_inflight_in)
+        self.session.as_ref().is_some_and(|s| {
+            s.owed_acks() >= self.worker.config.max_inflight_in
+                || s.traffic.as_ref().is_some_and(|t| t.throttled)
+        })
     }
 
     // ---- closing ----
@@ -285,6 +322,9 @@ impl Connection {
             CloseReason::Unavailable => {
                 warn!(client_id = %name, "client {name} disconnected: the replicated state refused the request or did not commit it within commit_timeout_secs (no leader or no quorum?)")
             }
+            CloseReason::Denied(why) => {
+                info!(client_id = %name, peer = %self.peer, reason = why, "client {name} disconnected: {why}")
+            }
             CloseReason::Shutdown => {
                 debug!(client_id = %name, "closed: broker shutting down")
             }
@@ -311,6 +351,11 @@ impl Connection {
                 );
                 return;
             }
+        }
+        if let DecodeError::PacketTooLarge { size, max } = &e {
+            self.worker.counters.limit(Limit::MaxPacketSize);
+            warn!(client_id = %self.name(), peer = %self.peer, size, limit = "max_packet_size",
+                "packet of {size} bytes from client {} exceeds max_packet_size ({max}); disconnecting", self.name());
         }
         self.close(CloseReason::Malformed(e), ctx);
     }
@@ -421,20 +466,58 @@ impl Connection {
         }
     }
 
-    /// Logs that a limit bit, at most once per ten seconds per client.
-    fn limit_bit(&mut self, key: &'static str, what: &str) {
+    /// Counts that a limit bit and logs it, at most once per ten seconds per client:
+    /// `<what> for client <id> (limit <key>); <then>`.
+    fn limit_bit(&mut self, limit: Limit, what: &str, then: &str) {
+        self.worker.counters.limit(limit);
+        if !self.may_log() {
+            return;
+        }
+        let key = limit.key();
+        let name = self.name();
+        warn!(client_id = %name, limit = key, "{what} for client {name} (limit {key}); {then}");
+    }
+
+    /// Counts `n` ACL refusals and logs them, at most once per ten seconds per client.
+    fn denied(&mut self, event: SecurityEvent, n: u64, what: &str, topic: &str) {
+        Counters::add(&self.worker.counters.security[event as usize], n);
+        if !self.may_log() {
+            return;
+        }
+        let name = self.name();
+        info!(client_id = %name, topic, event = event.name(), "{what} for client {name}: '{topic}' (acl_file)");
+    }
+
+    /// True at most once per ten seconds per client (for limit and ACL log lines).
+    fn may_log(&mut self) -> bool {
         let now = Instant::now();
         let Some(s) = self.session.as_mut() else {
-            return;
+            return true;
         };
         let t = s.traffic();
         if t.last_limit_log
             .is_some_and(|t| now.duration_since(t) < Duration::from_secs(10))
         {
-            return;
+            return false;
         }
         t.last_limit_log = Some(now);
-        warn!(client_id = %s.client_id, limit = key, "{what} for client {} (limit {key}); dropping messages", s.client_id);
+        true
+    }
+
+    /// Recompiles the client's ACL if the security files were reloaded since.
+    fn refresh_guard(&mut self) {
+        let Some(s) = self.session.as_mut() else {
+            return;
+        };
+        let Some(g) = s.guard.as_deref_mut() else {
+            return;
+        };
+        let security = &self.worker.security;
+        let generation = security.generation();
+        if g.is_stale(generation) {
+            let acl = security.authorizer().client_acl(g.username(), &s.client_id);
+            g.refresh(acl, generation);
+        }
     }
 
     // ---- packets from the client ----
@@ -525,33 +608,152 @@ impl Connection {
         } else {
             ConnectReturnCode::Accepted
         };
-        let code = if code == ConnectReturnCode::Accepted
-            && !config.allow_anonymous
-            && c.username.is_none()
-        {
-            ConnectReturnCode::NotAuthorized
-        } else {
-            code
-        };
         if code != ConnectReturnCode::Accepted {
-            let name = if client_id.is_empty() {
-                "<unknown>".to_string()
-            } else {
-                client_id.to_string()
-            };
-            info!(client_id = %name, peer = %self.peer, code = code as u8, "client {name} refused with CONNACK {}", code as u8);
-            self.write_connack(false, code, &name);
-            self.close(CloseReason::Refused(code), ctx);
-            return;
+            return self.refuse(code, &client_id, "client id rejected", ctx);
+        }
+        // Who the client is: the certificate's CN on a `use_identity_as_username` listener (the
+        // CONNECT user name and password are then ignored), else the CONNECT user name.
+        let from_cert = self.identity.take().map(|b| *b);
+        let username = match &from_cert {
+            Some(cn) => cn.clone(),
+            None => c.username.clone(),
+        };
+        if from_cert.as_ref().is_some_and(Option::is_none) {
+            self.worker.counters.security(SecurityEvent::BadCredentials);
+            return self.refuse(
+                ConnectReturnCode::BadUserNameOrPassword,
+                &client_id,
+                "no client certificate common name to use as user name",
+                ctx,
+            );
+        }
+        if username.is_none() && !config.anonymous_allowed() {
+            self.worker.counters.security(SecurityEvent::NotAuthorized);
+            return self.refuse(
+                ConnectReturnCode::NotAuthorized,
+                &client_id,
+                "anonymous clients are not allowed (allow_anonymous)",
+                ctx,
+            );
         }
         self.decoder.set_protocol(c.protocol);
         self.phase = Phase::Connecting;
+        let security = self.worker.security.clone();
+        // Generation first: a reload in between makes the ACL look stale, never fresh.
+        let generation = security.generation();
+        let auth = security.authorizer();
+        let verdict = match &username {
+            Some(user) if from_cert.is_none() => auth.quick_verify(user, c.password.as_deref()),
+            _ => Some(Verdict::Accepted),
+        };
+        if let Some(v) = verdict {
+            return self.on_verdict(v, c, client_id, username, &auth, generation, ctx);
+        }
+        // PBKDF2 runs on the verification threads; reading from this client waits meanwhile.
+        let user = username.clone().unwrap_or_default();
+        let password = c.password.clone().unwrap_or_default();
+        let Some(rx) = security.verify(auth.clone(), user, password) else {
+            self.limit_bit(
+                Limit::MaxPendingAuth,
+                "too many password verifications waiting",
+                "connection refused",
+            );
+            return self.refuse(
+                ConnectReturnCode::ServerUnavailable,
+                &client_id,
+                "password verification queue full (max_pending_auth)",
+                ctx,
+            );
+        };
+        let wait = tokio::time::timeout(AUTH_TIMEOUT, rx);
+        ctx.wait(
+            actix::fut::wrap_future::<_, Self>(wait).map(move |res, act, ctx| match res {
+                Ok(Ok(v)) => act.on_verdict(v, c, client_id, username, &auth, generation, ctx),
+                _ => act.refuse(
+                    ConnectReturnCode::ServerUnavailable,
+                    &client_id,
+                    "password verification did not complete",
+                    ctx,
+                ),
+            }),
+        );
+    }
+
+    /// Sends a refusing CONNACK and closes.
+    fn refuse(
+        &mut self,
+        code: ConnectReturnCode,
+        client_id: &str,
+        why: &str,
+        ctx: &mut Context<Self>,
+    ) {
+        let name = if client_id.is_empty() {
+            "<unknown>"
+        } else {
+            client_id
+        };
+        info!(client_id = %name, peer = %self.peer, code = code as u8, reason = why, "client {name} refused with CONNACK {}: {why}", code as u8);
+        self.write_connack(false, code, name);
+        self.session = None;
+        self.close(CloseReason::Refused(code), ctx);
+    }
+
+    /// The password check is done: check the will against the ACL, then ask the store.
+    #[allow(clippy::too_many_arguments)]
+    fn on_verdict(
+        &mut self,
+        verdict: Verdict,
+        c: Connect,
+        client_id: ByteString,
+        username: Option<ByteString>,
+        auth: &Authorizer,
+        generation: u64,
+        ctx: &mut Context<Self>,
+    ) {
+        if self.phase == Phase::Closing {
+            return;
+        }
+        match verdict {
+            Verdict::Accepted => {}
+            Verdict::UnknownUser | Verdict::BadPassword => {
+                self.worker.counters.security(SecurityEvent::BadCredentials);
+                let why = if verdict == Verdict::UnknownUser {
+                    "unknown user name"
+                } else if c.password.is_none() {
+                    "no password"
+                } else {
+                    "wrong password"
+                };
+                return self.refuse(
+                    ConnectReturnCode::BadUserNameOrPassword,
+                    &client_id,
+                    why,
+                    ctx,
+                );
+            }
+        }
+        let config = &self.worker.config;
+        let guard = (self.worker.security.has_acl() || config.max_subscriptions > 0).then(|| {
+            let acl = auth.client_acl(username.as_deref(), &client_id);
+            Box::new(Guard::new(username.clone(), acl, generation))
+        });
+        if let (Some(g), Some(w)) = (&guard, &c.will) {
+            if !g.can_write_will(&w.topic) {
+                self.worker.counters.security(SecurityEvent::NotAuthorized);
+                return self.refuse(
+                    ConnectReturnCode::NotAuthorized,
+                    &client_id,
+                    "the ACL does not allow publishing to the will topic",
+                    ctx,
+                );
+            }
+        }
         let info = ConnectInfo {
             client_id: client_id.clone(),
             clean_session: c.clean_session,
             protocol: c.protocol,
             will: c.will.clone(),
-            username: c.username.clone(),
+            username: username.clone(),
             peer: self.peer,
         };
         let (tx, rx) = oneshot::channel();
@@ -569,7 +771,24 @@ impl Connection {
                     key,
                     resume,
                 })) => {
-                    act.on_accepted(c, &client_id, session_present, epoch, key, *resume, ctx);
+                    let accepted = Admitted {
+                        client_id,
+                        username,
+                        guard,
+                        session_present,
+                        epoch,
+                        key,
+                    };
+                    act.on_accepted(c, accepted, *resume, ctx);
+                }
+                Ok(Ok(ConnectOutcome::NotAuthorized)) => {
+                    act.worker.counters.security(SecurityEvent::NotAuthorized);
+                    act.refuse(
+                        ConnectReturnCode::NotAuthorized,
+                        &client_id,
+                        "the session belongs to another user (bind_session_to_user)",
+                        ctx,
+                    );
                 }
                 _ => {
                     let name = client_id.to_string();
@@ -585,18 +804,30 @@ impl Connection {
         );
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn on_accepted(
         &mut self,
         c: Connect,
-        client_id: &ByteString,
-        session_present: bool,
-        epoch: u64,
-        key: u64,
+        a: Admitted,
         resume: starling_state::Resume,
         ctx: &mut Context<Self>,
     ) {
+        let Admitted {
+            client_id,
+            username,
+            mut guard,
+            session_present,
+            epoch,
+            key,
+        } = a;
         let persistent = !c.clean_session;
+        if let Some(g) = guard.as_deref_mut() {
+            // A resumed session's subscriptions are read under this client's ACL (whoever
+            // created them).
+            for (filter, _) in &resume.subscriptions {
+                let coverage = g.classify(filter);
+                g.subscribed(filter.clone(), coverage);
+            }
+        }
         self.session = Some(Box::new(ClientSession {
             client_id: client_id.clone(),
             protocol: c.protocol,
@@ -609,12 +840,12 @@ impl Connection {
             flow: None,
             traffic: None,
             filters: Vec::new(),
+            guard,
         }));
         Counters::add(&self.worker.counters.clients_connected, 1);
         // Logged once the store accepted, so that a takeover's "already connected" line comes
         // first, as in Mosquitto.
-        let user = c
-            .username
+        let user = username
             .as_ref()
             .map_or(String::new(), |u| format!(", u{u}"));
         info!(target: MQTT_LOG, client_id = %client_id, peer = %self.peer.ip(), clean_session = c.clean_session,
@@ -622,18 +853,65 @@ impl Connection {
             "New client connected from {} as {client_id} (c{}, k{}{user}).",
             self.peer.ip(), u8::from(c.clean_session), c.keep_alive);
         let present = session_present && c.protocol == ProtocolVersion::V3_1_1;
-        self.write_connack(present, ConnectReturnCode::Accepted, client_id);
+        self.write_connack(present, ConnectReturnCode::Accepted, &client_id);
         self.phase = Phase::Active;
         if !resume.outbound.is_empty() {
+            let outbound = self.readable_durable(resume.outbound);
             let config = &self.worker.config;
             if let Some(Flow::Durable(f)) = self.session.as_mut().map(|s| s.flow(config)) {
-                f.extend(resume.outbound);
+                f.extend(outbound);
                 let mut out = Vec::new();
                 f.refill(&mut out);
                 self.write_sends(out);
             }
         }
         self.schedule_keepalive(ctx);
+    }
+
+    /// Keeps the persistent-session messages this client may read; the others are acknowledged
+    /// in the replicated state without being sent (they leave the session's queue).
+    fn readable_durable(&mut self, items: Vec<Outbound>) -> Vec<Outbound> {
+        self.refresh_guard();
+        let Some(s) = self.session.as_mut() else {
+            return items;
+        };
+        let Some(g) = s.guard.as_deref_mut() else {
+            return items;
+        };
+        let mut keep = Vec::with_capacity(items.len());
+        let mut denied = None;
+        let mut n = 0;
+        for o in items {
+            // A message already PUBREC'd reached the client before: let it complete.
+            if o.released || g.can_read(&o.message.topic) {
+                keep.push(o);
+                continue;
+            }
+            let kinds: &[AckKind] = match o.message.qos {
+                QoS::AtMostOnce => &[],
+                QoS::AtLeastOnce => &[AckKind::PubAck],
+                QoS::ExactlyOnce => &[AckKind::PubRec, AckKind::PubComp],
+            };
+            for kind in kinds {
+                self.worker.store.do_send(SessionRequest::Ack {
+                    client_id: s.client_id.clone(),
+                    epoch: s.epoch,
+                    seq: o.seq,
+                    kind: *kind,
+                });
+            }
+            denied = Some(o.message.topic);
+            n += 1;
+        }
+        if let Some(topic) = denied {
+            self.denied(
+                SecurityEvent::DeliveryDenied,
+                n,
+                "message not delivered: the ACL does not allow reading it",
+                &topic,
+            );
+        }
+        keep
     }
 
     fn schedule_keepalive(&self, ctx: &mut Context<Self>) {
@@ -658,7 +936,11 @@ impl Connection {
     fn on_publish(&mut self, p: Publish, ctx: &mut Context<Self>) {
         let counters = &self.worker.counters;
         Counters::add(&counters.publish_received[p.qos as usize], 1);
-        let shards = self.worker.routers.len();
+        if self.worker.config.max_publish_rate > 0 {
+            // Every PUBLISH costs a token, refused or not.
+            self.take_publish_token(ctx);
+        }
+        self.refresh_guard();
         let Some(s) = self.session.as_mut() else {
             return;
         };
@@ -666,6 +948,14 @@ impl Connection {
             debug!(target: MQTT_LOG, client_id = %s.client_id,
                 "Received PUBLISH from {} (d{}, q{}, r{}, m{}, '{}', ... ({} bytes))",
                 s.client_id, u8::from(p.dup), p.qos as u8, u8::from(p.retain), p.packet_id, p.topic, p.payload.len());
+        }
+        if let Some(limit) = topic_limit(&self.worker.config, &p.topic) {
+            return self.drop_publish(&p, Err(limit));
+        }
+        if let Some(g) = s.guard.as_deref_mut() {
+            if !g.can_write(&p.topic) {
+                return self.drop_publish(&p, Ok(()));
+            }
         }
         let message = AppMessage {
             topic: p.topic,
@@ -692,7 +982,7 @@ impl Connection {
                     packet_id: p.packet_id,
                     message,
                 });
-                return;
+                return self.note_inflight_in();
             }
             QoS::ExactlyOnce => {
                 if !t.inbound_qos2.insert(p.packet_id) {
@@ -703,11 +993,97 @@ impl Connection {
                 Some(t.acks.push(AckKind::PubRec, p.packet_id))
             }
         };
-        if t.route.is_empty() {
-            t.route.resize_with(shards, Vec::new);
+        t.route.push(RoutedPublish { message, token });
+        if token.is_some() {
+            self.note_inflight_in();
         }
-        let shard = shard_of(&message.topic, shards);
-        t.route[shard].push(RoutedPublish { message, token });
+    }
+
+    /// A PUBLISH refused by a topic limit (`Err`) or the ACL (`Ok`): acknowledged as if routed
+    /// (so that the client moves on), and dropped.
+    fn drop_publish(&mut self, p: &Publish, why: Result<(), Limit>) {
+        let Some(s) = self.session.as_mut() else {
+            return;
+        };
+        let persistent = s.persistent;
+        let t = s.traffic();
+        match p.qos {
+            QoS::AtMostOnce => {}
+            QoS::AtLeastOnce => t.acks.push_done(AckKind::PubAck, p.packet_id),
+            QoS::ExactlyOnce => {
+                if !persistent {
+                    t.inbound_qos2.insert(p.packet_id);
+                }
+                t.acks.push_done(AckKind::PubRec, p.packet_id);
+            }
+        }
+        self.release_acks();
+        match why {
+            Ok(()) => {
+                if tracing::enabled!(target: MQTT_LOG, tracing::Level::DEBUG) {
+                    let name = self.name();
+                    debug!(target: MQTT_LOG, client_id = %name,
+                        "Denied PUBLISH from {name} (d{}, q{}, r{}, m{}, '{}', ... ({} bytes))",
+                        u8::from(p.dup), p.qos as u8, u8::from(p.retain), p.packet_id, p.topic, p.payload.len());
+                }
+                self.denied(
+                    SecurityEvent::PublishDenied,
+                    1,
+                    "PUBLISH dropped: the ACL does not allow writing",
+                    &p.topic,
+                );
+            }
+            Err(limit) => {
+                let what = if limit == Limit::MaxTopicLevels {
+                    "topic name with too many levels"
+                } else {
+                    "topic name too long"
+                };
+                self.limit_bit(limit, what, "PUBLISH dropped");
+            }
+        }
+    }
+
+    /// Counts and logs the moment owed acknowledgements reach `max_inflight_in` (reading stops).
+    fn note_inflight_in(&mut self) {
+        let max = self.worker.config.max_inflight_in;
+        if self.session.as_ref().is_some_and(|s| s.owed_acks() == max) {
+            self.limit_bit(
+                Limit::MaxInflightIn,
+                "unacknowledged QoS 1/2 PUBLISHes at the limit",
+                "reading paused",
+            );
+        }
+    }
+
+    /// Takes a `max_publish_rate` token; with the bucket empty, stops reading from the client
+    /// until the next token is due.
+    fn take_publish_token(&mut self, ctx: &mut Context<Self>) {
+        let config = &self.worker.config;
+        let (rate, burst) = (config.max_publish_rate, config.publish_burst);
+        let Some(s) = self.session.as_mut() else {
+            return;
+        };
+        let now = Instant::now();
+        let t = s.traffic();
+        let bucket = t
+            .bucket
+            .get_or_insert_with(|| TokenBucket::new(rate, burst, now));
+        let Some(pause) = bucket.take(now) else {
+            return;
+        };
+        t.throttled = true;
+        ctx.run_later(pause, |act, _| {
+            if let Some(t) = act.session.as_mut().and_then(|s| s.traffic.as_mut()) {
+                t.throttled = false;
+            }
+            act.wake();
+        });
+        self.limit_bit(
+            Limit::MaxPublishRate,
+            "PUBLISH rate above the limit",
+            "reading paused",
+        );
     }
 
     /// Sends this read pass's PUBLISHes to their shards.
@@ -715,27 +1091,23 @@ impl Connection {
         let Some(t) = self.session.as_mut().and_then(|s| s.traffic.as_mut()) else {
             return;
         };
-        if t.route.iter().all(Vec::is_empty) {
+        if t.route.is_empty() {
             return;
         }
         let from = Target {
             conn_id: self.id,
             addr: ctx.address(),
         };
-        for (i, batch) in t.route.iter_mut().enumerate() {
-            if batch.is_empty() {
-                continue;
-            }
-            let publishes = std::mem::take(batch);
-            let msg = Route {
-                from: Some(from.clone()),
-                publishes,
-            };
-            if let Err(SendError::Full(msg)) = self.worker.routers[i].try_send(msg) {
-                // Backpressure: stop reading until the shard takes it.
-                let send = self.worker.routers[i].send(msg);
-                ctx.wait(actix::fut::wrap_future::<_, Self>(send).map(|_, _, _| ()));
-            }
+        // This worker's own shard: a client's PUBLISHes all take the same path, which keeps
+        // their order (MQTT orders per publisher), and routing needs no thread hop.
+        let msg = Route {
+            from: Some(from),
+            publishes: std::mem::take(&mut t.route),
+        };
+        if let Err(SendError::Full(msg)) = self.worker.router.try_send(msg) {
+            // Backpressure: stop reading until the shard takes it.
+            let send = self.worker.router.send(msg);
+            ctx.wait(actix::fut::wrap_future::<_, Self>(send).map(|_, _, _| ()));
         }
     }
 
@@ -861,27 +1233,79 @@ impl Connection {
 
     fn on_subscribe(&mut self, sub: &starling_codec::Subscribe, ctx: &mut Context<Self>) {
         let target = self.target(ctx);
+        self.refresh_guard();
+        let config = self.worker.config.clone();
         let Some(s) = self.session.as_mut() else {
             return;
         };
         let name = s.client_id.clone();
         debug!(target: MQTT_LOG, client_id = %name, "Received SUBSCRIBE from {name}");
         let mut valid = Vec::with_capacity(sub.filters.len());
+        let mut coverages = Vec::with_capacity(sub.filters.len());
         let mut codes: Vec<Option<SubscribeReturnCode>> = Vec::with_capacity(sub.filters.len());
+        // Refusals to count and log once the session is no longer borrowed.
+        let mut refused: Vec<(Result<Limit, ()>, Arc<str>)> = Vec::new();
+        let mut held = s.guard.as_deref().map_or(0, Guard::count);
         for f in &sub.filters {
             debug!(target: MQTT_LOG, client_id = %name, "\t{} (QoS {})", f.filter, f.qos as u8);
-            if topic::validate_filter(&f.filter).is_ok() {
-                valid.push((Arc::<str>::from(&*f.filter), f.qos));
-                codes.push(None);
-            } else if s.protocol == ProtocolVersion::V3_1 {
-                // 3.1 has no failure return code.
-                self.close(CloseReason::Protocol("invalid topic filter"), ctx);
-                return;
-            } else {
+            if topic::validate_filter(&f.filter).is_err() {
+                if s.protocol == ProtocolVersion::V3_1 {
+                    // 3.1 has no failure return code.
+                    self.close(CloseReason::Protocol("invalid topic filter"), ctx);
+                    return;
+                }
                 debug!(client_id = %name, filter = %f.filter, "invalid topic filter refused");
                 codes.push(Some(SubscribeReturnCode::Failure));
+                continue;
+            }
+            let filter = Arc::<str>::from(&*f.filter);
+            let coverage = s
+                .guard
+                .as_deref()
+                .map_or(Coverage::Full, |g| g.classify(&filter));
+            let is_new = s.guard.as_deref().is_some_and(|g| !g.has(&filter))
+                && !valid.iter().any(|(v, _)| *v == filter);
+            let refusal = if let Some(limit) = topic_limit(&config, &filter) {
+                Some(Ok(limit))
+            } else if coverage == Coverage::None {
+                Some(Err(()))
+            } else if config.max_subscriptions > 0 && is_new && held >= config.max_subscriptions {
+                Some(Ok(Limit::MaxSubscriptions))
+            } else {
+                None
+            };
+            match refusal {
+                None => {
+                    held += usize::from(is_new);
+                    valid.push((filter, f.qos));
+                    coverages.push(coverage);
+                    codes.push(None);
+                }
+                Some(r) => {
+                    refused.push((r, filter));
+                    codes.push(Some(SubscribeReturnCode::Failure));
+                }
             }
         }
+        let v31 = s.protocol == ProtocolVersion::V3_1;
+        for (r, filter) in &refused {
+            match r {
+                Ok(limit) => self.limit_bit(*limit, "subscription refused", "SUBACK 0x80"),
+                Err(()) => self.denied(
+                    SecurityEvent::SubscribeDenied,
+                    1,
+                    "subscription refused: the ACL allows reading nothing it matches",
+                    filter,
+                ),
+            }
+        }
+        if v31 && !refused.is_empty() {
+            // 3.1 has no failure return code.
+            return self.close(CloseReason::Denied("subscription refused"), ctx);
+        }
+        let Some(s) = self.session.as_mut() else {
+            return;
+        };
         let (tx, rx) = oneshot::channel();
         // 0 for a clean session outside the replicated state (single node).
         let epoch = s.epoch;
@@ -925,6 +1349,11 @@ impl Connection {
                             }
                         }
                     }
+                    if let Some(g) = s.guard.as_deref_mut() {
+                        for ((f, _), c) in valid.iter().zip(coverages) {
+                            g.subscribed(f.clone(), c);
+                        }
+                    }
                 }
                 debug!(target: MQTT_LOG, client_id = %name, "Sending SUBACK to {name}");
                 act.write_packet(&Packet::SubAck(SubAck {
@@ -945,6 +1374,11 @@ impl Connection {
         let filters: Vec<Arc<str>> = u.filters.iter().map(|f| Arc::<str>::from(&**f)).collect();
         if !s.persistent {
             s.filters.retain(|f| !filters.contains(f));
+        }
+        if let Some(g) = s.guard.as_deref_mut() {
+            for f in &filters {
+                g.unsubscribed(f);
+            }
         }
         let (tx, rx) = oneshot::channel();
         let epoch = s.epoch;
@@ -970,11 +1404,23 @@ impl Connection {
         if self.phase != Phase::Active {
             return;
         }
+        self.refresh_guard();
         let max_wbuf = self.worker.config.max_write_buffer;
         for m in messages {
             let Some(s) = self.session.as_mut() else {
                 return;
             };
+            if let Some(g) = s.guard.as_deref_mut() {
+                if !g.can_read(&m.topic) {
+                    self.denied(
+                        SecurityEvent::DeliveryDenied,
+                        1,
+                        "message not delivered: the ACL does not allow reading it",
+                        &m.topic,
+                    );
+                    continue;
+                }
+            }
             let flow = if m.qos == QoS::AtMostOnce {
                 None
             } else {
@@ -984,7 +1430,11 @@ impl Connection {
                 (_, QoS::AtMostOnce) | (None | Some(Flow::Durable(_)), _) => {
                     if self.wbuf.len() >= max_wbuf {
                         Counters::add(&self.worker.counters.dropped_qos0, 1);
-                        self.limit_bit("max_write_buffer", "write buffer full (slow consumer)");
+                        self.limit_bit(
+                            Limit::MaxWriteBuffer,
+                            "write buffer full (slow consumer)",
+                            "dropping messages",
+                        );
                         continue;
                     }
                     let m = if m.qos == QoS::AtMostOnce {
@@ -997,9 +1447,10 @@ impl Connection {
                 (Some(Flow::Local(f)), _) => match f.offer(m) {
                     Offer::Send(send) => self.write_sends(vec![send]),
                     Offer::Queued => {}
-                    Offer::Dropped(limit) => {
+                    Offer::Dropped(key) => {
                         Counters::add(&self.worker.counters.dropped_queue_full, 1);
-                        self.limit_bit(limit, "session queue full");
+                        let limit = Limit::from_key(key).unwrap_or(Limit::MaxQueuedMessages);
+                        self.limit_bit(limit, "session queue full", "dropping messages");
                     }
                 },
             }
@@ -1019,6 +1470,7 @@ impl Actor for Connection {
             self.worker.config.connect_timeout(),
             |act, ctx| {
                 if act.phase == Phase::AwaitingConnect {
+                    act.worker.counters.limit(Limit::ConnectTimeout);
                     act.close(CloseReason::ConnectTimeout, ctx);
                 }
             },
@@ -1040,8 +1492,7 @@ impl Actor for Connection {
                     qos: w.qos,
                     retain: w.retain,
                 };
-                let shard = shard_of(&message.topic, self.worker.routers.len());
-                self.worker.routers[shard].do_send(Route {
+                self.worker.router.do_send(Route {
                     from: None,
                     publishes: vec![RoutedPublish {
                         message,
@@ -1076,20 +1527,42 @@ impl Handler<DurableDeliver> for Connection {
     type Result = ();
 
     fn handle(&mut self, msg: DurableDeliver, _: &mut Self::Context) {
-        let Some(s) = self.session.as_mut() else {
+        let Some(s) = self.session.as_ref() else {
             return;
         };
         if s.epoch != msg.epoch || self.phase != Phase::Active {
             return;
         }
+        let items = if s.guard.is_some() {
+            self.readable_durable(msg.items)
+        } else {
+            msg.items
+        };
+        let Some(s) = self.session.as_mut() else {
+            return;
+        };
         let mut out = Vec::new();
         if let Flow::Durable(f) = s.flow(&self.worker.config) {
-            f.extend(msg.items);
+            f.extend(items);
             f.refill(&mut out);
         }
         self.write_sends(out);
         for m in msg.qos0 {
-            self.write_publish(0, false, &m);
+            let allowed = self
+                .session
+                .as_mut()
+                .and_then(|s| s.guard.as_deref_mut())
+                .is_none_or(|g| g.can_read(&m.topic));
+            if allowed {
+                self.write_publish(0, false, &m);
+            } else {
+                self.denied(
+                    SecurityEvent::DeliveryDenied,
+                    1,
+                    "message not delivered: the ACL does not allow reading it",
+                    &m.topic,
+                );
+            }
         }
     }
 }
@@ -1156,19 +1629,3 @@ impl Handler<Kick> for Connection {
     }
 }
 
-#[cfg(test)]
-mod size_probe {
-    #[test]
-    fn print_sizes() {
-        eprintln!("Connection {} ClientSession {} LocalOutbound {} DurableOutbound {} PendingAcks {} Decoder {} TcpStream {} Context {}",
-            std::mem::size_of::<super::Connection>(),
-            std::mem::size_of::<super::ClientSession>(),
-            std::mem::size_of::<super::outbound::LocalOutbound>(),
-            std::mem::size_of::<super::outbound::DurableOutbound>(),
-            std::mem::size_of::<super::acks::PendingAcks>(),
-            std::mem::size_of::<starling_codec::Decoder>(),
-            std::mem::size_of::<tokio::net::TcpStream>(),
-            std::mem::size_of::<actix::Context<super::Connection>>(),
-        );
-    }
-}
