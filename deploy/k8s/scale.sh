@@ -31,8 +31,16 @@ while [ "$current" -lt "$target" ]; do
     ordinal="$current"; id=$((ordinal + 1))
     echo "== adding starling-$ordinal as node $id"
     k scale statefulset starling --replicas=$((current + 1))
-    starling cluster join --admin 127.0.0.1:8080 --node-id "$id" \
-        --raft-address "starling-$ordinal.starling-headless:7946"
+    # The member asks the new pod to prove the cluster secret before adding it, so the pod
+    # must be up: retry while it starts.
+    for attempt in $(seq 1 30); do
+        if starling cluster join --admin 127.0.0.1:8080 --node-id "$id" \
+            --raft-address "starling-$ordinal.starling-headless:7946"; then
+            break
+        fi
+        [ "$attempt" -lt 30 ] || { echo "join of node $id failed" >&2; exit 1; }
+        sleep 5
+    done
     k wait --for=condition=Ready "pod/starling-$ordinal" --timeout=300s
     current=$((current + 1))
 done

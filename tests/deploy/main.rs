@@ -122,7 +122,14 @@ impl Compose {
         };
         let mqtt: Vec<u16> = (0..NODES).map(|_| free_port()).collect();
         let admin: Vec<u16> = (0..NODES).map(|_| free_port()).collect();
-        let mut env = vec![("STARLING_IMAGE".to_string(), image.to_string())];
+        let mut env = vec![
+            ("STARLING_IMAGE".to_string(), image.to_string()),
+            // Peer authentication: the compose file requires a cluster secret.
+            (
+                "STARLING_CLUSTER_SECRET".to_string(),
+                starling_testkit::cluster::random_secret(),
+            ),
+        ];
         for i in 0..NODES {
             env.push((format!("STARLING_MQTT_PORT_{i}"), mqtt[i].to_string()));
             env.push((format!("STARLING_ADMIN_PORT_{i}"), admin[i].to_string()));

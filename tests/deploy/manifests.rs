@@ -199,6 +199,9 @@ fn statefulset_pods_get_node_ids_and_peers_from_ordinal_and_headless_dns() {
         assert_eq!(c.listen.port(), ports["raft"]);
         assert_eq!(port_of(&c.admin_listen), ports["admin"]);
         assert!(c.bootstrap, "founding members bootstrap on empty volumes");
+        // Peer authentication: the secret file is the mounted Secret's cluster-secret key.
+        assert_eq!(c.secret_file, "/etc/starling/secret/cluster-secret");
+        assert!(!c.insecure);
         seen.push((id, peers));
     }
     eprintln!("rendered: {seen:?}");
@@ -233,6 +236,13 @@ fn compose_services_get_node_ids_and_peers_from_host_names() {
             (ordinal + 1, format!("{name}:7946"))
         );
         assert_eq!(c.advertised(), format!("{name}:7946"));
+        // Peer authentication: every node gets the secret from the caller's environment.
+        assert!(
+            c.secret.0.starts_with("${STARLING_CLUSTER_SECRET:?"),
+            "compose service {name} must take STARLING_CLUSTER_SECRET: {:?}",
+            env.get("STARLING_CLUSTER_SECRET")
+        );
+        assert!(!c.insecure);
         let volumes: Vec<&str> = svc["volumes"].as_vec().unwrap().iter().map(s).collect();
         assert!(
             volumes.contains(&format!("data-{ordinal}:/data").as_str()),

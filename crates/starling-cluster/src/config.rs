@@ -4,6 +4,8 @@ use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
 
+use crate::auth::MIN_SECRET_LEN;
+
 /// Settings of the clustered mode.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -35,6 +37,26 @@ pub struct ClusterConfig {
     /// Seconds the leader waits for an unreachable node before its sessions go offline and
     /// their wills are published (unless a client reconnected elsewhere meanwhile).
     pub node_down_secs: u64,
+    /// The cluster secret (at least 16 bytes) every node shares: peers authenticate every call
+    /// with it (docs/security.md, "Peers"). Prefer `secret_file` or `STARLING_CLUSTER_SECRET`
+    /// to a value in a configuration file.
+    pub secret: Secret,
+    /// A file holding the cluster secret (surrounding whitespace is ignored); "": none.
+    pub secret_file: String,
+    /// Run clustered mode without peer authentication: any process that reaches the peer port
+    /// can join and inject Raft messages. Only for tests on a trusted host; logged at start.
+    pub insecure: bool,
+}
+
+/// A secret setting: shown as `***` by `Debug`, so that it never reaches a log line.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_empty() { "\"\"" } else { "***" })
+    }
 }
 
 impl Default for ClusterConfig {
@@ -52,6 +74,9 @@ impl Default for ClusterConfig {
             max_message_bytes: 256 * 1024 * 1024,
             peer_queue: 4096,
             node_down_secs: 10,
+            secret: Secret::default(),
+            secret_file: String::new(),
+            insecure: false,
         }
     }
 }
@@ -117,6 +142,46 @@ impl ClusterConfig {
         })
     }
 
+    /// The cluster secret, from `secret` or `secret_file`; `None` when `insecure` is set and
+    /// neither is.
+    ///
+    /// # Errors
+    /// Neither is set (and `insecure` is not), both are, the file cannot be read, or the
+    /// secret is shorter than [`MIN_SECRET_LEN`] bytes.
+    pub fn peer_secret(&self) -> Result<Option<Vec<u8>>, ClusterConfigError> {
+        let secret = match (self.secret.0.is_empty(), self.secret_file.is_empty()) {
+            (false, false) => {
+                return Err(ClusterConfigError(
+                    "set cluster.secret or cluster.secret_file, not both".into(),
+                ))
+            }
+            (false, true) => self.secret.0.trim().as_bytes().to_vec(),
+            (true, false) => {
+                let text = std::fs::read(&self.secret_file).map_err(|e| {
+                    ClusterConfigError(format!("cluster.secret_file {:?}: {e}", self.secret_file))
+                })?;
+                text.trim_ascii().to_vec()
+            }
+            (true, true) if self.insecure => return Ok(None),
+            (true, true) => {
+                return Err(ClusterConfigError(
+                    "clustered mode needs a cluster secret so that only authenticated peers are \
+                     accepted: set cluster.secret_file (or STARLING_CLUSTER_SECRET), e.g. to \
+                     the output of `head -c 32 /dev/urandom | base64`, the same on every node; \
+                     or cluster.insecure = true to run without peer authentication"
+                        .into(),
+                ))
+            }
+        };
+        if secret.len() < MIN_SECRET_LEN {
+            return Err(ClusterConfigError(format!(
+                "the cluster secret has {} bytes; at least {MIN_SECRET_LEN} are needed",
+                secret.len()
+            )));
+        }
+        Ok(Some(secret))
+    }
+
     /// The address peers use for this node.
     pub fn advertised(&self) -> String {
         if self.advertise.is_empty() {
@@ -148,6 +213,55 @@ mod tests {
         );
         assert_eq!(node_id_from_hostname("my-broker-x"), None);
         assert_eq!(node_id_from_hostname("broker"), None);
+    }
+
+    #[test]
+    fn the_secret_comes_from_one_place_and_is_long_enough() {
+        let base = ClusterConfig {
+            peers: vec!["1=a:1".into()],
+            ..Default::default()
+        };
+        assert!(base.peer_secret().is_err(), "no secret and not insecure");
+        let insecure = ClusterConfig {
+            insecure: true,
+            ..base.clone()
+        };
+        assert_eq!(insecure.peer_secret().unwrap(), None);
+        let short = ClusterConfig {
+            secret: Secret("too short".into()),
+            ..base.clone()
+        };
+        assert!(short.peer_secret().is_err());
+        let ok = ClusterConfig {
+            secret: Secret(" 0123456789abcdef \n".into()),
+            ..base.clone()
+        };
+        assert_eq!(ok.peer_secret().unwrap().unwrap(), b"0123456789abcdef");
+        assert_eq!(format!("{:?}", ok.secret), "***");
+
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("secret");
+        std::fs::write(&file, "fedcba9876543210fedcba\n").unwrap();
+        let from_file = ClusterConfig {
+            secret_file: file.display().to_string(),
+            ..base.clone()
+        };
+        assert_eq!(
+            from_file.peer_secret().unwrap().unwrap(),
+            b"fedcba9876543210fedcba"
+        );
+        let both = ClusterConfig {
+            secret: Secret("0123456789abcdef".into()),
+            ..from_file.clone()
+        };
+        assert!(both.peer_secret().is_err());
+        std::fs::write(&file, "\n").unwrap();
+        assert!(from_file.peer_secret().is_err(), "empty file");
+        let missing = ClusterConfig {
+            secret_file: dir.path().join("nope").display().to_string(),
+            ..base
+        };
+        assert!(missing.peer_secret().is_err());
     }
 
     #[test]
