@@ -5,6 +5,8 @@
 //!   index, members, peer addresses, a digest of the replicated state).
 //! - `POST /cluster/members` `{"node_id": 4, "raft_address": "host:7946", "admin_address": ""}`:
 //!   adds a voter (through Raft; any member forwards to the leader). Answers once applied here.
+//!   With a cluster secret the new node must first prove it holds it (a `Hello` to its
+//!   `raft_address`): 403 if it does not, 503 if it cannot be reached within 10 s.
 //! - `DELETE /cluster/members/{id}`: removes a member.
 //! - `GET /healthz`: the process is alive.
 //! - `GET /readyz`: 200 when this node can serve: a single node whose store answers, or a
@@ -47,6 +49,9 @@ pub struct AdminState {
 
 /// `/readyz`: how far this node's applied index may trail the commit index by default.
 pub const READY_MAX_LAG: u64 = 100;
+
+/// How long a join waits for the new node's peer port to answer its `Hello`.
+const JOIN_PROBE_PATIENCE: Duration = Duration::from_secs(10);
 
 /// How long `/readyz` and `/metrics` wait for the session store.
 const STORE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -229,6 +234,33 @@ async fn join(
             StatusCode::BAD_REQUEST,
             &"node_id must be non-zero and raft_address host:port",
         ));
+    }
+    if let Some(auth) = s.cluster.as_ref().and_then(|c| c.auth.as_ref()) {
+        use crate::transport::{probe_member, PeerError};
+        match probe_member(auth, req.node_id, &req.raft_address, JOIN_PROBE_PATIENCE).await {
+            Ok(()) => {}
+            Err(e @ PeerError::Unauthenticated(_)) => {
+                tracing::warn!(
+                    node_id = req.node_id,
+                    raft_address = %req.raft_address,
+                    error = %e,
+                    "join refused: the new node did not prove the cluster secret"
+                );
+                return Err(err(
+                    StatusCode::FORBIDDEN,
+                    &format!(
+                        "node {} at {} {e}; it must run with the cluster's secret",
+                        req.node_id, req.raft_address
+                    ),
+                ));
+            }
+            Err(e) => {
+                return Err(err(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &format!("node {} at {}: {e}", req.node_id, req.raft_address),
+                ))
+            }
+        }
     }
     change(
         &s,
@@ -471,6 +503,30 @@ pub fn render_metrics(
         "Connections closed for a protocol violation.",
         t.protocol_errors,
     );
+    m.family(
+        "starling_limit_hits_total",
+        "counter",
+        "Times a configured limit refused, dropped or paused something, by its config key.",
+    );
+    for (limit, v) in t.limit_hits() {
+        m.sample(
+            "starling_limit_hits_total",
+            &format!("limit=\"{limit}\""),
+            v,
+        );
+    }
+    m.family(
+        "starling_security_events_total",
+        "counter",
+        "Authentication refusals, ACL denials and failed TLS / WebSocket handshakes.",
+    );
+    for (event, v) in t.security_events() {
+        m.sample(
+            "starling_security_events_total",
+            &format!("event=\"{event}\""),
+            v,
+        );
+    }
     if let Some(s) = stats {
         m.one(
             "starling_local_clients",

@@ -7,6 +7,8 @@
 //!   proposals, Ready handling with asynchronous persistence, snapshots, membership changes.
 //! - [`raft_log`]: [`RaftLog`], the port implementation in clustered mode.
 //! - [`transport`]: peer messages over gRPC (one stream per peer, reconnecting with backoff).
+//! - [`auth`]: peer authentication with the cluster secret (every call, and a `Hello` proving
+//!   the callee), checked before any peer message is decoded.
 //! - [`config`]: the `[cluster]` settings.
 //! - [`admin`]: the admin HTTP endpoint (status, readiness, Prometheus metrics, membership
 //!   operations, backup export).
@@ -16,6 +18,7 @@
 //! [`ReplicatedLog`]: starling_broker::ReplicatedLog
 
 pub mod admin;
+pub mod auth;
 pub mod backup;
 pub mod config;
 pub mod latency;

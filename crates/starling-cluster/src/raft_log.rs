@@ -16,14 +16,17 @@ use starling_proto::cluster::v1::cluster_server::ClusterServer;
 use starling_storage::{
     FsyncPolicy, LogStore, LogWriter, SnapshotRecord, StoreOptions, WriteBatch,
 };
-use tracing::{error, info};
+use tonic::service::interceptor::InterceptedService;
+use tracing::{error, info, warn};
+
+use crate::auth::PeerAuth;
 
 use crate::config::ClusterConfig;
 use crate::raft::storage::{
     encode, RaftStorage, BOOTSTRAP_INDEX, BOOTSTRAP_INDEX_TERM, PEERS, SNAPSHOT_CONF_STATE,
 };
 use crate::raft::{Attach, Propose, RaftNode, RaftSettings, SaveSnapshot, StatusCell, Stop};
-use crate::transport::{ClusterService, PeerForwarder};
+use crate::transport::{CheckPeers, ClusterService, PeerForwarder};
 use crate::STATE_GROUP;
 
 /// What the admin endpoint needs to reach the Raft node.
@@ -39,6 +42,26 @@ pub struct ClusterHandle {
     pub forwarder: Arc<PeerForwarder>,
     /// Where forwards from other nodes are delivered; set once the broker runs.
     pub delivery: Arc<OnceLock<LocalDelivery>>,
+    /// This node's cluster credentials; `None` in insecure mode.
+    pub auth: Option<Arc<PeerAuth>>,
+}
+
+impl ClusterHandle {
+    /// Proposes `data` as one Raft entry through this node (raft-rs forwards it to the leader
+    /// when this node follows); once committed it reaches every node's attached sink as
+    /// [`LogEvent::Committed`]. For tools that drive the log without a session store (the
+    /// benchmark harness, `starling-bench raft`).
+    ///
+    /// # Errors
+    /// [`ProposeError::Busy`] when the Raft actor's mailbox is full,
+    /// [`ProposeError::Unavailable`] once the actor has stopped.
+    pub fn propose(&self, data: Bytes) -> Result<(), ProposeError> {
+        match self.node.try_send(Propose(data)) {
+            Ok(()) => Ok(()),
+            Err(SendError::Full(_)) => Err(ProposeError::Busy),
+            Err(SendError::Closed(_)) => Err(ProposeError::Unavailable("raft node stopped".into())),
+        }
+    }
 }
 
 /// The log in clustered mode: entries are committed by Raft across the cluster.
@@ -54,10 +77,12 @@ fn start_err(e: impl std::fmt::Display) -> LogStartError {
 impl RaftLog {
     /// Opens this node's storage in `dir`, binds the peer port and starts the Raft actor, which
     /// waits until the session store attaches. A node whose disk is empty bootstraps a new cluster
-    /// from `peers` (if `bootstrap` and it is one of them) or waits to be added.
+    /// from `peers` (if `bootstrap` and it is one of them) or waits to be added. The peer port
+    /// accepts only callers holding the cluster secret (unless `insecure`).
     ///
     /// # Errors
-    /// Bad configuration, storage that cannot be opened or read, a peer port in use.
+    /// Bad configuration (including no cluster secret without `insecure`), storage that cannot
+    /// be opened or read, a peer port in use.
     pub fn start(
         config: &ClusterConfig,
         node_id: u64,
@@ -66,6 +91,19 @@ impl RaftLog {
         queue_capacity: usize,
     ) -> Result<RaftLog, LogStartError> {
         let configured = config.peer_list().map_err(start_err)?;
+        let auth = match config.peer_secret().map_err(start_err)? {
+            Some(secret) => Some(Arc::new(PeerAuth::new(node_id, &secret))),
+            None => {
+                warn!(
+                    node_id,
+                    listen = %config.listen,
+                    "cluster.insecure = true: peers are NOT authenticated; any process that \
+                     reaches the peer port can join, inject Raft messages and reach the Raft \
+                     decoder (RUSTSEC-2024-0437). Set cluster.secret_file instead."
+                );
+                None
+            }
+        };
         std::fs::create_dir_all(dir)
             .map_err(|e| LogStartError(format!("{}: {e}", dir.display())))?;
         let path = dir.join(crate::local::DB_FILE);
@@ -151,18 +189,27 @@ impl RaftLog {
         let status = StatusCell::default();
         let node =
             RaftNode::new(settings, storage, writer, peers, status.clone()).map_err(start_err)?;
-        let forwarder = PeerForwarder::new(node_id, config.peer_queue, config.max_message_bytes);
-        let node = node.with_forwarder(forwarder.clone());
+        let forwarder = PeerForwarder::new(
+            node_id,
+            config.peer_queue,
+            config.max_message_bytes,
+            auth.clone(),
+        );
+        let node = node
+            .with_peer_auth(auth.clone())
+            .with_forwarder(forwarder.clone());
         let delivery: Arc<OnceLock<LocalDelivery>> = Arc::default();
         let svc_delivery = delivery.clone();
         let arbiter = Arbiter::new();
         let max = config.max_message_bytes;
+        let svc_auth = auth.clone();
         let addr = RaftNode::start_in_arbiter(&arbiter.handle(), move |ctx| {
             let svc = ClusterService {
                 node_id,
                 group: STATE_GROUP,
                 raft: ctx.address(),
                 delivery: svc_delivery,
+                auth: svc_auth.clone(),
             };
             actix_rt::spawn(async move {
                 let incoming = match tokio::net::TcpListener::from_std(listener) {
@@ -172,6 +219,9 @@ impl RaftLog {
                 let server = ClusterServer::new(svc)
                     .max_decoding_message_size(max)
                     .max_encoding_message_size(max);
+                // Credentials are checked on the request's headers, before its body is read:
+                // a stranger's bytes never reach the protobuf decoders.
+                let server = InterceptedService::new(server, CheckPeers(svc_auth));
                 if let Err(e) = tonic::transport::Server::builder()
                     .tcp_nodelay(true)
                     .add_service(server)
@@ -183,7 +233,12 @@ impl RaftLog {
             });
             node
         });
-        info!(node_id, listen = %config.listen, "raft node started");
+        info!(
+            node_id,
+            listen = %config.listen,
+            peer_auth = if auth.is_some() { "cluster secret" } else { "none (insecure)" },
+            "raft node started"
+        );
         Ok(RaftLog {
             handle: ClusterHandle {
                 node_id,
@@ -191,6 +246,7 @@ impl RaftLog {
                 status,
                 forwarder,
                 delivery,
+                auth,
             },
             _arbiter: arbiter,
         })

@@ -3,7 +3,8 @@
 //!
 //! ```text
 //!  ClusterBuilder::new(bin, 3).env(..).start()
-//!        │ reserves 2 free ports per node (peer, admin), builds --peers 1=..,2=..,3=..
+//!        │ reserves 2 free ports per node (peer, admin), builds --peers 1=..,2=..,3=..,
+//!        │ gives every node the same fresh cluster secret (STARLING_CLUSTER_SECRET)
 //!        ▼
 //!  TestCluster ── node(id): ClusterNode ── BrokerProcess (MQTT port, data dir, log)
 //!        │ kill9 / restart / start_joining
@@ -27,6 +28,29 @@ use crate::wait::wait_until;
 /// default 10 election ticks a leader is elected about half a second after it is missed.
 pub const DEFAULT_TICK_MS: u64 = 50;
 
+/// The variable that gives a node the cluster secret.
+pub const SECRET_VAR: &str = "STARLING_CLUSTER_SECRET";
+
+/// The variable that lets a node run clustered without a secret.
+pub const INSECURE_VAR: &str = "STARLING_CLUSTER_INSECURE";
+
+/// 32 random bytes as hex (std's randomly keyed SipHash as the source: test use only).
+pub fn random_secret() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    (0..4)
+        .map(|i| {
+            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+            h.write_u64(i);
+            h.write_u128(
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_nanos()),
+            );
+            format!("{:016x}", h.finish())
+        })
+        .collect()
+}
+
 /// How long a node may take to answer on its admin port after its MQTT port opened.
 const ADMIN_UP: Duration = Duration::from_secs(10);
 
@@ -41,17 +65,41 @@ pub struct ClusterBuilder {
 
 impl ClusterBuilder {
     /// A cluster of `size` nodes of the binary at `bin` (in tests:
-    /// `env!("CARGO_BIN_EXE_starling")`).
+    /// `env!("CARGO_BIN_EXE_starling")`), sharing a fresh random cluster secret (see
+    /// [`ClusterBuilder::secret`]).
     pub fn new(bin: impl Into<PathBuf>, size: u64) -> ClusterBuilder {
         ClusterBuilder {
             bin: bin.into(),
             size,
-            env: vec![(
-                "STARLING_CLUSTER_TICK_MS".into(),
-                DEFAULT_TICK_MS.to_string(),
-            )],
+            env: vec![
+                (
+                    "STARLING_CLUSTER_TICK_MS".into(),
+                    DEFAULT_TICK_MS.to_string(),
+                ),
+                (SECRET_VAR.into(), random_secret()),
+            ],
             log_level: "info".into(),
         }
+    }
+
+    /// Gives every node this cluster secret (`None`: none, and `cluster.insecure = true`).
+    pub fn secret(self, secret: Option<&str>) -> Self {
+        match secret {
+            Some(s) => self.env(SECRET_VAR, s).env(INSECURE_VAR, "false"),
+            None => {
+                let mut b = self.env(INSECURE_VAR, "true");
+                b.env.retain(|(k, _)| k != SECRET_VAR);
+                b
+            }
+        }
+    }
+
+    /// The cluster secret the nodes get, if any.
+    pub fn cluster_secret(&self) -> Option<&str> {
+        self.env
+            .iter()
+            .find(|(k, _)| k == SECRET_VAR)
+            .map(|(_, v)| v.as_str())
     }
 
     /// Sets an environment variable on every node (e.g. `STARLING_MQTT_SNAPSHOT_ENTRIES`).
@@ -476,6 +524,16 @@ impl TestCluster {
         )?)
     }
 
+    /// The cluster secret every node was given, if any.
+    pub fn secret(&self) -> Option<&str> {
+        self.builder.cluster_secret()
+    }
+
+    /// The `--peers` value of the founding members (`1=addr,2=addr,...`).
+    pub fn peers(&self) -> &str {
+        &self.peers
+    }
+
     /// Runs `starling cluster <args>` (e.g. `join --admin .. --node-id 4 --raft-address ..`).
     pub fn cluster_cli(&self, args: &[&str]) -> Output {
         Command::new(&self.builder.bin)
@@ -606,6 +664,21 @@ mod tests {
             Some("{\"a\":1}")
         );
         assert_eq!(dechunk("4\r\nab"), None);
+    }
+
+    #[test]
+    fn every_cluster_gets_its_own_secret() {
+        let a = ClusterBuilder::new("x", 3);
+        let b = ClusterBuilder::new("x", 3);
+        let (sa, sb) = (a.cluster_secret().unwrap(), b.cluster_secret().unwrap());
+        assert_eq!(sa.len(), 64);
+        assert_ne!(sa, sb);
+        let insecure = a.secret(None);
+        assert_eq!(insecure.cluster_secret(), None);
+        assert!(insecure
+            .env
+            .iter()
+            .any(|(k, v)| k == INSECURE_VAR && v == "true"));
     }
 
     #[test]

@@ -14,6 +14,8 @@
 // rust-protobuf messages (raft-rs types) are built by assigning fields of a default value.
 #![allow(clippy::field_reassign_with_default)]
 
+mod applied;
+mod hold;
 pub(crate) mod slog_drain;
 pub(crate) mod storage;
 
@@ -36,6 +38,7 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 
+use self::hold::{Released, StartupHold};
 use self::storage::{decode, encode, persist_entries, RaftStorage, PEERS, SNAPSHOT_CONF_STATE};
 use crate::backup::Backup;
 use crate::latency::LatencyHistogram;
@@ -227,6 +230,8 @@ pub struct RaftNode {
     conf_waiters: Vec<ConfWaiter>,
     /// Proposals received before the log was attached.
     early: Vec<Bytes>,
+    /// Proposals made after the start and before a leader is known (see `hold`).
+    startup: StartupHold,
     /// Leader as last seen, to tell the store when it changes.
     known_leader: u64,
     /// Entries proposed here while leading: (index, when), for the latency histogram.
@@ -308,6 +313,12 @@ impl RaftNode {
             status,
             conf_waiters: Vec::new(),
             early: Vec::new(),
+            // Several election timeouts: a whole cluster restarting elects within that.
+            startup: StartupHold::new(
+                Instant::now(),
+                settings.tick * (5 * settings.election_ticks) as u32,
+                4096,
+            ),
             known_leader: 0,
             proposed_at: VecDeque::new(),
             latency: LatencyHistogram::default(),
@@ -316,6 +327,13 @@ impl RaftNode {
             reported_down: HashSet::new(),
             settings,
         })
+    }
+
+    /// Authenticates every call to a peer with `auth` (`None`: insecure mode); see
+    /// `crate::auth`. Before the actor starts.
+    pub(crate) fn with_peer_auth(mut self, auth: Option<Arc<crate::auth::PeerAuth>>) -> RaftNode {
+        self.transport.set_auth(auth);
+        self
     }
 
     /// Sends fast-path forwards through `forwarder`, keeping its peers in step with the
@@ -381,6 +399,9 @@ impl RaftNode {
     }
 
     fn on_ready(&mut self, ctx: &mut Context<Self>) {
+        if self.release_held() {
+            self.schedule_ready(ctx);
+        }
         if self.sink.is_none() || !self.raw.has_ready() {
             self.update_status();
             return;
@@ -671,6 +692,7 @@ impl Actor for RaftNode {
         }
         ctx.run_interval(self.settings.tick, |act, ctx| {
             act.raw.tick();
+            act.release_held();
             act.expire_conf_waiters();
             act.check_peers_alive();
             act.schedule_ready(ctx);
@@ -698,7 +720,9 @@ impl Handler<Attach> for RaftNode {
         self.sink = Some(msg.0);
         self.check_recovered();
         for data in std::mem::take(&mut self.early) {
-            let _ = self.raw.propose(Vec::new(), data.to_vec());
+            if let Some(data) = self.startup.offer(self.raw.raft.leader_id, data) {
+                self.propose_now(data);
+            }
         }
         self.schedule_ready(ctx);
     }
@@ -723,7 +747,18 @@ impl Handler<Propose> for RaftNode {
             self.early.push(msg.0);
             return;
         }
-        let result = self.raw.propose(Vec::new(), msg.0.to_vec());
+        self.release_held();
+        if let Some(data) = self.startup.offer(self.raw.raft.leader_id, msg.0) {
+            self.propose_now(data);
+        }
+        self.schedule_ready(ctx);
+    }
+}
+
+impl RaftNode {
+    /// Hands an entry to raft-rs; tells the store at once if raft-rs refuses it.
+    fn propose_now(&mut self, data: Bytes) {
+        let result = self.raw.propose(Vec::new(), data.to_vec());
         if result.is_ok()
             && self.raw.raft.state == StateRole::Leader
             && self.proposed_at.len() < LATENCY_TRACKED
@@ -733,19 +768,53 @@ impl Handler<Propose> for RaftNode {
         }
         if let Err(e) = result {
             debug!(error = %e, "proposal dropped");
-            if let Some(sink) = &self.sink {
-                let reason = if self.raw.raft.leader_id == 0 {
-                    "no leader".to_string()
-                } else {
-                    e.to_string()
-                };
-                sink.do_send(LogEvent::Rejected {
-                    entry: msg.0,
-                    reason,
-                });
-            }
+            let reason = if self.raw.raft.leader_id == 0 {
+                "no leader".to_string()
+            } else {
+                e.to_string()
+            };
+            self.refuse(data, reason);
         }
-        self.schedule_ready(ctx);
+    }
+
+    fn refuse(&self, entry: Bytes, reason: String) {
+        if let Some(sink) = &self.sink {
+            sink.do_send(LogEvent::Rejected { entry, reason });
+        }
+    }
+
+    /// Ends the startup hold once a leader is known (proposing what was held) or the window
+    /// closed (refusing it). True if something was proposed.
+    fn release_held(&mut self) -> bool {
+        if self.sink.is_none() {
+            return false;
+        }
+        match self
+            .startup
+            .release(self.raw.raft.leader_id, Instant::now())
+        {
+            Some(Released::Propose(held)) => {
+                let any = !held.is_empty();
+                if any {
+                    info!(
+                        proposals = held.len(),
+                        leader = self.raw.raft.leader_id,
+                        "leader known: proposing what was held since the start"
+                    );
+                }
+                for data in held {
+                    self.propose_now(data);
+                }
+                any
+            }
+            Some(Released::Refuse(held)) => {
+                for data in held {
+                    self.refuse(data, "no leader since the start".into());
+                }
+                false
+            }
+            None => false,
+        }
     }
 }
 
@@ -769,6 +838,8 @@ impl Handler<Persisted> for RaftNode {
             };
             if number != 0 {
                 self.raw.on_persist_ready(number);
+                // A snapshot installed by that Ready is applied now that it is persisted.
+                applied::advance_applied(&mut self.raw, self.last_applied);
             }
             self.send(messages);
         }
