@@ -64,6 +64,20 @@ impl Default for Limits {
     }
 }
 
+/// How to start one Starling process with [`BrokerProcess::spawn_starling`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StarlingSpec {
+    /// Short name for its temporary directory (`node1`, `single`).
+    pub name: String,
+    /// MQTT port on 127.0.0.1.
+    pub port: u16,
+    /// Options after `--listen`, `--data-dir` and `--log-level warn` (e.g. the cluster flags,
+    /// `--fsync`).
+    pub args: Vec<String>,
+    /// Environment variables besides the limits (e.g. `STARLING_CLUSTER_SECRET`).
+    pub env: Vec<(String, String)>,
+}
+
 /// A running broker.
 #[derive(Debug)]
 pub struct BrokerProcess {
@@ -106,7 +120,9 @@ impl BrokerProcess {
             .tempdir()
             .map_err(|e| BenchError::io("create a temp dir", e))?;
         let port = free_port()?;
-        let mut cmd = Command::new(bin);
+        // Absolute: the child runs in its temporary directory, and a relative program path
+        // would be looked up from there.
+        let mut cmd = Command::new(absolute(bin));
         cmd.current_dir(dir.path());
         match kind {
             BrokerKind::Starling => {
@@ -133,6 +149,19 @@ impl BrokerProcess {
                 cmd.arg("-c").arg(&conf).arg("-q");
             }
         }
+        let mut b = BrokerProcess::launch(kind, bin, cmd, port, dir)?;
+        b.wait_listening(wait)?;
+        Ok(b)
+    }
+
+    /// Spawns `cmd` (running in `dir`) with its output going to `dir/broker.log`.
+    fn launch(
+        kind: BrokerKind,
+        bin: &Path,
+        mut cmd: Command,
+        port: u16,
+        dir: tempfile::TempDir,
+    ) -> Result<BrokerProcess, BenchError> {
         let log = dir.path().join("broker.log");
         let out = File::create(&log).map_err(|e| BenchError::io("create broker log", e))?;
         let err = out
@@ -144,18 +173,65 @@ impl BrokerProcess {
         let child = cmd
             .spawn()
             .map_err(|e| BenchError::Broker(format!("cannot start {}: {e}", bin.display())))?;
-        let mut b = BrokerProcess {
+        Ok(BrokerProcess {
             kind,
             child,
             port,
             log,
             _dir: dir,
-        };
-        b.wait_listening(wait)?;
-        Ok(b)
+        })
     }
 
-    fn wait_listening(&mut self, wait: Duration) -> Result<(), BenchError> {
+    /// Spawns Starling from `bin` **with persistence** (its data directory is `data` inside a
+    /// fresh temporary directory) on 127.0.0.1:`port`, with the `limits` and `spec`'s options
+    /// and environment; does not wait for it (see [`BrokerProcess::wait_listening`]). Used for
+    /// the nodes of a cluster and for the single node they are compared with.
+    ///
+    /// # Errors
+    /// [`BenchError::Broker`] if the binary is missing or cannot be started.
+    pub fn spawn_starling(
+        bin: &Path,
+        spec: &StarlingSpec,
+        limits: Limits,
+    ) -> Result<BrokerProcess, BenchError> {
+        if !bin.exists() {
+            return Err(BenchError::Broker(format!(
+                "starling binary not found at {}",
+                bin.display()
+            )));
+        }
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("starling-bench-{}-", spec.name))
+            .tempdir()
+            .map_err(|e| BenchError::io("create a temp dir", e))?;
+        let mut cmd = Command::new(absolute(bin));
+        cmd.current_dir(dir.path())
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{}", spec.port))
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .args(["--log-level", "warn"])
+            .args(&spec.args)
+            .env("STARLING_MQTT_MAX_INFLIGHT", limits.inflight.to_string())
+            .env(
+                "STARLING_MQTT_MAX_QUEUED_MESSAGES",
+                limits.queued.to_string(),
+            )
+            .env(
+                "STARLING_MQTT_MAX_CONNECTIONS",
+                limits.max_connections.to_string(),
+            );
+        for (k, v) in &spec.env {
+            cmd.env(k, v);
+        }
+        BrokerProcess::launch(BrokerKind::Starling, bin, cmd, spec.port, dir)
+    }
+
+    /// Waits (up to `wait`) until the broker accepts TCP connections on its port.
+    ///
+    /// # Errors
+    /// [`BenchError::Broker`] if it exits or does not listen in time (it is killed then).
+    pub fn wait_listening(&mut self, wait: Duration) -> Result<(), BenchError> {
         let deadline = Instant::now() + wait;
         let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
         loop {
@@ -244,6 +320,11 @@ impl Drop for BrokerProcess {
             let _ = self.child.wait();
         }
     }
+}
+
+/// `path` made absolute (as is if that fails: the spawn then reports the problem).
+fn absolute(path: &Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
 }
 
 fn write(path: &Path, text: &str) -> Result<(), BenchError> {

@@ -313,7 +313,8 @@ struct Metric {
     fmt: fn(f64) -> String,
 }
 
-fn si(v: f64) -> String {
+/// A count with k/M suffixes (3 significant digits or so).
+pub(crate) fn si(v: f64) -> String {
     if v >= 1e6 {
         format!("{:.2}M", v / 1e6)
     } else if v >= 1e4 {
@@ -325,7 +326,7 @@ fn si(v: f64) -> String {
     }
 }
 
-fn int(v: f64) -> String {
+pub(crate) fn int(v: f64) -> String {
     format!("{v:.0}")
 }
 
@@ -428,7 +429,7 @@ fn metrics(a: &CompareArgs) -> Vec<Metric> {
 }
 
 /// Median, min and max of the values (`None` if empty).
-fn median_min_max(v: &mut [f64]) -> Option<(f64, f64, f64)> {
+pub(crate) fn median_min_max(v: &mut [f64]) -> Option<(f64, f64, f64)> {
     if v.is_empty() {
         return None;
     }

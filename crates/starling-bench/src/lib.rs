@@ -18,6 +18,10 @@
 //! - [`compare`]: runs the same scenarios against each broker, interleaved, and renders the
 //!   markdown table of medians.
 //! - [`smoke`]: the short run CI uses to check that the harness works and counts nothing lost.
+//! - [`raft`]: the Raft store on its own: committed proposals per second and commit latency on
+//!   an in-process three-node cluster (`raft`, and `raft-table` for the sweep).
+//! - [`cluster`]: cross-node routing on a cluster of `starling` processes, next to a single
+//!   node (`cluster`).
 //!
 //! # Who owns what
 //! Every MQTT connection is one tokio task that owns its socket, its buffers, its sequence
@@ -28,10 +32,12 @@
 //! The library reports failures as [`BenchError`]; `anyhow` is used only by the binary.
 
 pub mod broker;
+pub mod cluster;
 pub mod compare;
 pub mod gate;
 pub mod mqtt;
 pub mod payload;
+pub mod raft;
 pub mod scenario;
 pub mod smoke;
 pub mod stats;

@@ -3,19 +3,25 @@
 //! ```text
 //! starling-bench fan-in --qos 1 --publishers 4 --port 1883 --pid $(pidof starling)
 //! starling-bench compare --starling target/release/starling
-//! starling-bench smoke --starling target/debug/starling
+//! starling-bench smoke --starling target/debug/starling [--cluster]
+//! starling-bench raft --proposers 16 --entry-bytes 100 --duration 10 --fsync always
+//! starling-bench raft-table --proposers 1,16,256 --fsync always,interval --rounds 3
+//! starling-bench cluster --starling target/release/starling
 //! ```
 //!
 //! A scenario prints one JSON line on stdout (progress goes to stderr) and exits 0 when the run
 //! was clean, 1 when it failed or timed out, 3 when it completed but lost messages (or
 //! duplicated them at QoS 2).
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use starling_bench::cluster::{self, ClusterArgs};
 use starling_bench::compare::{self, CompareArgs};
+use starling_bench::raft::{self, RaftArgs, RaftTableArgs};
 use starling_bench::scenario::{run_blocking, RunArgs, Scenario};
 use starling_bench::{smoke, sys};
 
@@ -46,7 +52,28 @@ enum Cmd {
         /// The Starling binary.
         #[arg(long, default_value = "target/release/starling")]
         starling: PathBuf,
+        /// Also run the cluster smoke rows on a three-node cluster (pubs on node 1, subs on
+        /// nodes 2 and 3).
+        #[arg(long)]
+        cluster: bool,
     },
+    /// The Raft store alone: committed entries/s and commit latency on an in-process cluster.
+    Raft(RaftArgs),
+    /// `raft` for several proposer counts and fsync policies, each run in a fresh process.
+    RaftTable(RaftTableArgs),
+    /// Cross-node routing on a three-node cluster of `starling` processes next to one node.
+    Cluster(ClusterArgs),
+}
+
+fn init_tracing() {
+    // The Raft store logs through `tracing`: warnings and errors to stderr (RUST_LOG overrides).
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr)
+        .try_init();
 }
 
 fn scenario(s: Scenario, args: &RunArgs) -> anyhow::Result<ExitCode> {
@@ -83,12 +110,45 @@ fn main() -> ExitCode {
                 ExitCode::SUCCESS
             })
             .context("comparison"),
-        Cmd::Smoke { starling } => smoke::run(starling)
-            .map(|runs| {
+        Cmd::Smoke { starling, cluster } => {
+            smoke::run(starling).context("smoke run").and_then(|runs| {
                 eprintln!("smoke: {} runs, all clean", runs.len());
+                if *cluster {
+                    let runs = cluster::smoke(starling).context("cluster smoke run")?;
+                    eprintln!("cluster smoke: {} runs, all clean", runs.len());
+                }
+                Ok(ExitCode::SUCCESS)
+            })
+        }
+        Cmd::Raft(a) => {
+            init_tracing();
+            raft::run(a).context("raft run").map(|s| {
+                println!("{}", s.to_json());
+                if s.ok {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::from(1)
+                }
+            })
+        }
+        Cmd::RaftTable(a) => raft::run_table(a)
+            .map(|table| {
+                println!("\n{table}");
                 ExitCode::SUCCESS
             })
-            .context("smoke run"),
+            .context("raft table"),
+        Cmd::Cluster(a) if a.list => {
+            for r in cluster::rows(a) {
+                println!("{:24} starling-bench {}", r.id, r.command.join(" "));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Cluster(a) => cluster::run(a)
+            .map(|table| {
+                println!("\n{table}");
+                ExitCode::SUCCESS
+            })
+            .context("cluster comparison"),
     };
     match result {
         Ok(code) => code,

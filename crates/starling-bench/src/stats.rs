@@ -314,6 +314,27 @@ pub struct Qos2Stats {
     pub unknown_pubrels: u64,
 }
 
+/// Where a run's clients were, for the `cluster` runner's runs.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ClusterInfo {
+    /// `cluster` (several nodes) or `single` (one node, every client on it).
+    pub topology: String,
+    /// Nodes.
+    pub nodes: u64,
+    /// The Raft leader when the run started (node id; 1 for a single node).
+    pub leader: u64,
+    /// Node the publishers were connected to.
+    pub pub_node: u64,
+    /// Nodes the subscribers were connected to (round robin).
+    pub sub_nodes: Vec<u64>,
+    /// `storage.fsync` of every node.
+    pub fsync: String,
+    /// CPU seconds each node used during the run (node 1 first).
+    pub nodes_cpu_s: Vec<f64>,
+    /// Load averages (1, 5, 15 min) when the run started.
+    pub load_average: Option<[f64; 3]>,
+}
+
 /// One run, printed as one JSON line.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Summary {
@@ -401,6 +422,9 @@ pub struct Summary {
     /// `qos2` scenario figures.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub qos2: Option<Qos2Stats>,
+    /// Cluster topology of the run (`cluster` runner only).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub cluster: Option<ClusterInfo>,
     /// A deadline passed before the run completed.
     pub timed_out: bool,
     /// First error, if the run did not complete normally.

@@ -61,6 +61,30 @@ pub fn load_average() -> Option<f64> {
         .ok()
 }
 
+/// The 1-, 5- and 15-minute load averages (`/proc/loadavg`).
+pub fn load_averages() -> Option<[f64; 3]> {
+    let text = std::fs::read_to_string("/proc/loadavg").ok()?;
+    let mut it = text.split_whitespace().map(|v| v.parse::<f64>().ok());
+    Some([it.next()??, it.next()??, it.next()??])
+}
+
+/// 32 random bytes as hex (std's randomly keyed SipHash): a fresh cluster secret per run.
+pub fn random_secret() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    (0..4)
+        .map(|i| {
+            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+            h.write_u64(i);
+            h.write_u128(
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_nanos()),
+            );
+            format!("{:016x}", h.finish())
+        })
+        .collect()
+}
+
 /// Measures CPU and wall time of this process (and optionally of a broker) over an interval.
 #[derive(Clone, Copy, Debug)]
 pub struct CpuClock {
@@ -156,5 +180,9 @@ mod tests {
         assert!(rss_kb(std::process::id()).unwrap() > 0);
         assert!(cpu_seconds(None).is_some());
         assert!(nofile_limit().0 > 0);
+        assert!(load_averages().is_some());
+        let (a, b) = (random_secret(), random_secret());
+        assert_eq!(a.len(), 64);
+        assert_ne!(a, b);
     }
 }

@@ -222,6 +222,41 @@ mod tests {
     }
 
     #[test]
+    fn security_keys_from_file_and_environment() {
+        use starling_broker::{Anonymous, Transport};
+        let dir = std::env::temp_dir().join(format!("starling-config-sec-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("s.toml");
+        std::fs::write(
+            &file,
+            "[mqtt]\nallow_anonymous = true\nacl_file = \"/etc/acl\"\n\
+             [[mqtt.listener]]\naddr = \"0.0.0.0:8883\"\ntransport = \"tls\"\n\
+             cert_file = \"c.pem\"\nkey_file = \"k.pem\"\n\
+             [[mqtt.listener]]\naddr = \"127.0.0.1:8080\"\ntransport = \"ws\"\n",
+        )
+        .unwrap();
+        let c = load(Some(&file), std::iter::empty()).unwrap();
+        assert_eq!(c.mqtt.allow_anonymous, Anonymous::Allow);
+        assert_eq!(c.mqtt.acl_file(), Some(std::path::Path::new("/etc/acl")));
+        assert_eq!(c.mqtt.password_file(), None);
+        let kinds: Vec<Transport> = c.mqtt.listener.iter().map(|l| l.transport).collect();
+        assert_eq!(kinds, vec![Transport::Tls, Transport::Ws]);
+        c.mqtt.validate().unwrap();
+        let env = vec![(
+            "STARLING_MQTT_ALLOW_ANONYMOUS".to_string(),
+            "false".to_string(),
+        )];
+        let c = load(None, env.into_iter()).unwrap();
+        assert_eq!(c.mqtt.allow_anonymous, Anonymous::Deny);
+        let env = vec![(
+            "STARLING_MQTT_ALLOW_ANONYMOUS".to_string(),
+            "maybe".to_string(),
+        )];
+        assert!(load(None, env.into_iter()).is_err());
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
     fn unknown_keys_and_bad_values_are_errors() {
         let dir = std::env::temp_dir().join(format!("starling-config-bad-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();

@@ -554,8 +554,14 @@ pub(crate) async fn connect_all(
         set.spawn(async move {
             let a = &ctx.args;
             let id = ctx.client_id(role, i);
+            // Subscribers (those with a filter) and publishers may be on different nodes.
+            let addr = if filter.is_some() {
+                a.sub_addr(i)
+            } else {
+                a.pub_addr()
+            };
             let (mut conn, _) =
-                Conn::connect(a.addr(), None, &id, true, a.keep_alive, ctx.deadline).await?;
+                Conn::connect(addr, None, &id, true, a.keep_alive, ctx.deadline).await?;
             if let Some(f) = filter {
                 conn.subscribe(&[(&f, qos)], 1, ctx.deadline).await?;
             }

@@ -80,6 +80,16 @@ pub struct RunArgs {
     #[arg(long, default_value_t = 1883)]
     pub port: u16,
 
+    /// Port the publishers connect to (default: --port); e.g. node 1 of a cluster.
+    #[arg(long)]
+    pub pub_port: Option<u16>,
+
+    /// Ports the subscribers connect to, comma-separated (default: --port): subscriber i uses
+    /// port i mod n (fan-out subscribers and p2p pairs alternate; the fan-in and qos2
+    /// subscriber uses the first), e.g. nodes 2 and 3 of a cluster.
+    #[arg(long, value_delimiter = ',')]
+    pub sub_ports: Vec<u16>,
+
     /// Label of the broker in the JSON summary.
     #[arg(long, default_value = "broker")]
     pub label: String,
@@ -256,6 +266,20 @@ impl RunArgs {
     /// The broker's socket address.
     pub fn addr(&self) -> SocketAddr {
         SocketAddr::new(self.host, self.port)
+    }
+
+    /// Where publishers connect (`--pub-port`, else `--port`).
+    pub fn pub_addr(&self) -> SocketAddr {
+        SocketAddr::new(self.host, self.pub_port.unwrap_or(self.port))
+    }
+
+    /// Where subscriber `i` connects (`--sub-ports` round robin, else `--port`).
+    pub fn sub_addr(&self, i: usize) -> SocketAddr {
+        let port = match self.sub_ports.len() {
+            0 => self.port,
+            n => self.sub_ports[i % n],
+        };
+        SocketAddr::new(self.host, port)
     }
 }
 
@@ -452,6 +476,16 @@ mod tests {
         ] {
             a.validate(s).unwrap();
         }
+        assert_eq!(a.pub_addr(), a.addr());
+        assert_eq!(a.sub_addr(5), a.addr());
+        let split = RunArgs {
+            pub_port: Some(1),
+            sub_ports: vec![2, 3],
+            ..RunArgs::default()
+        };
+        assert_eq!(split.pub_addr().port(), 1);
+        let subs: Vec<u16> = (0..4).map(|i| split.sub_addr(i).port()).collect();
+        assert_eq!(subs, [2, 3, 2, 3]);
         assert_eq!(loopback(0).to_string(), "127.0.0.1");
         assert_eq!(loopback(3).to_string(), "127.0.0.4");
     }

@@ -97,7 +97,7 @@ async fn subscriber_loop(
                 rx.tracker.distinct()
             );
             let (c, ack) = Conn::connect(
-                a.addr(),
+                a.sub_addr(0),
                 None,
                 &client_id,
                 false,
@@ -148,7 +148,7 @@ pub(crate) async fn run(args: RunArgs, s: &mut Summary) {
     let gate = Arc::new(Gate::new(1, a.max_ahead));
     let sub = async {
         let (mut c, _) = Conn::connect(
-            a.addr(),
+            a.sub_addr(0),
             None,
             &ctx.client_id("q", 0),
             false,
