@@ -2,6 +2,8 @@
 //! observed through MQTT clients and each node's admin endpoint (`/cluster/status`: role,
 //! leader, applied index, state digest).
 //!
+//! `restore` wipes a cluster and brings it back with `starling restore` from a backup.
+//!
 //! Every test starts its own cluster (its own ports and data directories) with 50 ms Raft ticks;
 //! waits are deadlines on observable state. Figures worth reporting (re-election time, catch-up
 //! time, snapshot size) are printed as `MEASURE ...` lines (`-- --nocapture`).
@@ -17,4 +19,5 @@ mod failover;
 mod membership;
 mod partition;
 mod replication;
+mod restore;
 mod snapshot;

@@ -13,6 +13,7 @@
 //! - [`admin`]: the admin HTTP endpoint (status, readiness, Prometheus metrics, membership
 //!   operations, backup export).
 //! - [`backup`]: the backup file `GET /cluster/snapshot` exports.
+//! - [`restore`]: `starling restore`, a backup turned into a stopped node's storage.
 //! - [`latency`]: the proposal-to-commit latency histogram.
 //!
 //! [`ReplicatedLog`]: starling_broker::ReplicatedLog
@@ -25,6 +26,7 @@ pub mod latency;
 pub mod local;
 pub mod raft;
 pub mod raft_log;
+pub mod restore;
 mod transport;
 
 pub use config::{node_id_from_hostname, ClusterConfig, ClusterConfigError};

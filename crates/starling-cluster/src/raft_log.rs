@@ -13,18 +13,14 @@ use starling_broker::{
 };
 use starling_proto::cluster::v1 as cpb;
 use starling_proto::cluster::v1::cluster_server::ClusterServer;
-use starling_storage::{
-    FsyncPolicy, LogStore, LogWriter, SnapshotRecord, StoreOptions, WriteBatch,
-};
+use starling_storage::{FsyncPolicy, LogStore, LogWriter, StoreOptions};
 use tonic::service::interceptor::InterceptedService;
 use tracing::{error, info, warn};
 
 use crate::auth::PeerAuth;
 
 use crate::config::ClusterConfig;
-use crate::raft::storage::{
-    encode, RaftStorage, BOOTSTRAP_INDEX, BOOTSTRAP_INDEX_TERM, PEERS, SNAPSHOT_CONF_STATE,
-};
+use crate::raft::storage::{RaftStorage, PEERS};
 use crate::raft::{Attach, Propose, RaftNode, RaftSettings, SaveSnapshot, StatusCell, Stop};
 use crate::transport::{CheckPeers, ClusterService, PeerForwarder};
 use crate::STATE_GROUP;
@@ -142,25 +138,9 @@ impl RaftLog {
                     }
                     .encode_to_vec(),
                 );
-                let s = RaftStorage::bootstrap(voters, data.clone());
-                let mut batch = WriteBatch::new(STATE_GROUP);
-                {
-                    let core = s.rl();
-                    batch.hard_state = Some(encode(&core.hard_state));
-                    batch.conf_state = Some(encode(&core.conf_state));
-                    batch
-                        .meta
-                        .push((SNAPSHOT_CONF_STATE.into(), encode(&core.conf_state)));
-                }
-                batch.snapshot = Some(SnapshotRecord {
-                    index: BOOTSTRAP_INDEX,
-                    term: BOOTSTRAP_INDEX_TERM,
-                    data,
-                });
-                batch
-                    .meta
-                    .push((PEERS.into(), Bytes::from(table.encode_to_vec())));
-                store.write(&[batch]).map_err(start_err)?;
+                let s = RaftStorage::bootstrap(voters, data);
+                s.write_initial(&store, STATE_GROUP, Bytes::from(table.encode_to_vec()))
+                    .map_err(start_err)?;
                 s
             }
             None => {

@@ -134,6 +134,43 @@ impl State {
         self.applied_index = self.applied_index.max(index);
     }
 
+    /// Applies the log entry `index` as a log stores it: an encoded [`pb::Batch`], or no bytes
+    /// for an entry that carries no commands (a Raft leader's empty entry, a membership change),
+    /// which is skipped. An undecodable entry is skipped too, and the decoding error returned.
+    ///
+    /// # Errors
+    /// `data` is not a [`pb::Batch`] (the index counts as applied all the same).
+    pub fn apply_encoded(
+        &mut self,
+        index: u64,
+        data: &[u8],
+        effects: &mut Vec<Effect>,
+    ) -> Result<(), prost::DecodeError> {
+        use prost::Message as _;
+        if data.is_empty() {
+            self.skip(index);
+            return Ok(());
+        }
+        match pb::Batch::decode(data) {
+            Ok(batch) => {
+                self.apply(index, &batch, effects);
+                Ok(())
+            }
+            Err(e) => {
+                self.skip(index);
+                Err(e)
+            }
+        }
+    }
+
+    /// Whether any session (persistent, or clean and tracked) is connected through node `node`.
+    pub fn has_sessions_on(&self, node: u64) -> bool {
+        self.sessions
+            .values()
+            .any(|s| s.owner.is_some_and(|o| o.node == node))
+            || self.clean.values().any(|c| c.owner.node == node)
+    }
+
     /// A stored session.
     pub fn session(&self, client_id: &str) -> Option<&Session> {
         self.sessions.get(client_id)

@@ -7,6 +7,7 @@ mod cluster_cli;
 mod config;
 mod logging;
 mod passwd;
+mod restore_cli;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -37,6 +38,22 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[derive(Parser, Debug)]
 #[command(name = "starling", version, about, long_about)]
 struct Cli {
+    #[command(flatten)]
+    flags: ConfigFlags,
+
+    /// Print the embedded default configuration and exit.
+    #[arg(long)]
+    print_config: bool,
+
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+// The settings flags: the top of the configuration layering (defaults, `--config` file,
+// `STARLING_*` variables, these). `starling restore` takes them too. (A plain comment: a doc
+// comment on a flattened struct would become the command's about text.)
+#[derive(clap::Args, Debug, Default)]
+pub(crate) struct ConfigFlags {
     /// Configuration file (TOML). Keys not in it keep their defaults.
     #[arg(short, long, value_name = "FILE", env = "STARLING_CONFIG")]
     config: Option<PathBuf>,
@@ -102,16 +119,11 @@ struct Cli {
     /// only while every listener is on a loopback address).
     #[arg(long, value_name = "true|false|auto")]
     allow_anonymous: Option<String>,
-
-    /// Print the embedded default configuration and exit.
-    #[arg(long)]
-    print_config: bool,
-
-    #[command(subcommand)]
-    command: Option<Command>,
 }
 
 /// Subcommands (without one, `starling` runs the broker).
+// Parsed once at start: the size of `Restore` (its settings flags) does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(clap::Subcommand, Debug)]
 enum Command {
     /// Cluster administration through a node's admin endpoint.
@@ -127,53 +139,85 @@ enum Command {
         #[command(subcommand)]
         op: passwd::PasswdOp,
     },
+    /// Restore a backup (`GET /cluster/snapshot`) into this node's data directory, offline.
+    ///
+    /// The node's own configuration applies (the new cluster's members and addresses, its data
+    /// directory). Run it on every member of the new cluster, with the same backup and peers,
+    /// while the nodes are stopped and their data directories empty; then start them.
+    Restore(restore_cli::RestoreArgs),
 }
 
+/// The configuration of `cli`: defaults, the `--config` file, `STARLING_*` variables, flags;
+/// checked as the broker needs it.
 fn build_config(cli: &Cli) -> Result<Config, String> {
-    let mut c = config::load(cli.config.as_deref(), std::env::vars()).map_err(|e| e.to_string())?;
-    if !cli.listen.is_empty() {
-        c.mqtt.listeners = cli.listen.clone();
+    let c = layer_config(&cli.flags, None)?;
+    if c.cluster.enabled() {
+        // No secret (and not insecure), an unreadable file, a short secret: exit code 2.
+        c.cluster.peer_secret().map_err(|e| e.to_string())?;
     }
-    if let Some(d) = &cli.data_dir {
+    Ok(c)
+}
+
+/// Defaults, the configuration file, `STARLING_*` variables, then the flags of `top`, then
+/// those of `sub` (a subcommand's own flags, which win; its `--config` replaces the top one).
+fn layer_config(top: &ConfigFlags, sub: Option<&ConfigFlags>) -> Result<Config, String> {
+    let file = sub
+        .and_then(|f| f.config.as_deref())
+        .or(top.config.as_deref());
+    let mut c = config::load(file, std::env::vars()).map_err(|e| e.to_string())?;
+    apply_flags(&mut c, top)?;
+    if let Some(sub) = sub {
+        apply_flags(&mut c, sub)?;
+    }
+    c.cluster.peer_list().map_err(|e| e.to_string())?;
+    c.mqtt.validate().map_err(|e| e.to_string())?;
+    Ok(c)
+}
+
+fn apply_flags(c: &mut Config, f: &ConfigFlags) -> Result<(), String> {
+    if !f.listen.is_empty() {
+        c.mqtt.listeners = f.listen.clone();
+    }
+    if let Some(d) = &f.data_dir {
         c.storage.data_dir = d.clone();
     }
-    if cli.in_memory {
+    if f.in_memory {
         c.storage.persistence = false;
     }
-    if let Some(f) = cli.fsync {
-        c.storage.fsync = f;
+    if let Some(x) = f.fsync {
+        c.storage.fsync = x;
     }
-    if let Some(f) = cli.log_format {
-        c.log.format = f;
+    if let Some(x) = f.log_format {
+        c.log.format = x;
     }
-    if let Some(l) = &cli.log_level {
+    if let Some(l) = &f.log_level {
         c.log.level = l.clone();
     }
-    if let Some(n) = cli.node_id {
+    if let Some(n) = f.node_id {
         c.cluster.node_id = n;
     }
-    if let Some(l) = cli.cluster_listen {
+    if let Some(l) = f.cluster_listen {
         c.cluster.listen = l;
     }
-    if let Some(a) = &cli.advertise {
+    if let Some(a) = &f.advertise {
         c.cluster.advertise = a.clone();
     }
-    if let Some(p) = &cli.peers {
+    if let Some(p) = &f.peers {
         c.cluster.peers = vec![p.clone()];
     }
-    if cli.join {
+    if f.join {
         c.cluster.bootstrap = false;
     }
-    if let Some(a) = &cli.admin_listen {
+    if let Some(a) = &f.admin_listen {
         c.cluster.admin_listen = a.clone();
     }
-    if let Some(f) = &cli.password_file {
-        c.mqtt.password_file = f.clone();
+    if let Some(x) = &f.password_file {
+        c.mqtt.password_file = x.clone();
     }
-    if let Some(f) = &cli.acl_file {
-        c.mqtt.acl_file = f.clone();
+    if let Some(x) = &f.acl_file {
+        c.mqtt.acl_file = x.clone();
     }
-    if let Some(a) = &cli.allow_anonymous {
+    if let Some(a) = &f.allow_anonymous {
         c.mqtt.allow_anonymous = match a.as_str() {
             "true" => starling_broker::Anonymous::Allow,
             "false" => starling_broker::Anonymous::Deny,
@@ -181,13 +225,7 @@ fn build_config(cli: &Cli) -> Result<Config, String> {
             other => return Err(format!("--allow-anonymous {other:?}: true, false or auto")),
         };
     }
-    c.cluster.peer_list().map_err(|e| e.to_string())?;
-    if c.cluster.enabled() {
-        // No secret (and not insecure), an unreadable file, a short secret: exit code 2.
-        c.cluster.peer_secret().map_err(|e| e.to_string())?;
-    }
-    c.mqtt.validate().map_err(|e| e.to_string())?;
-    Ok(c)
+    Ok(())
 }
 
 fn fsync_policy(c: &Config) -> FsyncPolicy {
@@ -232,7 +270,7 @@ fn open_log(
 }
 
 /// This node's id: 1 for a single node; configured or from the host name in a cluster.
-fn node_id(c: &Config) -> Result<u64, String> {
+pub(crate) fn node_id(c: &Config) -> Result<u64, String> {
     if !c.cluster.enabled() {
         return Ok(1);
     }
@@ -386,6 +424,15 @@ fn main() -> ExitCode {
             }
         };
     }
+    if let Some(Command::Restore(args)) = &cli.command {
+        return match layer_config(&cli.flags, Some(&args.flags)) {
+            Ok(c) => restore_cli::run(&c, args),
+            Err(e) => {
+                eprintln!("starling restore: {e}");
+                ExitCode::from(2)
+            }
+        };
+    }
     if cli.print_config {
         print!("{}", config::DEFAULT_TOML);
         return ExitCode::SUCCESS;
@@ -402,7 +449,7 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     info!(target: "mqtt", "starling version {} starting", env!("CARGO_PKG_VERSION"));
-    if let Some(path) = &cli.config {
+    if let Some(path) = &cli.flags.config {
         info!(target: "mqtt", "Config loaded from {}.", path.display());
     } else {
         info!(target: "mqtt", "Using default config.");

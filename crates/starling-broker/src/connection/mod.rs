@@ -1628,4 +1628,3 @@ impl Handler<Kick> for Connection {
         self.close(reason, ctx);
     }
 }
-

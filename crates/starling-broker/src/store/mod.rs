@@ -21,7 +21,6 @@ use std::time::Duration;
 use actix::prelude::*;
 use bytes::Bytes;
 use bytestring::ByteString;
-use prost::Message as _;
 use starling_codec::QoS;
 use starling_state::{pb, FastMap, Message as AppMessage, RetainedStore, State, StateStats};
 use tokio::sync::oneshot;
@@ -214,9 +213,10 @@ impl SessionStore {
         self.recovered = true;
         // Subscriptions of persistent sessions, all offline after a restart.
         let mut adds = Vec::new();
-        let mut stale = false;
+        // Sessions that were connected here (persistent or tracked clean ones), also those a
+        // restored backup assigned to this node (`starling restore`).
+        let stale = self.state.has_sessions_on(self.node_id);
         for s in self.state.sessions() {
-            stale |= s.owner.is_some_and(|o| o.node == self.node_id);
             for (filter, qos) in &s.subscriptions {
                 adds.push((s.client_id.clone(), filter.clone(), *qos));
             }
@@ -379,16 +379,15 @@ impl Handler<LogEvent> for SessionStore {
                         .front()
                         .is_some_and(|(b, _)| b.as_ptr() == data.as_ptr() && b.len() == data.len());
                     let cached = if own { self.decoded.pop_front() } else { None };
-                    let decoded = match cached {
-                        Some((_, batch)) => Ok(batch),
-                        None => pb::Batch::decode(data),
-                    };
-                    match decoded {
-                        Ok(batch) => self.state.apply(index, &batch, &mut effects),
-                        Err(e) => {
-                            error!(index, error = %e, "undecodable log entry skipped");
-                            self.state.skip(index);
+                    let applied = match cached {
+                        Some((_, batch)) => {
+                            self.state.apply(index, &batch, &mut effects);
+                            Ok(())
                         }
+                        None => self.state.apply_encoded(index, &data, &mut effects),
+                    };
+                    if let Err(e) = applied {
+                        error!(index, error = %e, "undecodable log entry skipped");
                     }
                     for e in effects.drain(..) {
                         self.dispatch(e, &mut out, ctx);

@@ -157,15 +157,56 @@ impl RaftStorage {
     /// could elect itself alone). Starting after a snapshot makes the leader send that snapshot
     /// first, as TiKV does with its initial snapshot. Every founder builds the same one.
     pub(crate) fn bootstrap(voters: Vec<u64>, data: Bytes) -> RaftStorage {
+        Self::starting_after(voters, BOOTSTRAP_INDEX, BOOTSTRAP_INDEX_TERM, data)
+    }
+
+    /// A fresh log that starts after a committed snapshot at `index` (of `term`) holding `data`
+    /// and the configuration `voters`: a new cluster's log ([`RaftStorage::bootstrap`]), or a
+    /// restored one (`starling restore`, at the backup's applied index). Nodes that start from
+    /// the same one agree on the log so far and elect a leader among `voters`.
+    pub(crate) fn starting_after(
+        voters: Vec<u64>,
+        index: u64,
+        term: u64,
+        data: Bytes,
+    ) -> RaftStorage {
         let mut core = Core::default();
         core.conf_state.voters = voters;
-        core.hard_state.term = BOOTSTRAP_INDEX_TERM;
-        core.hard_state.commit = BOOTSTRAP_INDEX;
+        core.hard_state.term = term;
+        core.hard_state.commit = index;
         let conf = core.conf_state.clone();
-        core.compact(BOOTSTRAP_INDEX, BOOTSTRAP_INDEX_TERM, conf, data);
+        core.compact(index, term, conf, data);
         RaftStorage {
             core: Arc::new(RwLock::new(core)),
         }
+    }
+
+    /// Writes this log, as built by [`RaftStorage::starting_after`], to group `group` of `store`
+    /// with the peer table `peers` (encoded `PeerTable`): hard and conf state, the snapshot and
+    /// the configuration that goes with it. `store` must not hold the group yet.
+    pub(crate) fn write_initial(
+        &self,
+        store: &LogStore,
+        group: u64,
+        peers: Bytes,
+    ) -> Result<(), StorageError> {
+        let mut batch = WriteBatch::new(group);
+        {
+            let core = self.rl();
+            batch.hard_state = Some(encode(&core.hard_state));
+            batch.conf_state = Some(encode(&core.conf_state));
+            batch
+                .meta
+                .push((SNAPSHOT_CONF_STATE.into(), encode(&core.conf_state)));
+            let meta = core.snapshot.get_metadata();
+            batch.snapshot = Some(SnapshotRecord {
+                index: meta.index,
+                term: meta.term,
+                data: core.snapshot.data.clone(),
+            });
+        }
+        batch.meta.push((PEERS.into(), peers));
+        store.write(&[batch])
     }
 
     /// A fresh log with no configuration: a node waiting to be added to a cluster.
