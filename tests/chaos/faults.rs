@@ -1,0 +1,405 @@
+//! The faults and their schedule. Every fault is injected through Docker, held for a random
+//! time, healed, and followed by a wait (polling, with a deadline) until every node answers
+//! `/readyz` again; the next fault comes 1 to 3 s later. Kinds are drawn in rounds, each round
+//! a shuffle of every kind, so a run of N faults covers every kind once N reaches the number
+//! of kinds.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use starling_testkit::strict::{Held, Release, Stage};
+use starling_testkit::StrictClient;
+
+use crate::compose::{say, Cluster, NODES};
+use crate::workload::Workload;
+
+/// A kind of fault.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(crate) enum Kind {
+    /// `docker kill -s KILL` of a random node, `docker start` later.
+    KillRandom,
+    /// The same, of the Raft leader.
+    KillLeader,
+    /// The same, of the node a publisher is connected to.
+    KillPublisherNode,
+    /// The same, of the node a subscriber is connected to.
+    KillSubscriberNode,
+    /// The same, of the node holding a QoS 2 flow between PUBREC and PUBREL (publisher side:
+    /// PUBREC read, PUBREL not written; subscriber side: PUBREC written, PUBREL not read).
+    KillBetweenPubRecAndPubRel,
+    /// The same, between PUBREL and PUBCOMP (publisher: PUBREL written, PUBCOMP not read;
+    /// subscriber: PUBREL read, PUBCOMP not written).
+    KillBetweenPubRelAndPubComp,
+    /// The leader taken off the network (`docker network disconnect`), then reconnected.
+    IsolateLeader,
+    /// A follower taken off the network, then reconnected.
+    IsolateFollower,
+    /// `docker pause` of a node for longer than the election timeout, then `unpause`.
+    PauseNode,
+    /// `docker kill -s KILL` of every node at once, then `docker start` of every node.
+    RestartAll,
+}
+
+/// Every kind.
+pub(crate) const ALL: [Kind; 10] = [
+    Kind::KillRandom,
+    Kind::KillLeader,
+    Kind::KillPublisherNode,
+    Kind::KillSubscriberNode,
+    Kind::KillBetweenPubRecAndPubRel,
+    Kind::KillBetweenPubRelAndPubComp,
+    Kind::IsolateLeader,
+    Kind::IsolateFollower,
+    Kind::PauseNode,
+    Kind::RestartAll,
+];
+
+impl Kind {
+    /// Short name for the summary and the history.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Kind::KillRandom => "kill-random",
+            Kind::KillLeader => "kill-leader",
+            Kind::KillPublisherNode => "kill-publisher-node",
+            Kind::KillSubscriberNode => "kill-subscriber-node",
+            Kind::KillBetweenPubRecAndPubRel => "kill-between-pubrec-pubrel",
+            Kind::KillBetweenPubRelAndPubComp => "kill-between-pubrel-pubcomp",
+            Kind::IsolateLeader => "partition-leader",
+            Kind::IsolateFollower => "partition-follower",
+            Kind::PauseNode => "pause",
+            Kind::RestartAll => "restart-all",
+        }
+    }
+}
+
+/// A fault injected.
+#[derive(Clone, Debug)]
+pub(crate) struct Injected {
+    /// What.
+    pub(crate) kind: Kind,
+    /// Nodes hit (0-based: `starling-N`).
+    pub(crate) nodes: Vec<usize>,
+    /// Details (whose node, which QoS 2 stage).
+    pub(crate) detail: String,
+    /// When it was injected.
+    pub(crate) at: Instant,
+    /// When it was healed (node started, reconnected, unpaused).
+    pub(crate) healed: Instant,
+    /// From healing to every node ready.
+    pub(crate) recovered: Duration,
+}
+
+/// A small seeded random source (xorshift64*): a run is replayed with `STARLING_TEST_SEED`.
+pub(crate) struct Rng(u64);
+
+impl Rng {
+    pub(crate) fn new(seed: u64) -> Rng {
+        Rng(seed | 1)
+    }
+
+    /// The next number in `lo..=hi`.
+    pub(crate) fn range(&mut self, lo: u64, hi: u64) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        lo + self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) % (hi - lo + 1)
+    }
+
+    fn millis(&mut self, lo: u64, hi: u64) -> Duration {
+        Duration::from_millis(self.range(lo, hi))
+    }
+
+    fn pick<T: Clone>(&mut self, v: &[T]) -> T {
+        v[self.range(0, v.len() as u64 - 1) as usize].clone()
+    }
+
+    /// Every kind once, in random order.
+    pub(crate) fn round(&mut self) -> Vec<Kind> {
+        let mut v = ALL.to_vec();
+        for i in (1..v.len()).rev() {
+            let j = self.range(0, i as u64) as usize;
+            v.swap(i, j);
+        }
+        v
+    }
+}
+
+/// Runs cluster operations (docker, admin HTTP, polling) without stalling the runtime.
+pub(crate) fn blocking<R>(f: impl FnOnce() -> R) -> R {
+    tokio::task::block_in_place(f)
+}
+
+/// How long after healing every node must be ready again.
+const RECOVERY: Duration = Duration::from_secs(180);
+
+/// Injects faults into `c` while `w` runs.
+pub(crate) struct Chaos<'a> {
+    c: &'a Cluster,
+    w: &'a Workload,
+    rng: Rng,
+    start: Instant,
+    /// Faults injected.
+    pub(crate) log: Vec<Injected>,
+    /// Aims at a QoS 2 stage that did not land in time (retried later).
+    pub(crate) missed_aims: usize,
+}
+
+impl<'a> Chaos<'a> {
+    pub(crate) fn new(c: &'a Cluster, w: &'a Workload, rng: Rng, start: Instant) -> Chaos<'a> {
+        Chaos {
+            c,
+            w,
+            rng,
+            start,
+            log: Vec::new(),
+            missed_aims: 0,
+        }
+    }
+
+    /// The pause between two faults (the schedule).
+    pub(crate) async fn gap(&mut self) {
+        let d = self.rng.millis(1000, 3000);
+        tokio::time::sleep(d).await;
+    }
+
+    /// How long a killed node stays down: mostly 1 to 6 s; one time in eight 11 to 14 s,
+    /// beyond the leader's `node_down_secs` (10 s), so that its sessions are taken offline.
+    fn down_time(&mut self) -> Duration {
+        if self.rng.range(0, 7) == 0 {
+            self.rng.millis(11_000, 14_000)
+        } else {
+            self.rng.millis(1000, 6000)
+        }
+    }
+
+    fn node_of_client(&self, cl: &StrictClient) -> Option<usize> {
+        cl.connected_to().and_then(|a| self.c.node_of(a))
+    }
+
+    fn leader(&mut self) -> usize {
+        match blocking(|| self.c.leader()) {
+            Some(l) => l,
+            None => self.rng.range(0, NODES as u64 - 1) as usize,
+        }
+    }
+
+    /// Injects one fault of `kind`, heals it and waits for the cluster to recover. `None` when
+    /// an aimed kill did not find its QoS 2 stage in time (nothing was injected).
+    pub(crate) async fn inject(&mut self, kind: Kind) -> Option<Injected> {
+        let c = self.c;
+        let at;
+        let mut detail = String::new();
+        let nodes: Vec<usize>;
+        let healed;
+        match kind {
+            Kind::KillRandom
+            | Kind::KillLeader
+            | Kind::KillPublisherNode
+            | Kind::KillSubscriberNode => {
+                let victim = match kind {
+                    Kind::KillLeader => {
+                        let l = self.leader();
+                        detail = format!("leader node {}", l + 1);
+                        l
+                    }
+                    Kind::KillPublisherNode | Kind::KillSubscriberNode => {
+                        let clients: Vec<Arc<StrictClient>> = if kind == Kind::KillPublisherNode {
+                            self.w.publishers.clone()
+                        } else {
+                            self.w.subscribers.iter().map(|(s, _)| s.clone()).collect()
+                        };
+                        let cl = self.rng.pick(&clients);
+                        match self.node_of_client(&cl) {
+                            Some(n) => {
+                                detail = format!("node of {}", cl.client_id());
+                                n
+                            }
+                            None => {
+                                detail = format!("{} not connected: random node", cl.client_id());
+                                self.rng.range(0, NODES as u64 - 1) as usize
+                            }
+                        }
+                    }
+                    _ => {
+                        detail = "random node".into();
+                        self.rng.range(0, NODES as u64 - 1) as usize
+                    }
+                };
+                let down = self.down_time();
+                at = Instant::now();
+                blocking(|| c.kill(victim)).unwrap_or_else(|e| panic!("{e}"));
+                tokio::time::sleep(down).await;
+                healed = Instant::now();
+                blocking(|| c.start_node(victim)).unwrap_or_else(|e| panic!("{e}"));
+                detail = format!("{detail}; down {:.1}s", down.as_secs_f64());
+                nodes = vec![victim];
+            }
+            Kind::KillBetweenPubRecAndPubRel | Kind::KillBetweenPubRelAndPubComp => {
+                let publisher_side = self.rng.range(0, 1) == 0;
+                let first = kind == Kind::KillBetweenPubRecAndPubRel;
+                let (cl, stage) = if publisher_side {
+                    let p = self.rng.pick(&self.w.publishers);
+                    (
+                        p,
+                        if first {
+                            Stage::PubRecReceived
+                        } else {
+                            Stage::PubRelSent
+                        },
+                    )
+                } else {
+                    let qos2: Vec<Arc<StrictClient>> = self
+                        .w
+                        .subscribers
+                        .iter()
+                        .filter(|(_, q)| *q == starling_codec::QoS::ExactlyOnce)
+                        .map(|(s, _)| s.clone())
+                        .collect();
+                    (
+                        self.rng.pick(&qos2),
+                        if first {
+                            Stage::PubRecSent
+                        } else {
+                            Stage::PubRelReceived
+                        },
+                    )
+                };
+                let held = match aim(&cl, stage).await {
+                    Some(h) => h,
+                    None => {
+                        self.missed_aims += 1;
+                        say(&format!(
+                            "+{:.1}s {}: {} did not reach {stage:?} in time; retried later",
+                            self.start.elapsed().as_secs_f64(),
+                            kind.name(),
+                            cl.client_id()
+                        ));
+                        return None;
+                    }
+                };
+                let victim = self
+                    .c
+                    .node_of(held.node)
+                    .expect("the held flow's node is a cluster node");
+                let down = self.down_time();
+                at = Instant::now();
+                let killed = blocking(|| c.kill(victim));
+                // The flow's connection died with its node: the client resumes elsewhere
+                // without writing what was due.
+                cl.release(Release::Reconnect)
+                    .unwrap_or_else(|e| panic!("{}: {e}", cl.client_id()));
+                killed.unwrap_or_else(|e| panic!("{e}"));
+                tokio::time::sleep(down).await;
+                healed = Instant::now();
+                blocking(|| c.start_node(victim)).unwrap_or_else(|e| panic!("{e}"));
+                detail = format!(
+                    "{} at {:?} (packet id {}, topic {}); down {:.1}s",
+                    cl.client_id(),
+                    held.stage,
+                    held.packet_id,
+                    held.topic,
+                    down.as_secs_f64()
+                );
+                nodes = vec![victim];
+            }
+            Kind::IsolateLeader | Kind::IsolateFollower => {
+                let leader = self.leader();
+                let victim = if kind == Kind::IsolateLeader {
+                    leader
+                } else {
+                    let followers: Vec<usize> = (0..NODES).filter(|i| *i != leader).collect();
+                    self.rng.pick(&followers)
+                };
+                let down = self.rng.millis(3000, 8000);
+                at = Instant::now();
+                blocking(|| c.disconnect(victim)).unwrap_or_else(|e| panic!("{e}"));
+                tokio::time::sleep(down).await;
+                healed = Instant::now();
+                blocking(|| c.connect(victim)).unwrap_or_else(|e| panic!("{e}"));
+                detail = format!(
+                    "{} isolated {:.1}s (leader was node {})",
+                    if victim == leader {
+                        "leader"
+                    } else {
+                        "follower"
+                    },
+                    down.as_secs_f64(),
+                    leader + 1
+                );
+                nodes = vec![victim];
+            }
+            Kind::PauseNode => {
+                let leader = self.leader();
+                let victim = self.rng.range(0, NODES as u64 - 1) as usize;
+                // The election timeout is 1 s (10 ticks of 100 ms).
+                let down = self.rng.millis(2000, 6000);
+                at = Instant::now();
+                blocking(|| c.pause(victim)).unwrap_or_else(|e| panic!("{e}"));
+                tokio::time::sleep(down).await;
+                healed = Instant::now();
+                blocking(|| c.unpause(victim)).unwrap_or_else(|e| panic!("{e}"));
+                detail = format!(
+                    "{} paused {:.1}s",
+                    if victim == leader {
+                        "leader"
+                    } else {
+                        "follower"
+                    },
+                    down.as_secs_f64()
+                );
+                nodes = vec![victim];
+            }
+            Kind::RestartAll => {
+                let down = self.rng.millis(500, 4000);
+                at = Instant::now();
+                blocking(|| c.kill_all()).unwrap_or_else(|e| panic!("{e}"));
+                tokio::time::sleep(down).await;
+                healed = Instant::now();
+                blocking(|| c.start_all()).unwrap_or_else(|e| panic!("{e}"));
+                detail = format!("all down {:.1}s", down.as_secs_f64());
+                nodes = (0..NODES).collect();
+            }
+        }
+        let recovered = blocking(|| c.wait_all_ready(RECOVERY)).unwrap_or_else(|e| {
+            panic!(
+                "{} ({detail}): the cluster did not recover: {e}",
+                kind.name()
+            )
+        });
+        let f = Injected {
+            kind,
+            nodes,
+            detail,
+            at,
+            healed,
+            recovered,
+        };
+        say(&format!(
+            "+{:.1}s fault {}: {} on node {:?} ({}); every node ready {:.1}s after healing",
+            (f.at - self.start).as_secs_f64(),
+            self.log.len() + 1,
+            kind.name(),
+            f.nodes.iter().map(|n| n + 1).collect::<Vec<_>>(),
+            f.detail,
+            f.recovered.as_secs_f64()
+        ));
+        self.log.push(f.clone());
+        Some(f)
+    }
+}
+
+/// Arms a pause of `cl` at `stage` of its next QoS 2 flow and waits for it. `None` (and the
+/// client running again) if the flow did not get there within 15 s.
+async fn aim(cl: &StrictClient, stage: Stage) -> Option<Held> {
+    cl.hold(stage, None).ok()?;
+    match cl.wait_held(Duration::from_secs(15)).await {
+        Ok(h) => Some(h),
+        Err(_) => {
+            // Disarm; if the pause happened meanwhile, the release (handled after the disarm,
+            // in order) ends it.
+            let _ = cl.unhold();
+            let _ = cl.release(Release::Continue);
+            None
+        }
+    }
+}

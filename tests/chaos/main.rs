@@ -1,0 +1,517 @@
+//! Jepsen-style chaos tests on the three-node docker-compose cluster (`docs/chaos.md`).
+//!
+//! The FROM-scratch image (`deploy/docker/build.sh`) runs as the compose project
+//! `starling-chaos` (`deploy/compose/docker-compose.yml`, ports on loopback). Persistent-session
+//! strict clients ([`starling_testkit::StrictClient`]) publish sequence-numbered QoS 1 and
+//! QoS 2 messages and subscribe, spread over the nodes, each failing over through the node list
+//! ([`workload`]), while Docker kills, isolates and pauses nodes ([`faults`]): a random node,
+//! the leader, a publisher's node, a subscriber's node, a node in the middle of a QoS 2 flow
+//! (between PUBREC and PUBREL, between PUBREL and PUBCOMP), the leader or a follower cut off
+//! the network, a node paused past the election timeout, every node at once. Then
+//! [`verdict`] checks the recorded history: QoS 2 exactly once, QoS 1 at least once,
+//! per-publisher order per topic, retained messages equal on every node, every acknowledged
+//! subscription still delivering, no session lost, replicas converged.
+//!
+//! Runs only with `STARLING_RUN_DOCKER_TESTS=1` (`tests/chaos/run.sh` sets it); prints SKIPPED
+//! otherwise. The checker's own tests always run.
+//!
+//! | Variable | Default | |
+//! |---|---|---|
+//! | `STARLING_CHAOS_SECS` | 300 | length of the fault phase |
+//! | `STARLING_CHAOS_FAULTS` | 30 | fewest faults (the phase runs on until there were this many) |
+//! | `STARLING_CHAOS_RATE` | 20 | messages a second per publisher (three publishers) |
+//! | `STARLING_TEST_SEED` | clock | replays a run's choices (printed at the start) |
+//! | `STARLING_CHAOS_HISTORY` | `<target>/chaos/history-<seed>.jsonl` | where the history goes |
+//! | `STARLING_CHAOS_IMAGE` | `starling:chaos` | the image (built if missing) |
+
+// The failover suite's per-subscriber checker.
+#[path = "../failover/check.rs"]
+#[allow(dead_code)]
+mod check;
+mod compose;
+mod faults;
+mod verdict;
+mod workload;
+
+use std::collections::{BTreeMap, HashSet};
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use starling_codec::QoS;
+use starling_testkit::StrictClient;
+
+use crate::check::{ledger_from_history, parse_payload};
+use crate::compose::{say, Cluster, NODES};
+use crate::faults::{blocking, Chaos, Kind, Rng, ALL};
+use crate::verdict::{Report, SubscriberView};
+use crate::workload::Workload;
+
+const GATE: &str = "STARLING_RUN_DOCKER_TESTS";
+/// From `compose up` to `/readyz` 200 on every node.
+const START: Duration = Duration::from_secs(180);
+/// For the publishers to complete what they hold once the faults are over.
+const DRAIN: Duration = Duration::from_secs(180);
+/// For the subscribers to receive everything acknowledged, for probes and retained messages.
+const DELIVER: Duration = Duration::from_secs(120);
+
+fn env_u64(var: &str, default: u64) -> u64 {
+    std::env::var(var)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// `<target dir>/chaos`, from the test binary's path (`<target>/<profile>/deps/chaos-*`).
+fn target_dir() -> PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|p| p.ancestors().nth(3).map(PathBuf::from))
+        .unwrap_or_else(std::env::temp_dir)
+        .join("chaos")
+}
+
+/// Polls `cond` every 200 ms until it holds or `timeout` passes; returns whether it held.
+async fn poll(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_on_the_compose_cluster() {
+    if std::env::var(GATE).as_deref() != Ok("1") {
+        say(&format!(
+            "SKIPPED chaos_on_the_compose_cluster: set {GATE}=1 (or run tests/chaos/run.sh) to \
+             run the chaos test on the compose cluster (needs a Docker engine)"
+        ));
+        return;
+    }
+    let secs = Duration::from_secs(env_u64("STARLING_CHAOS_SECS", 300));
+    let min_faults = env_u64("STARLING_CHAOS_FAULTS", 30) as usize;
+    let rate = env_u64("STARLING_CHAOS_RATE", 20) as f64;
+    let seed = env_u64(
+        "STARLING_TEST_SEED",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64),
+    );
+    say(&format!(
+        "STARLING_TEST_SEED={seed} STARLING_CHAOS_SECS={} STARLING_CHAOS_FAULTS={min_faults} \
+         STARLING_CHAOS_RATE={rate}",
+        secs.as_secs()
+    ));
+    let mut rng = Rng::new(seed);
+    let image = std::env::var("STARLING_CHAOS_IMAGE").unwrap_or_else(|_| "starling:chaos".into());
+    blocking(|| compose::ensure_image(&image));
+
+    let t0 = Instant::now();
+    let c = blocking(|| Cluster::start(&image, START));
+    say(&format!(
+        "cluster up: /readyz 200 on every node {:.1}s after compose up; {}",
+        t0.elapsed().as_secs_f64(),
+        c.describe().replace('\n', "; ")
+    ));
+
+    let start = Instant::now();
+    let mut w = Workload::start(&c, rate).await;
+    let flowing = poll(Duration::from_secs(60), || {
+        w.subscribers.iter().all(|(s, _)| s.delivered() >= 20)
+    })
+    .await;
+    assert!(flowing, "no traffic: {:?}", w.fatal());
+
+    // ---- faults
+    let mut chaos = Chaos::new(&c, &w, Rng::new(rng.range(1, u64::MAX - 1)), start);
+    let chaos_start = Instant::now();
+    let mut order: Vec<Kind> = Vec::new();
+    let mut retries: BTreeMap<Kind, u32> = BTreeMap::new();
+    while chaos_start.elapsed() < secs || chaos.log.len() < min_faults {
+        if order.is_empty() {
+            order = rng.round();
+        }
+        let kind = order.pop().expect("a kind");
+        chaos.gap().await;
+        if let Some(f) = w.fatal() {
+            panic!("a client gave up: {f}");
+        }
+        if chaos.inject(kind).await.is_none() {
+            // An aim that missed its stage is tried again (a few times) later in the round.
+            let n = retries.entry(kind).or_default();
+            *n += 1;
+            if *n <= 5 {
+                order.insert(0, kind);
+            }
+        }
+    }
+    let chaos_took = chaos_start.elapsed();
+    let faults = std::mem::take(&mut chaos.log);
+    let missed_aims = chaos.missed_aims;
+    drop(chaos);
+    say(&format!(
+        "{} faults in {:.0}s; draining",
+        faults.len(),
+        chaos_took.as_secs_f64()
+    ));
+
+    // ---- drain: everything handed out completes and arrives
+    blocking(|| c.heal_everything());
+    blocking(|| c.wait_all_ready(START)).unwrap_or_else(|e| panic!("after the faults: {e}"));
+    w.stop_feeding().await;
+    for p in w.clients() {
+        p.wait_idle(DRAIN)
+            .await
+            .unwrap_or_else(|e| panic!("draining: {e}\n{}", c.describe()));
+    }
+    let mut ledger = Vec::new();
+    for p in &w.publishers {
+        ledger.extend(ledger_from_history(&p.history()));
+    }
+    let want: HashSet<(String, u64)> = ledger
+        .iter()
+        .filter(|p| p.completed)
+        .map(|p| (p.publisher.clone(), p.seq))
+        .collect();
+    for (s, _) in &w.subscribers {
+        let all = poll(DELIVER, || {
+            let got: HashSet<(String, u64)> = s
+                .deliveries()
+                .iter()
+                .filter_map(|d| parse_payload(&d.payload))
+                .collect();
+            want.is_subset(&got)
+        })
+        .await;
+        if !all {
+            say(&format!(
+                "{}: not everything acknowledged arrived within {DELIVER:?}",
+                s.client_id()
+            ));
+        }
+        let done = poll(DELIVER, || s.inbound_awaiting().is_empty()).await;
+        assert!(
+            done,
+            "{} still awaits PUBREL for {:?}",
+            s.client_id(),
+            s.inbound_awaiting()
+        );
+    }
+
+    // ---- acknowledged subscriptions: one probe each
+    let acked = w
+        .acked_subscriptions
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    for (client, topic) in &acked {
+        drop(
+            w.retainer
+                .publish_nowait(topic, format!("probe/{client}"), QoS::AtLeastOnce, false),
+        );
+    }
+    w.retainer
+        .wait_idle(DRAIN)
+        .await
+        .unwrap_or_else(|e| panic!("probes: {e}"));
+    let probed = poll(DELIVER, || {
+        acked.iter().all(|(client, topic)| {
+            w.subscribers
+                .iter()
+                .find(|(s, _)| s.client_id() == client)
+                .is_some_and(|(s, _)| s.deliveries().iter().any(|d| d.topic == *topic))
+        })
+    })
+    .await;
+    if !probed {
+        say("not every probe arrived");
+    }
+
+    // ---- replicas and retained messages
+    let converged = {
+        let c = &c;
+        poll(Duration::from_secs(60), move || {
+            blocking(|| c.converged()).is_some()
+        })
+        .await
+    };
+    let replicas = blocking(|| c.converged());
+    let mut expected_retained: BTreeMap<String, (u64, String)> = BTreeMap::new();
+    for p in ledger_from_history(&w.retainer.history()) {
+        if p.completed && p.topic.starts_with("chaosret/") {
+            let e = expected_retained
+                .entry(p.topic.clone())
+                .or_insert((0, String::new()));
+            if p.seq > e.0 {
+                *e = (p.seq, format!("{}/{}", p.publisher, p.seq));
+            }
+        }
+    }
+    let expected_retained: BTreeMap<String, String> = expected_retained
+        .into_iter()
+        .map(|(t, (_, p))| (t, p))
+        .collect();
+    let mut retained_per_node = Vec::new();
+    for i in 0..NODES {
+        retained_per_node.push((
+            format!("node {}", i + 1),
+            retained_on(&c, i, expected_retained.len()).await,
+        ));
+    }
+
+    // ---- the verdict
+    let subs: Vec<SubscriberView> = w
+        .subscribers
+        .iter()
+        .map(|(s, q)| SubscriberView {
+            client: s.client_id().to_string(),
+            qos: *q,
+            deliveries: s.deliveries(),
+            history: s.history(),
+        })
+        .collect();
+    let mut report = verdict::check_messages(&ledger, &subs);
+    for p in w.publishers.iter().chain([&w.retainer]) {
+        report
+            .sessions_lost
+            .extend(verdict::sessions_lost(p.client_id(), &p.history()));
+    }
+    report.retained = verdict::check_retained(&expected_retained, &retained_per_node);
+    let by_client: BTreeMap<String, Vec<starling_testkit::strict::Delivery>> = subs
+        .iter()
+        .map(|s| (s.client.clone(), s.deliveries.clone()))
+        .collect();
+    report.subscriptions_lost = verdict::check_subscriptions(&acked, &by_client);
+    if !converged {
+        report.replicas.push(format!(
+            "no common applied index and digest within 60 s:\n{}",
+            c.describe()
+        ));
+    }
+
+    let history = write_history(seed, start, &w.clients(), &faults);
+    let failovers: Vec<Duration> = w
+        .clients()
+        .iter()
+        .flat_map(|cl| verdict::failover_times(&cl.history()))
+        .collect();
+    let recoveries: Vec<Duration> = faults.iter().map(|f| f.recovered).collect();
+    summary(&Summary {
+        seed,
+        chaos_took,
+        report: &report,
+        ledger: &ledger,
+        faults: &faults,
+        missed_aims,
+        retained_topics: expected_retained.len(),
+        acked_subscriptions: acked.len(),
+        replicas: replicas.as_ref(),
+        failovers: &failovers,
+        recoveries: &recoveries,
+        history: &history,
+    });
+
+    let problems = report.problems();
+    assert!(
+        problems.is_empty(),
+        "chaos (seed {seed}): {}\nhistory: {}",
+        problems.join("\n"),
+        history.display()
+    );
+    let kinds: HashSet<Kind> = faults.iter().map(|f| f.kind).collect();
+    if faults.len() >= ALL.len() {
+        let missing: Vec<&str> = ALL
+            .iter()
+            .filter(|k| !kinds.contains(k))
+            .map(|k| k.name())
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "fault kinds never injected: {missing:?}"
+        );
+    }
+    assert!(
+        faults.len() >= min_faults,
+        "{} faults, fewer than {min_faults}",
+        faults.len()
+    );
+    assert!(
+        report.completed >= 100,
+        "too little traffic: {} messages acknowledged",
+        report.completed
+    );
+    drop(w);
+    drop(c);
+}
+
+/// The retained messages a new clean session on node `i` receives for `chaosret/#`: topic →
+/// payload. Waits until `want` topics arrived (or the deadline).
+async fn retained_on(c: &Cluster, i: usize, want: usize) -> BTreeMap<String, String> {
+    let mut cfg = workload::config(c, &format!("chaos-retained-check-{i}"), 1);
+    cfg.nodes = vec![c.mqtt_addr(i)];
+    cfg.clean_session = true;
+    cfg.failover_deadline = Duration::from_secs(30);
+    let Ok(cl) = StrictClient::connect(cfg).await else {
+        return BTreeMap::new();
+    };
+    if cl
+        .subscribe(&[("chaosret/#", QoS::AtLeastOnce)], Duration::from_secs(30))
+        .await
+        .is_err()
+    {
+        return BTreeMap::new();
+    }
+    let cl = Arc::new(cl);
+    let got = |cl: &StrictClient| -> BTreeMap<String, String> {
+        cl.deliveries()
+            .iter()
+            .filter(|d| d.retain)
+            .map(|d| {
+                (
+                    d.topic.clone(),
+                    String::from_utf8_lossy(&d.payload).into_owned(),
+                )
+            })
+            .collect()
+    };
+    poll(DELIVER, || got(&cl).len() >= want).await;
+    got(&cl)
+}
+
+/// Every client's history and the faults, as JSON lines ordered by time.
+fn write_history(
+    seed: u64,
+    start: Instant,
+    clients: &[Arc<StrictClient>],
+    faults: &[faults::Injected],
+) -> PathBuf {
+    let path = std::env::var("STARLING_CHAOS_HISTORY")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| target_dir().join(format!("history-{seed}.jsonl")));
+    if let Some(dir) = path.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    let mut lines: Vec<(f64, String)> = Vec::new();
+    for cl in clients {
+        for r in cl.history() {
+            let v = verdict::record_json(start, cl.client_id(), &r);
+            lines.push((verdict::secs(start, r.at), v.to_string()));
+        }
+    }
+    for f in faults {
+        let v = serde_json::json!({
+            "t": verdict::secs(start, f.at),
+            "ev": "fault",
+            "kind": f.kind.name(),
+            "nodes": f.nodes.iter().map(|n| n + 1).collect::<Vec<_>>(),
+            "detail": f.detail,
+            "healed_t": verdict::secs(start, f.healed),
+            "recovered_s": f.recovered.as_secs_f64(),
+        });
+        lines.push((verdict::secs(start, f.at), v.to_string()));
+    }
+    lines.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let file = std::fs::File::create(&path)
+        .unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
+    let mut out = std::io::BufWriter::new(file);
+    for (_, l) in &lines {
+        writeln!(out, "{l}").expect("history written");
+    }
+    out.flush().expect("history written");
+    path
+}
+
+struct Summary<'a> {
+    seed: u64,
+    chaos_took: Duration,
+    report: &'a Report,
+    ledger: &'a [check::Published],
+    faults: &'a [faults::Injected],
+    missed_aims: usize,
+    retained_topics: usize,
+    acked_subscriptions: usize,
+    replicas: Option<&'a (u64, String)>,
+    failovers: &'a [Duration],
+    recoveries: &'a [Duration],
+    history: &'a PathBuf,
+}
+
+fn summary(s: &Summary<'_>) {
+    let r = s.report;
+    let by_qos = |q: QoS| s.ledger.iter().filter(|p| p.qos == q).count();
+    let resent = s.ledger.iter().filter(|p| p.writes > 1).count();
+    let mut kinds: BTreeMap<&str, usize> = ALL.iter().map(|k| (k.name(), 0)).collect();
+    for f in s.faults {
+        *kinds.entry(f.kind.name()).or_default() += 1;
+    }
+    let lines = [
+        format!(
+            "===== chaos summary (seed {}, {:.0}s of faults) =====",
+            s.seed,
+            s.chaos_took.as_secs_f64()
+        ),
+        format!(
+            "messages: {} published (QoS 1: {}, QoS 2: {}; {} written more than once), {} \
+             acknowledged; deliveries: {} expected, {} seen ({} QoS 1 redeliveries)",
+            r.published,
+            by_qos(QoS::AtLeastOnce),
+            by_qos(QoS::ExactlyOnce),
+            resent,
+            r.completed,
+            r.expected,
+            r.deliveries,
+            r.qos1_redeliveries
+        ),
+        format!(
+            "faults: {} ({}); aims at a QoS 2 stage that missed: {}",
+            s.faults.len(),
+            kinds
+                .iter()
+                .map(|(k, n)| format!("{k} {n}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            s.missed_aims
+        ),
+        format!(
+            "lost: {}, duplicated: {}, reordered: {} (out of order after a publisher's resend, \
+             allowed: {}), unknown: {}",
+            r.lost.len(),
+            r.duplicated.len(),
+            r.reordered.len(),
+            r.explained_reorders,
+            r.unknown.len()
+        ),
+        format!(
+            "retained: {} topics checked on {NODES} nodes, {} differences; subscriptions: {} \
+             acknowledged, {} lost; sessions lost: {}; replicas: {}",
+            s.retained_topics,
+            r.retained.len(),
+            s.acked_subscriptions,
+            r.subscriptions_lost.len(),
+            r.sessions_lost.len(),
+            match s.replicas {
+                Some((i, d)) => format!("converged at applied index {i}, digest {d}"),
+                None => "NOT converged".into(),
+            }
+        ),
+        format!(
+            "failover time (client lost its connection -> next CONNACK 0): {}",
+            verdict::percentiles(&mut s.failovers.to_vec())
+        ),
+        format!(
+            "recovery time (fault healed -> /readyz 200 on every node): {}",
+            verdict::percentiles(&mut s.recoveries.to_vec())
+        ),
+        format!("history (JSON lines): {}", s.history.display()),
+    ];
+    for l in lines {
+        say(&l);
+    }
+}
