@@ -196,34 +196,7 @@ pub(crate) fn percentiles(v: &mut [Duration]) -> String {
     )
 }
 
-/// A small seeded random source (xorshift64*), so that a failing chaos run can be replayed
-/// with `STARLING_TEST_SEED`.
-pub(crate) struct Rng(u64);
-
-impl Rng {
-    /// Seeded from `STARLING_TEST_SEED` or the clock; prints the seed.
-    pub(crate) fn new(test: &str) -> Rng {
-        let seed = std::env::var("STARLING_TEST_SEED")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| {
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(1, |d| d.as_nanos() as u64)
-            })
-            | 1;
-        println!("{test}: STARLING_TEST_SEED={seed}");
-        Rng(seed)
-    }
-
-    /// The next number in `lo..=hi`.
-    pub(crate) fn range(&mut self, lo: u64, hi: u64) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        lo + self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) % (hi - lo + 1)
-    }
-}
+pub(crate) use starling_testkit::Rng;
 
 /// A number from the environment, or `default`.
 pub(crate) fn env_u64(var: &str, default: u64) -> u64 {

@@ -13,11 +13,13 @@
 pub mod broker;
 pub mod cluster;
 pub mod raw;
+pub mod seed;
 pub mod strict;
 pub mod wait;
 
 pub use broker::{BrokerBuilder, BrokerProcess};
 pub use cluster::{ClusterBuilder, ClusterNode, Converged, TestCluster};
 pub use raw::{RawClient, RecvError};
+pub use seed::Rng;
 pub use strict::{StrictClient, StrictConfig};
 pub use wait::{wait_until, wait_until_async};

@@ -1,0 +1,48 @@
+//! A small seeded random source for tests that inject faults at random, so that a failing run
+//! can be replayed with `STARLING_TEST_SEED`.
+
+/// xorshift64*: seeded from `STARLING_TEST_SEED` or the clock.
+#[derive(Debug)]
+pub struct Rng(u64);
+
+impl Rng {
+    /// Seeded from `STARLING_TEST_SEED` or the clock; prints the seed with the test's name.
+    pub fn new(test: &str) -> Rng {
+        let seed = std::env::var("STARLING_TEST_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(1, |d| d.as_nanos() as u64)
+            })
+            | 1;
+        println!("{test}: STARLING_TEST_SEED={seed}");
+        Rng(seed)
+    }
+
+    /// The next number in `lo..=hi`.
+    pub fn range(&mut self, lo: u64, hi: u64) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        lo + self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) % (hi - lo + 1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stays_in_range_and_covers_it() {
+        let mut r = Rng(42);
+        let mut seen = [false; 4];
+        for _ in 0..1000 {
+            let v = r.range(3, 6);
+            assert!((3..=6).contains(&v));
+            seen[(v - 3) as usize] = true;
+        }
+        assert!(seen.iter().all(|s| *s));
+    }
+}
