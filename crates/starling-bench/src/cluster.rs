@@ -23,7 +23,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use crate::broker::{BrokerProcess, Limits, StarlingSpec};
-use crate::compare::{int, median_min_max, parse_row, si, Row};
+use crate::compare::{create_outputs, int, median_min_max, parse_row, si, Row};
 use crate::scenario::run_blocking;
 use crate::stats::{ClusterInfo, Summary};
 use crate::sys;
@@ -501,14 +501,7 @@ pub fn run(a: &ClusterArgs) -> Result<String, BenchError> {
         queued: a.queued,
         ..Limits::default()
     };
-    for dir in [a.out.parent(), a.table.parent()].into_iter().flatten() {
-        if !dir.as_os_str().is_empty() {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| BenchError::io(format!("create {}", dir.display()), e))?;
-        }
-    }
-    let mut out = std::fs::File::create(&a.out)
-        .map_err(|e| BenchError::io(format!("create {}", a.out.display()), e))?;
+    let mut out = create_outputs(&a.out, &a.table)?;
     let mut results = Vec::new();
     let n = selected.len();
     for (ri, row) in selected.iter().enumerate() {

@@ -258,14 +258,7 @@ pub fn run(a: &CompareArgs) -> Result<String, BenchError> {
         queued: a.queued,
         ..Limits::default()
     };
-    for dir in [a.out.parent(), a.table.parent()].into_iter().flatten() {
-        if !dir.as_os_str().is_empty() {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| BenchError::io(format!("create {}", dir.display()), e))?;
-        }
-    }
-    let mut out = std::fs::File::create(&a.out)
-        .map_err(|e| BenchError::io(format!("create {}", a.out.display()), e))?;
+    let mut out = create_outputs(&a.out, &a.table)?;
     let mut results = Vec::new();
     let n = selected.len();
     for (ri, row) in selected.iter().enumerate() {
@@ -585,4 +578,18 @@ mod tests {
             "{t}"
         );
     }
+}
+
+/// Creates the directories of the JSON lines file `out` and the table `table`, and `out`.
+pub(crate) fn create_outputs(
+    out: &std::path::Path,
+    table: &std::path::Path,
+) -> Result<std::fs::File, BenchError> {
+    for dir in [out.parent(), table.parent()].into_iter().flatten() {
+        if !dir.as_os_str().is_empty() {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| BenchError::io(format!("create {}", dir.display()), e))?;
+        }
+    }
+    std::fs::File::create(out).map_err(|e| BenchError::io(format!("create {}", out.display()), e))
 }
