@@ -530,6 +530,20 @@ pub fn render(results: &[Summary], brokers: &[BrokerKind], a: &CompareArgs) -> S
     t
 }
 
+/// Creates the directories of the JSON lines file `out` and the table `table`, and `out`.
+pub(crate) fn create_outputs(
+    out: &std::path::Path,
+    table: &std::path::Path,
+) -> Result<std::fs::File, BenchError> {
+    for dir in [out.parent(), table.parent()].into_iter().flatten() {
+        if !dir.as_os_str().is_empty() {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| BenchError::io(format!("create {}", dir.display()), e))?;
+        }
+    }
+    std::fs::File::create(out).map_err(|e| BenchError::io(format!("create {}", out.display()), e))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -578,18 +592,4 @@ mod tests {
             "{t}"
         );
     }
-}
-
-/// Creates the directories of the JSON lines file `out` and the table `table`, and `out`.
-pub(crate) fn create_outputs(
-    out: &std::path::Path,
-    table: &std::path::Path,
-) -> Result<std::fs::File, BenchError> {
-    for dir in [out.parent(), table.parent()].into_iter().flatten() {
-        if !dir.as_os_str().is_empty() {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| BenchError::io(format!("create {}", dir.display()), e))?;
-        }
-    }
-    std::fs::File::create(out).map_err(|e| BenchError::io(format!("create {}", out.display()), e))
 }
