@@ -188,7 +188,7 @@ impl<'a> Chaos<'a> {
     pub(crate) async fn inject(&mut self, kind: Kind) -> Option<Injected> {
         let c = self.c;
         let at;
-        let mut detail = String::new();
+        let detail;
         let nodes: Vec<usize>;
         let healed;
         match kind {
@@ -196,11 +196,10 @@ impl<'a> Chaos<'a> {
             | Kind::KillLeader
             | Kind::KillPublisherNode
             | Kind::KillSubscriberNode => {
-                let victim = match kind {
+                let (victim, what) = match kind {
                     Kind::KillLeader => {
                         let l = self.leader();
-                        detail = format!("leader node {}", l + 1);
-                        l
+                        (l, format!("leader node {}", l + 1))
                     }
                     Kind::KillPublisherNode | Kind::KillSubscriberNode => {
                         let clients: Vec<Arc<StrictClient>> = if kind == Kind::KillPublisherNode {
@@ -210,20 +209,17 @@ impl<'a> Chaos<'a> {
                         };
                         let cl = self.rng.pick(&clients);
                         match self.node_of_client(&cl) {
-                            Some(n) => {
-                                detail = format!("node of {}", cl.client_id());
-                                n
-                            }
-                            None => {
-                                detail = format!("{} not connected: random node", cl.client_id());
-                                self.rng.range(0, NODES as u64 - 1) as usize
-                            }
+                            Some(n) => (n, format!("node of {}", cl.client_id())),
+                            None => (
+                                self.rng.range(0, NODES as u64 - 1) as usize,
+                                format!("{} not connected: random node", cl.client_id()),
+                            ),
                         }
                     }
-                    _ => {
-                        detail = "random node".into();
-                        self.rng.range(0, NODES as u64 - 1) as usize
-                    }
+                    _ => (
+                        self.rng.range(0, NODES as u64 - 1) as usize,
+                        "random node".to_string(),
+                    ),
                 };
                 let down = self.down_time();
                 at = Instant::now();
@@ -231,7 +227,7 @@ impl<'a> Chaos<'a> {
                 tokio::time::sleep(down).await;
                 healed = Instant::now();
                 blocking(|| c.start_node(victim)).unwrap_or_else(|e| panic!("{e}"));
-                detail = format!("{detail}; down {:.1}s", down.as_secs_f64());
+                detail = format!("{what}; down {:.1}s", down.as_secs_f64());
                 nodes = vec![victim];
             }
             Kind::KillBetweenPubRecAndPubRel | Kind::KillBetweenPubRelAndPubComp => {
