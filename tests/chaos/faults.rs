@@ -89,39 +89,16 @@ pub(crate) struct Injected {
     pub(crate) recovered: Duration,
 }
 
-/// A small seeded random source (xorshift64*): a run is replayed with `STARLING_TEST_SEED`.
-pub(crate) struct Rng(u64);
+pub(crate) use starling_testkit::Rng;
 
-impl Rng {
-    pub(crate) fn new(seed: u64) -> Rng {
-        Rng(seed | 1)
+/// Every kind once, in random order.
+pub(crate) fn round(rng: &mut Rng) -> Vec<Kind> {
+    let mut v = ALL.to_vec();
+    for i in (1..v.len()).rev() {
+        let j = rng.range(0, i as u64) as usize;
+        v.swap(i, j);
     }
-
-    /// The next number in `lo..=hi`.
-    pub(crate) fn range(&mut self, lo: u64, hi: u64) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        lo + self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) % (hi - lo + 1)
-    }
-
-    fn millis(&mut self, lo: u64, hi: u64) -> Duration {
-        Duration::from_millis(self.range(lo, hi))
-    }
-
-    fn pick<T: Clone>(&mut self, v: &[T]) -> T {
-        v[self.range(0, v.len() as u64 - 1) as usize].clone()
-    }
-
-    /// Every kind once, in random order.
-    pub(crate) fn round(&mut self) -> Vec<Kind> {
-        let mut v = ALL.to_vec();
-        for i in (1..v.len()).rev() {
-            let j = self.range(0, i as u64) as usize;
-            v.swap(i, j);
-        }
-        v
-    }
+    v
 }
 
 /// Runs cluster operations (docker, admin HTTP, polling) without stalling the runtime.

@@ -109,7 +109,7 @@ async fn chaos_on_the_compose_cluster() {
          STARLING_CHAOS_RATE={rate}",
         secs.as_secs()
     ));
-    let mut rng = Rng::new(seed);
+    let mut rng = Rng::from_seed(seed);
     let image = std::env::var("STARLING_CHAOS_IMAGE").unwrap_or_else(|_| "starling:chaos".into());
     blocking(|| compose::ensure_image(&image));
 
@@ -130,13 +130,13 @@ async fn chaos_on_the_compose_cluster() {
     assert!(flowing, "no traffic: {:?}", w.fatal());
 
     // ---- faults
-    let mut chaos = Chaos::new(&c, &w, Rng::new(rng.range(1, u64::MAX - 1)), start);
+    let mut chaos = Chaos::new(&c, &w, Rng::from_seed(rng.range(1, u64::MAX - 1)), start);
     let chaos_start = Instant::now();
     let mut order: Vec<Kind> = Vec::new();
     let mut retries: BTreeMap<Kind, u32> = BTreeMap::new();
     while chaos_start.elapsed() < secs || chaos.log.len() < min_faults {
         if order.is_empty() {
-            order = rng.round();
+            order = faults::round(&mut rng);
         }
         let kind = order.pop().expect("a kind");
         chaos.gap().await;

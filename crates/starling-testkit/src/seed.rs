@@ -21,12 +21,27 @@ impl Rng {
         Rng(seed)
     }
 
+    /// Seeded with `seed` (made odd: xorshift never leaves zero).
+    pub fn from_seed(seed: u64) -> Rng {
+        Rng(seed | 1)
+    }
+
     /// The next number in `lo..=hi`.
     pub fn range(&mut self, lo: u64, hi: u64) -> u64 {
         self.0 ^= self.0 >> 12;
         self.0 ^= self.0 << 25;
         self.0 ^= self.0 >> 27;
         lo + self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) % (hi - lo + 1)
+    }
+
+    /// A duration of `lo..=hi` milliseconds.
+    pub fn millis(&mut self, lo: u64, hi: u64) -> std::time::Duration {
+        std::time::Duration::from_millis(self.range(lo, hi))
+    }
+
+    /// A clone of one element of `v` (not empty).
+    pub fn pick<T: Clone>(&mut self, v: &[T]) -> T {
+        v[self.range(0, v.len() as u64 - 1) as usize].clone()
     }
 }
 
