@@ -103,8 +103,8 @@ async fn cross_node_qos_levels_wildcards_and_order() {
         })
         .await
         .unwrap_or_else(|e| panic!("{e}\n{}", diagnose(&c, &[sub, &publ])));
-        // Nothing more trickles in.
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        // Every node has applied everything: a duplicate would have been delivered by now.
+        blocking(|| c.wait_converged(CONVERGE));
         let d = sub.deliveries();
         let got: BTreeMap<u64, QoS> = d
             .iter()
@@ -237,7 +237,7 @@ async fn retained_messages_across_nodes() {
     late.wait_deliveries(PROMPT, "2 retained messages", |d| d.len() >= 2)
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    blocking(|| c.wait_converged(CONVERGE));
     let mut got: Vec<(String, String)> = late
         .deliveries()
         .iter()

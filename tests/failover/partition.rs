@@ -241,7 +241,6 @@ async fn leader_cut_off_minority_refuses_visibly_then_heals() {
     sub.wait_deliveries(FLOW, "41 messages", |d| d.len() >= 41)
         .await
         .unwrap_or_else(|e| panic!("{e}\n{}", diagnose(&c, &[&publ, &sub])));
-    tokio::time::sleep(Duration::from_millis(500)).await;
     blocking(|| c.wait_converged(CONVERGE));
     let mut ledger = ledger_from_history(&publ.history());
     ledger.push(Published {
@@ -364,7 +363,7 @@ async fn leader_stopped_majority_goes_on_then_old_leader_rejoins() {
     sub.wait_deliveries(FLOW, "121 messages", |d| d.len() >= 121)
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    blocking(|| c.wait_converged(CONVERGE));
     let mut ledger = ledger_from_history(&pf.history());
     ledger.extend(ledger_from_history(&plead.history()));
     let v = check(&ledger, &sub.deliveries(), QoS::ExactlyOnce);
@@ -540,7 +539,7 @@ async fn leader_partitioned_by_the_network_both_sides_alive() {
     sub.wait_deliveries(FLOW, "61 messages", |d| d.len() >= 61)
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    blocking(|| c.wait_converged(CONVERGE));
     let mut ledger = ledger_from_history(&on_majority.history());
     ledger.extend(ledger_from_history(&on_leader.history()));
     ledger.push(Published {

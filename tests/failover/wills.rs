@@ -41,9 +41,11 @@ async fn watcher(c: &TestCluster, node: u64, id: &str) -> StrictClient {
     w
 }
 
-/// Waits for the will of `id` and then a moment more; returns how many times it came and
-/// after how long.
+/// Waits for the will of `id`, then for every running node of `c` to have applied
+/// everything (a second NodeDown, or a second node publishing it, would have been delivered
+/// by then); returns how many times it came and after how long.
 async fn will_of(
+    c: &TestCluster,
     w: &StrictClient,
     id: &str,
     since: Instant,
@@ -60,8 +62,7 @@ async fn will_of(
         .iter()
         .find(|d| d.topic == topic)
         .map(|d| d.at - since);
-    // Duplicates would come from a second NodeDown or a second node: give them time.
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    blocking(|| c.wait_converged(CONVERGE));
     let n = w.deliveries().iter().filter(|d| d.topic == topic).count();
     (n, first.unwrap_or(within))
 }
@@ -82,7 +83,7 @@ async fn will_published_once_when_a_node_dies_and_stays_down() {
     blocking(|| c.wait_converged(CONVERGE));
     let t = Instant::now();
     blocking(|| c.kill9(pl.publisher));
-    let (n, after) = will_of(&w, "w-down", t, NODE_DOWN + Duration::from_secs(10)).await;
+    let (n, after) = will_of(&c, &w, "w-down", t, NODE_DOWN + Duration::from_secs(10)).await;
     measure("will after kill -9 (node stays down)", format!("{after:?}"));
     assert_eq!(n, 1, "the will exactly once\n{}", diagnose(&c, &[&w]));
 }
@@ -104,7 +105,7 @@ async fn will_published_once_when_a_node_dies_and_restarts_at_once() {
         c.restart(pl.publisher);
     });
     let t = Instant::now();
-    let (n, after) = will_of(&w, "w-back", t, Duration::from_secs(15)).await;
+    let (n, after) = will_of(&c, &w, "w-back", t, Duration::from_secs(15)).await;
     measure(
         "will after kill -9 and immediate restart",
         format!("{after:?}"),
@@ -141,6 +142,7 @@ async fn no_will_when_the_client_resumes_elsewhere_in_time() {
     let _back = with_will(&c, pl.leader, "w-moves").await;
     assert!(t.elapsed() < Duration::from_secs(3));
     let (n, _) = will_of(
+        &c,
         &w,
         "w-moves",
         t,

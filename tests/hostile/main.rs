@@ -354,11 +354,19 @@ async fn subscriber_that_never_reads() {
     println!(
         "MEASURE slow: {sent_mib:.0} MiB published in {flood:?} to a subscriber that never reads"
     );
-    // Give the broker a moment to settle with everything it kept.
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let dropped_line = b.log_lines().into_iter().find(|l| {
-        l.contains("never-reads") && (l.contains("max_queued") || l.contains("max_write_buffer"))
-    });
+    // The limit's log line, polled for (it is written when the broker drops, which may lag
+    // the publishers' last write by a moment).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let dropped_line = loop {
+        let line = b.log_lines().into_iter().find(|l| {
+            l.contains("never-reads")
+                && (l.contains("max_queued") || l.contains("max_write_buffer"))
+        });
+        if line.is_some() || Instant::now() >= deadline {
+            break line;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     println!("MEASURE slow: limit log line: {dropped_line:?}");
     // The slow subscriber's connection is still open (it is slow, not broken), or was closed
     // by a limit; either way the broker keeps serving the others (checked by finish).

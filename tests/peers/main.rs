@@ -241,8 +241,7 @@ async fn strangers_pointing_their_peers_at_the_cluster_change_nothing() {
             || [2, 3].iter().all(|id| !refused_lines(&c, *id).is_empty()),
         )
     });
-    std::thread::sleep(Duration::from_secs(3));
-    let after = blocking(|| view(&c));
+    let after = blocking(|| settled_view(&c));
     assert_eq!(
         before, after,
         "the cluster changed under strangers' campaigns"
