@@ -17,8 +17,8 @@
 //! Nothing is built here: the Starling binary is given (`--starling`).
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::io::Write;
+use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -343,52 +343,10 @@ fn wait_leader(nodes: &[Node], wait: Duration) -> Result<u64, BenchError> {
     }
 }
 
-/// `GET path` over HTTP/1.1 on a fresh connection; the status code and the body.
+/// `GET path` over HTTP/1.1 on a fresh connection (the testkit's admin client); the status
+/// code and the body.
 fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String), String> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))
-        .map_err(|e| format!("cannot reach {addr}: {e}"))?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))
-        .map_err(|e| e.to_string())?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .map_err(|e| format!("{addr}: {e}"))?;
-    let mut resp = Vec::new();
-    s.read_to_end(&mut resp)
-        .map_err(|e| format!("reading from {addr}: {e}"))?;
-    let resp = String::from_utf8_lossy(&resp);
-    let (head, body) = resp
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| format!("incomplete answer from {addr}"))?;
-    let code = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .ok_or_else(|| format!("not HTTP from {addr}: {head:?}"))?;
-    let chunked = head
-        .to_ascii_lowercase()
-        .lines()
-        .any(|l| l.starts_with("transfer-encoding:") && l.contains("chunked"));
-    let body = if chunked {
-        dechunk(body).ok_or_else(|| format!("bad chunked body from {addr}"))?
-    } else {
-        body.to_string()
-    };
-    Ok((code, body))
-}
-
-fn dechunk(mut s: &str) -> Option<String> {
-    let mut out = String::new();
-    loop {
-        let (size, rest) = s.split_once("\r\n")?;
-        let size = usize::from_str_radix(size.split(';').next()?.trim(), 16).ok()?;
-        if size == 0 {
-            return Some(out);
-        }
-        out.push_str(rest.get(..size)?);
-        s = rest.get(size + 2..)?;
-    }
+    starling_testkit::cluster::http(addr, "GET", path, None)
 }
 
 /// Runs one row once on a fresh topology.
@@ -904,14 +862,5 @@ mod tests {
             t.contains("load average at the start of the runs 1.5"),
             "{t}"
         );
-    }
-
-    #[test]
-    fn chunked_bodies() {
-        assert_eq!(
-            dechunk("4\r\n{\"a\"\r\n3\r\n:1}\r\n0\r\n\r\n").as_deref(),
-            Some("{\"a\":1}")
-        );
-        assert_eq!(dechunk("4\r\nab"), None);
     }
 }

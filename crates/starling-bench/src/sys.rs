@@ -68,22 +68,8 @@ pub fn load_averages() -> Option<[f64; 3]> {
     Some([it.next()??, it.next()??, it.next()??])
 }
 
-/// 32 random bytes as hex (std's randomly keyed SipHash): a fresh cluster secret per run.
-pub fn random_secret() -> String {
-    use std::hash::{BuildHasher, Hasher};
-    (0..4)
-        .map(|i| {
-            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-            h.write_u64(i);
-            h.write_u128(
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_nanos()),
-            );
-            format!("{:016x}", h.finish())
-        })
-        .collect()
-}
+/// 32 random bytes as hex: a fresh cluster secret per run.
+pub use starling_testkit::cluster::random_secret;
 
 /// Measures CPU and wall time of this process (and optionally of a broker) over an interval.
 #[derive(Clone, Copy, Debug)]

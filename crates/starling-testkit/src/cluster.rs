@@ -658,6 +658,15 @@ mod tests {
     use super::*;
 
     #[test]
+    fn chunked_bodies() {
+        assert_eq!(
+            dechunk("4\r\n{\"a\"\r\n3\r\n:1}\r\n0\r\n\r\n").as_deref(),
+            Some("{\"a\":1}")
+        );
+        assert_eq!(dechunk("4\r\nab"), None);
+    }
+
+    #[test]
     fn chunked_bodies_are_reassembled() {
         assert_eq!(
             dechunk("4\r\n{\"a\"\r\n3\r\n:1}\r\n0\r\n\r\n").as_deref(),
