@@ -8,6 +8,7 @@ use starling_codec::QoS;
 
 use crate::message::Message;
 use crate::session::{Outbound, Owner};
+use crate::state::StateConfig;
 
 /// Why a command was not applied.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -61,6 +62,8 @@ pub enum CommandResult {
     Acked,
     /// Node-down applied.
     NodeDownApplied,
+    /// Limits changed: the limits now in force.
+    LimitsSet(StateConfig),
     /// Not applied.
     Rejected(Rejection),
 }
@@ -163,6 +166,11 @@ pub enum Effect {
         client_id: Arc<str>,
         /// The filters it was subscribed to.
         filters: Vec<Arc<str>>,
+    },
+    /// The limits in force changed (a `SetLimits` entry).
+    LimitsChanged {
+        /// The limits now in force.
+        limits: StateConfig,
     },
     /// A message for the session was dropped because its queue is full.
     QueueFull {

@@ -16,9 +16,10 @@
 /// Hash maps keyed by client-controlled strings (client ids, topic levels): foldhash is fast and
 /// seeded at random per process, which keeps crafted keys from degrading them (SipHash, the
 /// standard default, cost a tenth of the instructions of the durable path).
-pub type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+pub type FastMap<K, V> = std::collections::HashMap<K, V, hashing::ProcessSeeded>;
 
 pub mod effect;
+pub mod hashing;
 pub mod message;
 pub mod retained;
 pub mod session;

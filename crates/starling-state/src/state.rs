@@ -16,7 +16,9 @@ use crate::session::{CleanSession, Owner, Session};
 use crate::trie::TopicTrie;
 use crate::FastMap;
 
-/// Limits that are part of the replicated behaviour (identical on every node).
+/// The limits the state machine applies: part of the replicated state (and of its snapshots), so
+/// that every node applies the same entries with the same bounds. They change only through a
+/// `SetLimits` command in the log, never from a node's local configuration.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StateConfig {
     /// Most messages waiting behind a session's in-flight window; a message that would exceed
@@ -36,6 +38,52 @@ impl Default for StateConfig {
             max_inflight: 20,
             max_queued_bytes: 16 * 1024 * 1024,
         }
+    }
+}
+
+impl StateConfig {
+    /// The log encoding.
+    pub fn to_pb(&self) -> pb::Limits {
+        pb::Limits {
+            max_queued_messages: self.max_queued_messages as u64,
+            max_inflight: self.max_inflight as u64,
+            max_queued_bytes: self.max_queued_bytes as u64,
+        }
+    }
+
+    /// These limits with the non-zero fields of `l` applied.
+    pub fn updated(&self, l: &pb::Limits) -> StateConfig {
+        let pick = |new: u64, old: usize| {
+            if new == 0 {
+                old
+            } else {
+                usize::try_from(new).unwrap_or(usize::MAX)
+            }
+        };
+        StateConfig {
+            max_queued_messages: pick(l.max_queued_messages, self.max_queued_messages),
+            max_inflight: pick(l.max_inflight, self.max_inflight),
+            max_queued_bytes: pick(l.max_queued_bytes, self.max_queued_bytes),
+        }
+    }
+
+    /// The names (configuration keys) of the limits that differ between `self` and `other`, with
+    /// both values: `[("max_inflight", 20, 32)]`.
+    pub fn differences(&self, other: &StateConfig) -> Vec<(&'static str, usize, usize)> {
+        let pairs = [
+            (
+                "max_queued_messages",
+                self.max_queued_messages,
+                other.max_queued_messages,
+            ),
+            ("max_inflight", self.max_inflight, other.max_inflight),
+            (
+                "max_queued_bytes",
+                self.max_queued_bytes,
+                other.max_queued_bytes,
+            ),
+        ];
+        pairs.into_iter().filter(|(_, a, b)| a != b).collect()
     }
 }
 
@@ -69,18 +117,32 @@ pub enum SnapshotError {
 /// The replicated state: persistent sessions and retained messages.
 #[derive(Debug)]
 pub struct State {
+    /// The limits in force (replicated: changed by `SetLimits` entries only).
     config: StateConfig,
+    /// Persistent sessions by client id.
     sessions: FastMap<Arc<str>, Session>,
-    /// Subscriptions of persistent sessions, for routing durable messages.
+    /// Subscriptions of persistent sessions, for routing durable messages. Derived from
+    /// `sessions` (rebuilt by [`State::from_snapshot`]; [`State::check_index`] compares it with a
+    /// rebuild).
     index: TopicTrie<Arc<str>, QoS>,
+    /// Retained messages by topic.
     retained: RetainedStore,
     /// Clean sessions tracked in clustered mode.
     clean: FastMap<Arc<str>, CleanSession>,
     /// Highest epoch handed out; every connect takes the next one, so a command from any earlier
     /// connection (of this or an older incarnation of the session) is recognised as stale.
     last_epoch: u64,
+    /// Index of the last entry applied (entries at or below it are skipped on replay).
     applied_index: u64,
+    /// Messages dropped because a session's queue was full, since the beginning of the log.
     dropped_messages: u64,
+}
+
+impl Default for State {
+    /// An empty state with the default limits: what a log starts from.
+    fn default() -> Self {
+        State::new(StateConfig::default())
+    }
 }
 
 /// Where the command being applied came from.
@@ -205,6 +267,48 @@ impl State {
         &self.config
     }
 
+    /// All tracked clean sessions (clustered mode; in no particular order).
+    pub fn clean_sessions(&self) -> impl Iterator<Item = &CleanSession> {
+        self.clean.values()
+    }
+
+    /// Replaces the limits without a log entry: the state then diverges from the other replicas.
+    /// Only for the simulator's mutation tests, which prove that divergence is caught.
+    #[cfg(feature = "mutations")]
+    pub fn override_limits(&mut self, limits: StateConfig) {
+        self.config = limits;
+    }
+
+    /// Compares the subscription index of persistent sessions with one rebuilt from the
+    /// sessions; `Err` describes the first difference.
+    ///
+    /// # Errors
+    /// The incrementally maintained index differs from the rebuilt one.
+    pub fn check_index(&self) -> Result<(), String> {
+        let mut have: Vec<(String, Arc<str>, QoS)> = Vec::with_capacity(self.index.len());
+        self.index
+            .for_each_entry(|f, k, q| have.push((f.to_string(), k.clone(), *q)));
+        let mut want: Vec<(String, Arc<str>, QoS)> = Vec::with_capacity(have.len());
+        for s in self.sessions.values() {
+            for (f, q) in &s.subscriptions {
+                want.push((f.to_string(), s.client_id.clone(), *q));
+            }
+        }
+        have.sort_unstable();
+        want.sort_unstable();
+        if have == want {
+            return Ok(());
+        }
+        let extra = have.iter().find(|e| want.binary_search(e).is_err());
+        let missing = want.iter().find(|e| have.binary_search(e).is_err());
+        Err(format!(
+            "persistent subscription index differs from its rebuild: {} entries kept, {} \
+             expected; first extra {extra:?}, first missing {missing:?}",
+            have.len(),
+            want.len()
+        ))
+    }
+
     /// Counts (walks all sessions).
     pub fn stats(&self) -> StateStats {
         let mut s = StateStats {
@@ -252,6 +356,16 @@ impl State {
             Some(Kind::Ack(a)) => self.ack(origin, a, effects),
             Some(Kind::DropSession(d)) => self.drop_session(origin, d, effects),
             Some(Kind::NodeDown(n)) => self.node_down(origin, n, effects),
+            Some(Kind::SetLimits(l)) => {
+                if let Some(l) = &l.limits {
+                    self.config = self.config.updated(l);
+                }
+                let limits = self.config.clone();
+                effects.push(Effect::LimitsChanged {
+                    limits: limits.clone(),
+                });
+                origin.reply(effects, CommandResult::LimitsSet(limits));
+            }
             None => origin.reply(effects, CommandResult::Rejected(Rejection::NoSession)),
         }
     }
@@ -815,11 +929,16 @@ impl State {
             dropped_messages: self.dropped_messages,
             clean_sessions,
             last_epoch: self.last_epoch,
+            limits: Some(self.config.to_pb()),
         }
     }
 
-    /// Rebuilds a state from a snapshot.
-    pub fn from_snapshot(config: StateConfig, snap: pb::Snapshot) -> State {
+    /// Rebuilds a state from a snapshot (limits included: the defaults when it has none).
+    pub fn from_snapshot(snap: pb::Snapshot) -> State {
+        let config = match &snap.limits {
+            Some(l) => StateConfig::default().updated(l),
+            None => StateConfig::default(),
+        };
         let mut state = State::new(config);
         state.applied_index = snap.applied_index;
         state.dropped_messages = snap.dropped_messages;
@@ -892,12 +1011,12 @@ impl State {
     }
 
     /// Decodes and restores an encoded snapshot.
-    pub fn decode_snapshot(
-        config: StateConfig,
-        data: bytes::Bytes,
-    ) -> Result<State, SnapshotError> {
+    ///
+    /// # Errors
+    /// The bytes are not a snapshot.
+    pub fn decode_snapshot(data: bytes::Bytes) -> Result<State, SnapshotError> {
         use prost::Message as _;
-        Ok(State::from_snapshot(config, pb::Snapshot::decode(data)?))
+        Ok(State::from_snapshot(pb::Snapshot::decode(data)?))
     }
 
     /// A digest of the whole state (FNV-1a over the canonical snapshot encoding): equal on two

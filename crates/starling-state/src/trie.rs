@@ -144,6 +144,36 @@ impl<K: PartialEq, V> TopicTrie<K, V> {
         Self::walk(&self.root, Some(topic), true, sys, &mut f);
     }
 
+    /// Calls `f` for every entry with its filter (reconstructed from the trie's levels), in no
+    /// particular order. For checks and rebuilds, not for the publish path.
+    pub fn for_each_entry<F: FnMut(&str, &K, &V)>(&self, mut f: F) {
+        let mut path: Vec<&str> = Vec::new();
+        Self::visit(&self.root, &mut path, &mut f);
+    }
+
+    fn visit<'a, F: FnMut(&str, &K, &V)>(node: &'a Node<K, V>, path: &mut Vec<&'a str>, f: &mut F) {
+        if !node.here.is_empty() {
+            let filter = path.join("/");
+            node.here.iter().for_each(|(k, v)| f(&filter, k, v));
+        }
+        if !node.hash.is_empty() {
+            path.push("#");
+            let filter = path.join("/");
+            path.pop();
+            node.hash.iter().for_each(|(k, v)| f(&filter, k, v));
+        }
+        if let Some(p) = &node.plus {
+            path.push("+");
+            Self::visit(p, path, f);
+            path.pop();
+        }
+        for (level, child) in &node.children {
+            path.push(level);
+            Self::visit(child, path, f);
+            path.pop();
+        }
+    }
+
     fn walk<F: FnMut(&K, &V)>(
         node: &Node<K, V>,
         rest: Option<&str>,
@@ -263,6 +293,13 @@ mod tests {
                 expect.sort_unstable();
                 prop_assert_eq!(matched(&t, tp), expect, "topic {}", tp);
             }
+            let mut entries: Vec<(String, u32)> = Vec::new();
+            t.for_each_entry(|f, k, _| entries.push((f.to_string(), *k)));
+            entries.sort_unstable();
+            let mut expect: Vec<(String, u32)> = filters.iter().enumerate()
+                .map(|(i, f)| (f.clone(), i as u32)).collect();
+            expect.sort_unstable();
+            prop_assert_eq!(entries, expect, "every entry with its filter");
             for (i, f) in filters.iter().enumerate() {
                 t.remove(f, &(i as u32));
             }

@@ -602,6 +602,18 @@ fn arb_kind() -> impl Strategy<Value = Kind> {
             if_disconnected_at_ms: at
         })),
         (1..3u64).prop_map(|n| Kind::NodeDown(pb::NodeDown { node_id: n })),
+        (
+            0..4u64,
+            0..3u64,
+            prop_oneof![Just(0u64), Just(200), Just(1 << 20)]
+        )
+            .prop_map(|(m, i, b)| Kind::SetLimits(pb::SetLimits {
+                limits: Some(pb::Limits {
+                    max_queued_messages: m,
+                    max_inflight: i,
+                    max_queued_bytes: b,
+                }),
+            })),
     ]
 }
 
@@ -623,7 +635,7 @@ proptest! {
             a.apply(i as u64 + 1, batch, &mut fa);
             if i == cut {
                 // b restarts from a snapshot taken here, as a node catching up would.
-                b = State::decode_snapshot(config.clone(), a.encode_snapshot()).unwrap();
+                b = State::decode_snapshot(a.encode_snapshot()).unwrap();
                 fb = fa.clone();
             } else {
                 b.apply(i as u64 + 1, batch, &mut fb);
@@ -632,11 +644,14 @@ proptest! {
         prop_assert_eq!(a.digest(), b.digest());
         prop_assert_eq!(a.to_snapshot(), b.to_snapshot());
         prop_assert_eq!(a.stats(), b.stats());
+        prop_assert_eq!(a.config(), b.config(), "the limits travel in the snapshot");
+        prop_assert_eq!(a.check_index(), Ok(()));
+        prop_assert_eq!(b.check_index(), Ok(()));
         // Invariants: queue ordered, bytes accounted, in-flight ids distinct.
         for s in a.sessions() {
             prop_assert!(s.queue.iter().zip(s.queue.iter().skip(1)).all(|(x, y)| x.seq < y.seq));
             prop_assert_eq!(s.queued_bytes, s.queue.iter().map(|q| q.message.cost()).sum::<usize>());
-            prop_assert!(s.queue.len() <= 5);
+            prop_assert!(s.queue.len() <= a.config().max_queued_messages + a.config().max_inflight);
         }
     }
 }
@@ -775,4 +790,49 @@ fn node_down_removes_its_tracked_clean_sessions_and_publishes_their_wills() {
     assert!(log.state.clean_session("stays").is_some());
     let d = deliveries(&effects);
     assert_eq!(d.len(), 1);
+}
+
+// ---- Replicated limits ----
+
+#[test]
+fn limits_change_only_through_the_log_and_travel_in_snapshots() {
+    let mut log = Log::new();
+    let (epoch, ..) = log.connect("s", false, 1);
+    log.subscribe("s", epoch, "t", 1);
+    log.disconnect("s", epoch, 0, false);
+    let (r, e) = log.run(Kind::SetLimits(pb::SetLimits {
+        limits: Some(pb::Limits {
+            max_queued_messages: 2,
+            max_inflight: 1,
+            max_queued_bytes: 0,
+        }),
+    }));
+    let want = StateConfig {
+        max_queued_messages: 2,
+        max_inflight: 1,
+        max_queued_bytes: StateConfig::default().max_queued_bytes,
+    };
+    assert_eq!(
+        r,
+        Some(CommandResult::LimitsSet(want.clone())),
+        "0 leaves a limit as it is"
+    );
+    assert!(e.contains(&Effect::LimitsChanged {
+        limits: want.clone()
+    }));
+    for i in 0..5 {
+        log.publish("t", &format!("m{i}"), 1, false);
+    }
+    assert_eq!(
+        log.state.session("s").unwrap().queue.len(),
+        3,
+        "max_queued_messages + max_inflight"
+    );
+    let restored = State::decode_snapshot(log.state.encode_snapshot()).unwrap();
+    assert_eq!(restored.config(), &want);
+    assert_eq!(restored.digest(), log.state.digest());
+    // A snapshot without limits (written before they were replicated) restores the defaults.
+    let mut old = log.state.to_snapshot();
+    old.limits = None;
+    assert_eq!(State::from_snapshot(old).config(), &StateConfig::default());
 }
