@@ -166,6 +166,10 @@ pub struct BrokerConfig {
     pub commit_timeout_secs: u64,
     /// Log entries between state snapshots (which let the log be compacted).
     pub snapshot_entries: u64,
+    /// Bytes of log entries between state snapshots: a snapshot is taken after
+    /// `snapshot_entries` entries or this many bytes, whichever comes first, so that large
+    /// messages cannot grow the log (in memory and on disk) without bound.
+    pub snapshot_bytes: u64,
     /// Accept connections without a user name: `true`, `false` or `"auto"` (only if every
     /// listener is on a loopback address).
     pub allow_anonymous: Anonymous,
@@ -211,6 +215,7 @@ impl Default for BrokerConfig {
             session_expiry_secs: 0,
             commit_timeout_secs: 5,
             snapshot_entries: 100_000,
+            snapshot_bytes: 64 * 1024 * 1024,
             allow_anonymous: Anonymous::Auto,
             password_file: PathBuf::new(),
             acl_file: PathBuf::new(),
@@ -355,7 +360,9 @@ impl BrokerConfig {
         }
     }
 
-    /// The limits that are part of the replicated state.
+    /// The limits this configuration asks the replicated state to apply. On a single node they
+    /// become a `SetLimits` entry when they differ from the state's; in a cluster only the
+    /// explicit operation (`starling cluster limits`) changes the replicated ones.
     pub fn state_config(&self) -> StateConfig {
         StateConfig {
             max_queued_messages: self.max_queued_messages,

@@ -43,7 +43,9 @@ pub use config::{Anonymous, BrokerConfig, ConfigError, ListenerConfig, Transport
 pub use metrics::{Metrics, Totals};
 pub use replication::{Forwarder, LogEvent, LogStartError, LogStatus, ProposeError, ReplicatedLog};
 pub use security::{Security, SecurityError, SecuritySummary};
-pub use store::{GetStats, Init, SessionStore, Shutdown, StoreStats};
+pub use store::{
+    CheckDerived, GetStats, Init, SessionStore, SetLimits, Shutdown, StoreCore, StoreStats,
+};
 
 use router::RouterShard;
 
@@ -66,6 +68,9 @@ pub struct NodeOptions {
     /// Clustered mode: sends fast-path messages to other nodes. Its presence also makes clean
     /// sessions part of the replicated state (so that every node can route to them).
     pub forwarder: Option<Arc<dyn Forwarder>>,
+    /// Largest log entry the log carries (in a cluster: what one Raft message may hold); a
+    /// durable PUBLISH whose command would not fit is refused. 0: no bound.
+    pub max_entry_bytes: usize,
 }
 
 /// Delivers messages forwarded by another node to this node's non-durable subscribers.
@@ -144,7 +149,16 @@ impl Broker {
         log: Box<dyn ReplicatedLog>,
         metrics: Arc<Metrics>,
     ) -> Result<Broker, StartError> {
-        let NodeOptions { node_id, forwarder } = node;
+        let NodeOptions {
+            node_id,
+            forwarder,
+            max_entry_bytes,
+        } = node;
+        let max_entry_bytes = if max_entry_bytes == 0 {
+            usize::MAX
+        } else {
+            max_entry_bytes
+        };
         let track_clean = forwarder.is_some();
         config.validate()?;
         // Security files and certificates first: a bad file stops the start before any thread.
@@ -187,7 +201,15 @@ impl Broker {
         let store = {
             let config = config.clone();
             SessionStore::start_in_arbiter(&store_arbiter.handle(), move |_| {
-                SessionStore::new(node_id, config, log, ready_tx, track_clean)
+                SessionStore::new(
+                    node_id,
+                    config,
+                    log,
+                    ready_tx,
+                    track_clean,
+                    max_entry_bytes,
+                    n,
+                )
             })
         };
         let routers: Vec<Addr<RouterShard>> = worker_arbiters

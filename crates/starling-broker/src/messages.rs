@@ -23,21 +23,42 @@ use tokio::sync::oneshot;
 
 use crate::connection::Connection;
 
-/// A connection as a delivery target.
+/// A connection as a delivery target. `C` is how messages reach it: the actor's address in the
+/// broker; the deterministic simulator, which runs the store and router logic without actix,
+/// uses its own handle.
 #[derive(Clone, Debug)]
-pub struct Target {
+pub struct Target<C = Addr<Connection>> {
     /// Connection id (unique within the process).
     pub conn_id: u64,
     /// Its address.
-    pub addr: Addr<Connection>,
+    pub addr: C,
 }
 
 /// Where a subscription's non-durable deliveries go.
 #[derive(Clone, Debug)]
-pub enum RouteTarget {
+pub enum RouteTarget<C = Addr<Connection>> {
     /// A connection on this node.
-    Local(Target),
+    Local(Target<C>),
     /// Another node, which delivers to its own connections (fast-path forwarding).
+    Remote(u64),
+}
+
+impl<C> RouteTarget<C> {
+    /// The connection id or node it designates, without the handle (for comparisons).
+    pub fn id(&self) -> RouteTargetId {
+        match self {
+            RouteTarget::Local(t) => RouteTargetId::Local(t.conn_id),
+            RouteTarget::Remote(n) => RouteTargetId::Remote(*n),
+        }
+    }
+}
+
+/// A [`RouteTarget`] without the handle: what checks compare.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum RouteTargetId {
+    /// A connection on this node.
+    Local(u64),
+    /// Another node.
     Remote(u64),
 }
 
@@ -64,9 +85,9 @@ pub struct RoutedPublish {
 /// Connection → router shard: a batch of PUBLISHes read together.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct Route {
+pub struct Route<C = Addr<Connection>> {
     /// The publishing connection, for [`Acked`].
-    pub from: Option<Target>,
+    pub from: Option<Target<C>>,
     /// Messages in the order received.
     pub publishes: Vec<RoutedPublish>,
 }
@@ -92,25 +113,41 @@ pub struct Acked {
 
 /// A message whose routing needs the replicated state (persistent targets or RETAIN).
 #[derive(Debug)]
-pub struct DurableItem {
+pub struct DurableItem<C = Addr<Connection>> {
     /// The message.
     pub message: AppMessage,
     /// Who waits for it to commit, and the token to complete.
-    pub reply: Option<(Target, u64)>,
+    pub reply: Option<(Target<C>, u64)>,
 }
 
 /// Router shard → store.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct DurablePublish {
+pub struct DurablePublish<C = Addr<Connection>> {
     /// Items in order.
-    pub items: Vec<DurableItem>,
+    pub items: Vec<DurableItem<C>>,
+}
+
+/// One subscription of the replicated state as a router shard holds it (see
+/// [`RouteUpdate::Reset`]).
+#[derive(Clone, Debug)]
+pub struct RouteEntry<C = Addr<Connection>> {
+    /// Subscriber key (a session's key: top bit set).
+    pub key: u64,
+    /// Filter.
+    pub filter: Arc<str>,
+    /// Granted QoS.
+    pub qos: QoS,
+    /// Persistent session: QoS 1/2 go through the store.
+    pub durable: bool,
+    /// Where non-durable deliveries go; `None` while offline.
+    pub target: Option<RouteTarget<C>>,
 }
 
 /// Store → every router shard: a change of the subscription index.
 #[derive(Message, Clone, Debug)]
 #[rtype(result = "()")]
-pub enum RouteUpdate {
+pub enum RouteUpdate<C = Addr<Connection>> {
     /// Add or replace a subscription.
     Add {
         /// Subscriber key (a clean connection's id, or a persistent session's key).
@@ -122,7 +159,7 @@ pub enum RouteUpdate {
         /// Persistent session: QoS 1/2 go through the store.
         durable: bool,
         /// Where QoS 0 (and, if not durable, all) deliveries go; `None` while offline.
-        target: Option<RouteTarget>,
+        target: Option<RouteTarget<C>>,
     },
     /// Remove a subscription.
     Remove {
@@ -138,9 +175,28 @@ pub enum RouteUpdate {
         /// Its filters.
         filters: Vec<Arc<str>>,
         /// New target.
-        target: Option<RouteTarget>,
+        target: Option<RouteTarget<C>>,
+    },
+    /// The replicated state was replaced or recovered: every subscription of a session (keys
+    /// with the top bit set) is replaced by `entries`, rebuilt from the state. Subscriptions of
+    /// clean sessions outside the replicated state (single node) stay.
+    Reset {
+        /// Every subscription of the replicated state, shared by all shards.
+        entries: Arc<Vec<RouteEntry<C>>>,
+    },
+    /// Compare the shard's subscriptions of the replicated state with `entries` (what a rebuild
+    /// from the state gives now) and report a difference: the check that the incrementally
+    /// maintained index equals a rebuild.
+    Check {
+        /// The expected subscriptions, sorted: (key, filter, QoS, durable, target).
+        entries: Arc<Vec<ExpectedRoute>>,
+        /// Where the outcome goes (`None`: a difference is logged, and is fatal in debug builds).
+        reply: Option<tokio::sync::mpsc::Sender<Result<(), String>>>,
     },
 }
+
+/// One expected subscription in a [`RouteUpdate::Check`]: (key, filter, QoS, durable, target).
+pub type ExpectedRoute = (u64, Arc<str>, QoS, bool, Option<RouteTargetId>);
 
 /// → router shard: deliver to this node's non-durable subscribers only (never forwarded: the
 /// store's deferred fast path runs on every node that applies the entry, and messages received
@@ -192,9 +248,9 @@ pub enum ConnectOutcome {
 /// Connection → store.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct ConnectRequest {
+pub struct ConnectRequest<C = Addr<Connection>> {
     /// The connection.
-    pub target: Target,
+    pub target: Target<C>,
     /// CONNECT contents.
     pub info: ConnectInfo,
     /// Answer.
@@ -219,9 +275,9 @@ pub enum SubscribeOutcome {
 /// Connection → store: SUBSCRIBE (filters already validated).
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct SubscribeRequest {
+pub struct SubscribeRequest<C = Addr<Connection>> {
     /// The connection.
-    pub target: Target,
+    pub target: Target<C>,
     /// Client id.
     pub client_id: ByteString,
     /// Router key.
@@ -253,11 +309,11 @@ pub struct UnsubscribeRequest {
 /// Connection → store: a request on a persistent session's replicated state.
 #[derive(Message, Debug)]
 #[rtype(result = "()")]
-pub enum SessionRequest {
+pub enum SessionRequest<C = Addr<Connection>> {
     /// QoS 2 PUBLISH from a persistent session: accept exactly once, then PUBREC.
     Publish {
         /// Connection to answer.
-        from: Target,
+        from: Target<C>,
         /// Token to complete.
         token: u64,
         /// Client id.
@@ -272,7 +328,7 @@ pub enum SessionRequest {
     /// PUBREL from a persistent session.
     Release {
         /// Connection to answer.
-        from: Target,
+        from: Target<C>,
         /// Token to complete.
         token: u64,
         /// Client id.

@@ -15,7 +15,8 @@ use starling_state::{Message as AppMessage, TopicTrie};
 use tracing::warn;
 
 use crate::messages::{
-    Acked, Deliver, DurableItem, DurablePublish, FastPath, Route, RouteTarget, RouteUpdate, Target,
+    Acked, Deliver, DurableItem, DurablePublish, ExpectedRoute, FastPath, Route, RouteTarget,
+    RouteUpdate, Target,
 };
 use crate::metrics::Counters;
 use crate::replication::Forwarder;
@@ -31,35 +32,78 @@ pub fn shard_of(topic: &str, shards: usize) -> usize {
     (h % shards as u64) as usize
 }
 
+/// Router keys of sessions in the replicated state (persistent, and clean ones tracked in
+/// clustered mode) have this bit set; an untracked clean session (single node) is keyed by its
+/// connection id, which never has it.
+pub const SESSION_KEY: u64 = 1 << 63;
+
+/// An index derived from the replicated state differs from its rebuild from the state: a bug
+/// that would lose or misroute messages. Logged; fatal in debug builds (tests), so that it
+/// cannot pass unnoticed.
+pub(crate) fn derived_index_differs(what: &str, difference: &str) {
+    tracing::error!(index = what, %difference, "derived index differs from its rebuild from the replicated state");
+    if cfg!(debug_assertions) {
+        eprintln!("{what}: derived index differs from its rebuild: {difference}");
+        std::process::exit(70);
+    }
+}
+
 /// One subscription in a shard's index.
 #[derive(Clone, Debug)]
-struct Sub {
+struct Sub<C> {
     qos: QoS,
     durable: bool,
-    target: Option<RouteTarget>,
+    target: Option<RouteTarget<C>>,
 }
 
 /// Deliveries of one routing pass, grouped per connection.
-#[derive(Default)]
-pub(crate) struct Outbox {
+pub struct Outbox<C = Addr<crate::connection::Connection>> {
     // Integer keys we assign ourselves: a fast hash is safe here (not client-controlled).
-    by_conn: FxHashMap<u64, (Target, Vec<AppMessage>)>,
+    /// Messages for connections of this node.
+    pub by_conn: FxHashMap<u64, (Target<C>, Vec<AppMessage>)>,
     /// Messages to forward, per remote node (each message once per node).
-    by_node: FxHashMap<u64, Vec<AppMessage>>,
-    durable: Vec<DurableItem>,
-    acked: Vec<u64>,
+    pub by_node: FxHashMap<u64, Vec<AppMessage>>,
+    /// Messages that need the store (persistent subscribers at QoS 1/2, or RETAIN).
+    pub durable: Vec<DurableItem<C>>,
+    /// Tokens of the publishing connection that routing completed.
+    pub acked: Vec<u64>,
 }
 
-/// A shard's subscription index.
-#[derive(Default)]
-pub(crate) struct RouteTable {
-    trie: TopicTrie<u64, Sub>,
-    scratch: Vec<(u64, QoS, bool, Option<RouteTarget>)>,
+impl<C> Default for Outbox<C> {
+    fn default() -> Self {
+        Outbox {
+            by_conn: FxHashMap::default(),
+            by_node: FxHashMap::default(),
+            durable: Vec::new(),
+            acked: Vec::new(),
+        }
+    }
+}
+
+/// A shard's subscription index: the routing logic of a [`RouterShard`], without the actor.
+pub struct RouteTable<C = Addr<crate::connection::Connection>> {
+    /// Filter → (subscriber key → subscription).
+    trie: TopicTrie<u64, Sub<C>>,
+    /// Matches of the message being routed (reused between messages).
+    scratch: Vec<(u64, QoS, bool, Option<RouteTarget<C>>)>,
+    /// Remote nodes the message being routed is forwarded to (reused).
     nodes: Vec<u64>,
 }
 
-impl RouteTable {
-    pub(crate) fn update(&mut self, u: RouteUpdate) {
+impl<C> Default for RouteTable<C> {
+    fn default() -> Self {
+        RouteTable {
+            trie: TopicTrie::new(),
+            scratch: Vec::new(),
+            nodes: Vec::new(),
+        }
+    }
+}
+
+impl<C: Clone> RouteTable<C> {
+    /// Applies a change of the index. A [`RouteUpdate::Check`] is answered through its reply (or
+    /// logged) and changes nothing.
+    pub fn update(&mut self, u: RouteUpdate<C>) {
         match u {
             RouteUpdate::Add {
                 key,
@@ -96,19 +140,85 @@ impl RouteTable {
                     }
                 }
             }
+            RouteUpdate::Reset { entries } => {
+                self.trie.retain(|key, _| key & SESSION_KEY == 0);
+                for e in entries.iter() {
+                    let sub = Sub {
+                        qos: e.qos,
+                        durable: e.durable,
+                        target: e.target.clone(),
+                    };
+                    self.trie.insert(&e.filter, e.key, sub);
+                }
+            }
+            RouteUpdate::Check { entries, reply } => {
+                let outcome = self.check(&entries);
+                match reply {
+                    Some(r) => {
+                        let _ = r.try_send(outcome);
+                    }
+                    None => {
+                        if let Err(e) = outcome {
+                            derived_index_differs("router shard", &e);
+                        }
+                    }
+                }
+            }
         }
+    }
+
+    /// The subscriptions of sessions in the replicated state (keys with [`SESSION_KEY`]), sorted.
+    pub fn session_entries(&self) -> Vec<ExpectedRoute> {
+        let mut out = Vec::new();
+        self.trie.for_each_entry(|filter, key, sub| {
+            if key & SESSION_KEY != 0 {
+                out.push((
+                    *key,
+                    Arc::from(filter),
+                    sub.qos,
+                    sub.durable,
+                    sub.target.as_ref().map(RouteTarget::id),
+                ));
+            }
+        });
+        out.sort_unstable();
+        out
+    }
+
+    /// Compares the subscriptions of sessions with `expected` (sorted, as
+    /// [`RouteTable::session_entries`] gives them).
+    ///
+    /// # Errors
+    /// They differ: the first difference.
+    pub fn check(&self, expected: &[ExpectedRoute]) -> Result<(), String> {
+        let have = self.session_entries();
+        if have == expected {
+            return Ok(());
+        }
+        let extra = have.iter().find(|e| expected.binary_search(e).is_err());
+        let missing = expected.iter().find(|e| have.binary_search(e).is_err());
+        Err(format!(
+            "{} subscriptions held, {} expected; first extra {extra:?}, first missing {missing:?}",
+            have.len(),
+            expected.len()
+        ))
+    }
+
+    /// Subscriptions held (all kinds).
+    pub fn len(&self) -> usize {
+        self.trie.len()
+    }
+
+    /// True when no subscription is held.
+    pub fn is_empty(&self) -> bool {
+        self.trie.is_empty()
     }
 
     /// Routes one message. Deliveries to this node's connections go to `out`, and, unless
     /// `local_only`, the message once to every other node with a matching subscriber. Returns
     /// true when the message also needs the store (a persistent subscriber at QoS 1/2, or
     /// RETAIN).
-    pub(crate) fn route(
-        &mut self,
-        message: &AppMessage,
-        out: &mut Outbox,
-        local_only: bool,
-    ) -> bool {
+    pub fn route(&mut self, message: &AppMessage, out: &mut Outbox<C>, local_only: bool) -> bool {
         let scratch = &mut self.scratch;
         scratch.clear();
         self.trie.for_each_match(&message.topic, |k, s| {
@@ -152,9 +262,35 @@ impl RouteTable {
         needs_store
     }
 
-    #[cfg(test)]
-    fn len(&self) -> usize {
-        self.trie.len()
+    /// Routes a connection's batch of PUBLISHes (a [`Route`] message): local deliveries and
+    /// forwards into `out`, with the messages that need the store (which then completes their
+    /// tokens after the commit) and the tokens routing completed.
+    pub fn route_batch(
+        &mut self,
+        from: Option<&Target<C>>,
+        publishes: Vec<crate::messages::RoutedPublish>,
+        out: &mut Outbox<C>,
+    ) {
+        for p in publishes {
+            if self.route(&p.message, out, false) {
+                let reply = p.token.and_then(|t| from.cloned().map(|a| (a, t)));
+                out.durable.push(DurableItem {
+                    message: p.message,
+                    reply,
+                });
+            } else if let Some(t) = p.token {
+                out.acked.push(t);
+            }
+        }
+    }
+
+    /// Delivers messages to this node's non-durable subscribers only (a [`FastPath`] message:
+    /// the store's deferred fast path, or messages forwarded by another node).
+    pub fn route_local(&mut self, messages: Vec<AppMessage>, out: &mut Outbox<C>) {
+        for m in messages {
+            // Durable targets were served by the state machine already.
+            let _ = self.route(&m, out, true);
+        }
     }
 }
 
@@ -226,17 +362,8 @@ impl Handler<Route> for RouterShard {
 
     fn handle(&mut self, msg: Route, _: &mut Self::Context) {
         let mut out = Outbox::default();
-        for p in msg.publishes {
-            if self.table.route(&p.message, &mut out, false) {
-                let reply = p.token.and_then(|t| msg.from.clone().map(|a| (a, t)));
-                out.durable.push(DurableItem {
-                    message: p.message,
-                    reply,
-                });
-            } else if let Some(t) = p.token {
-                out.acked.push(t);
-            }
-        }
+        self.table
+            .route_batch(msg.from.as_ref(), msg.publishes, &mut out);
         self.send_out(out, msg.from.as_ref());
     }
 }
@@ -246,10 +373,7 @@ impl Handler<FastPath> for RouterShard {
 
     fn handle(&mut self, msg: FastPath, _: &mut Self::Context) {
         let mut out = Outbox::default();
-        for m in msg.messages {
-            // Durable targets were served by the state machine already.
-            let _ = self.table.route(&m, &mut out, true);
-        }
+        self.table.route_local(msg.messages, &mut out);
         self.send_out(out, None);
     }
 }
@@ -258,7 +382,7 @@ impl Handler<crate::sys::CountSubscriptions> for RouterShard {
     type Result = usize;
 
     fn handle(&mut self, _: crate::sys::CountSubscriptions, _: &mut Self::Context) -> usize {
-        self.table.trie.len()
+        self.table.len()
     }
 }
 
@@ -337,7 +461,7 @@ mod tests {
 
     #[test]
     fn remote_subscribers_get_one_forward_per_node_and_none_when_local_only() {
-        let mut t = RouteTable::default();
+        let mut t: RouteTable = RouteTable::default();
         for (key, filter, node) in [(1, "a/#", 2), (2, "a/b", 2), (3, "+/b", 3)] {
             t.update(RouteUpdate::Add {
                 key,
@@ -362,6 +486,59 @@ mod tests {
         let mut out = Outbox::default();
         t.route(&msg("a/b", QoS::AtLeastOnce, false), &mut out, true);
         assert!(out.by_node.is_empty());
+    }
+
+    #[test]
+    fn reset_replaces_the_sessions_subscriptions_and_keeps_untracked_ones() {
+        let mut t: RouteTable<u8> = RouteTable::default();
+        let session = SESSION_KEY | 1;
+        t.update(RouteUpdate::Add {
+            key: session,
+            filter: "stale/#".into(),
+            qos: QoS::AtLeastOnce,
+            durable: true,
+            target: None,
+        });
+        // An untracked clean session (single node): keyed by its connection id.
+        t.update(RouteUpdate::Add {
+            key: 42,
+            filter: "local".into(),
+            qos: QoS::AtMostOnce,
+            durable: false,
+            target: Some(RouteTarget::Local(Target {
+                conn_id: 42,
+                addr: 0,
+            })),
+        });
+        let entries = vec![crate::messages::RouteEntry {
+            key: SESSION_KEY | 2,
+            filter: Arc::from("t/#"),
+            qos: QoS::ExactlyOnce,
+            durable: true,
+            target: Some(RouteTarget::Remote(3)),
+        }];
+        t.update(RouteUpdate::Reset {
+            entries: Arc::new(entries),
+        });
+        assert_eq!(t.len(), 2);
+        let want = vec![(
+            SESSION_KEY | 2,
+            Arc::from("t/#"),
+            QoS::ExactlyOnce,
+            true,
+            Some(crate::messages::RouteTargetId::Remote(3)),
+        )];
+        assert_eq!(t.session_entries(), want);
+        assert_eq!(t.check(&want), Ok(()));
+        let mut wrong = want.clone();
+        wrong[0].4 = None;
+        let err = t.check(&wrong).unwrap_err();
+        assert!(err.contains("first extra"), "{err}");
+        let mut out = Outbox::default();
+        assert!(t.route(&msg("t/x", QoS::AtLeastOnce, false), &mut out, false));
+        assert!(!t.route(&msg("stale/x", QoS::AtLeastOnce, false), &mut out, false));
+        t.route(&msg("local", QoS::AtMostOnce, false), &mut out, false);
+        assert_eq!(out.by_conn.len(), 1, "the untracked subscription stayed");
     }
 
     #[test]

@@ -30,7 +30,9 @@ pub struct ClusterConfig {
     pub election_ticks: usize,
     /// Ticks between leader heartbeats.
     pub heartbeat_ticks: usize,
-    /// Largest message accepted from or sent to a peer (a snapshot travels in one message).
+    /// Largest message accepted from or sent to a peer. One log entry travels in one message,
+    /// so it bounds the entries (`mqtt.max_packet_size` must leave room: see
+    /// [`ClusterConfig::max_entry_bytes`]).
     pub max_message_bytes: usize,
     /// Messages queued per peer before they are dropped (Raft retransmits).
     pub peer_queue: usize,
@@ -47,6 +49,9 @@ pub struct ClusterConfig {
     /// can join and inject Raft messages. Only for tests on a trusted host; logged at start.
     pub insecure: bool,
 }
+
+/// Bytes a Raft message may need beyond the one log entry it carries (header, envelope).
+pub const RAFT_MESSAGE_OVERHEAD: usize = 64 * 1024;
 
 /// A secret setting: shown as `***` by `Debug`, so that it never reaches a log line.
 #[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -71,7 +76,7 @@ impl Default for ClusterConfig {
             tick_ms: 100,
             election_ticks: 10,
             heartbeat_ticks: 2,
-            max_message_bytes: 256 * 1024 * 1024,
+            max_message_bytes: 260 * 1024 * 1024,
             peer_queue: 4096,
             node_down_secs: 10,
             secret: Secret::default(),
@@ -90,6 +95,12 @@ impl ClusterConfig {
     /// Whether clustered mode is on (any peer configured).
     pub fn enabled(&self) -> bool {
         !self.peers.is_empty()
+    }
+
+    /// The largest log entry a peer message can carry: `max_message_bytes` less what a Raft
+    /// message needs around one entry ([`RAFT_MESSAGE_OVERHEAD`]).
+    pub fn max_entry_bytes(&self) -> usize {
+        self.max_message_bytes.saturating_sub(RAFT_MESSAGE_OVERHEAD)
     }
 
     /// Parses `peers` into `(id, address)`.

@@ -27,7 +27,7 @@ use bytes::Bytes;
 use prost::Message as _;
 use raft::eraftpb::EntryType;
 use starling_proto::cluster::v1 as cpb;
-use starling_state::{pb, State, StateConfig, StateStats};
+use starling_state::{pb, State, StateStats};
 use starling_storage::{FsyncPolicy, LogStore, SnapshotRecord, StoreOptions, WriteBatch};
 
 use crate::backup::Backup;
@@ -108,13 +108,10 @@ pub enum RestoreError {
 ///
 /// # Errors
 /// The snapshot's data is not a `SnapshotData` holding a state snapshot.
-pub fn rebuild_state(
-    backup: &Backup,
-    config: StateConfig,
-) -> Result<(State, Vec<u64>), RestoreError> {
+pub fn rebuild_state(backup: &Backup) -> Result<(State, Vec<u64>), RestoreError> {
     let data = cpb::SnapshotData::decode(backup.snapshot.data.clone())
         .map_err(|e| RestoreError::Backup(format!("backup snapshot data: {e}")))?;
-    let mut state = State::decode_snapshot(config, data.state)
+    let mut state = State::decode_snapshot(data.state)
         .map_err(|e| RestoreError::Backup(format!("backup snapshot state: {e}")))?;
     state.skip(backup.snapshot_index());
     let mut effects = Vec::new();
@@ -174,8 +171,8 @@ fn is_empty_dir(dir: &Path) -> Result<bool, RestoreError> {
     }
 }
 
-/// Restores `backup` into the data directory `dir` for `target`, with the state limits
-/// `config` (`mqtt.max_queued_messages` and the like, as the node will run with).
+/// Restores `backup` into the data directory `dir` for `target` (the replicated limits come
+/// with the backup's state).
 ///
 /// The directory must be empty unless `force`, which replaces its database (other files stay).
 /// The new database is written beside it and renamed over it only once complete.
@@ -185,7 +182,6 @@ fn is_empty_dir(dir: &Path) -> Result<bool, RestoreError> {
 /// directory without `force`, a database in use by a running node, IO errors.
 pub fn restore(
     backup: &Backup,
-    config: StateConfig,
     dir: &Path,
     target: &Target,
     force: bool,
@@ -213,12 +209,12 @@ pub fn restore(
         .entries
         .last()
         .map_or_else(|| backup.snapshot_term(), |e| e.term);
-    let (state, undecodable) = rebuild_state(backup, config.clone())?;
+    let (state, undecodable) = rebuild_state(backup)?;
     let members = target.members();
     let (state_bytes, reassigned) = reassign_owners(&state, &members);
     let stats = state.stats();
     // The state the node starts with (owners reassigned).
-    let digest = State::decode_snapshot(config, state_bytes.clone())
+    let digest = State::decode_snapshot(state_bytes.clone())
         .map_err(|e| RestoreError::Backup(e.to_string()))?
         .digest();
 
@@ -390,7 +386,7 @@ mod tests {
 
     #[test]
     fn rebuilds_the_state_through_the_state_machine() {
-        let (state, skipped) = rebuild_state(&sample(), StateConfig::default()).unwrap();
+        let (state, skipped) = rebuild_state(&sample()).unwrap();
         assert!(skipped.is_empty());
         assert_eq!(state.applied_index(), 4);
         assert_eq!(state.stats().retained_messages, 1);
@@ -407,14 +403,7 @@ mod tests {
             node_id: 2,
             peers: vec![(1, "a:1".into()), (2, "b:1".into()), (3, "c:1".into())],
         };
-        let r = restore(
-            &sample(),
-            StateConfig::default(),
-            dir.path(),
-            &target,
-            false,
-        )
-        .unwrap();
+        let r = restore(&sample(), dir.path(), &target, false).unwrap();
         assert_eq!((r.index, r.term, r.reassigned), (4, 3, 1));
         let store = LogStore::open(&dir.path().join(DB_FILE), StoreOptions::default()).unwrap();
         let log = RaftStorage::load(&store, STATE_GROUP).unwrap().unwrap();
@@ -431,7 +420,7 @@ mod tests {
             .map(|m| m.node_id)
             .collect();
         assert_eq!(members, vec![1, 2, 3]);
-        let state = State::decode_snapshot(StateConfig::default(), data.state).unwrap();
+        let state = State::decode_snapshot(data.state).unwrap();
         assert_eq!(state.applied_index(), 4);
         // Node 7 is gone: its session is node 1's to take offline.
         assert!(state.has_sessions_on(1));
@@ -440,34 +429,21 @@ mod tests {
 
         // The directory now holds a database.
         assert!(matches!(
-            restore(
-                &sample(),
-                StateConfig::default(),
-                dir.path(),
-                &target,
-                false
-            ),
+            restore(&sample(), dir.path(), &target, false),
             Err(RestoreError::NotEmpty(_))
         ));
-        restore(&sample(), StateConfig::default(), dir.path(), &target, true).unwrap();
+        restore(&sample(), dir.path(), &target, true).unwrap();
     }
 
     #[test]
     fn single_node_gets_the_local_logs_snapshot() {
         let dir = tempfile::tempdir().unwrap();
-        let r = restore(
-            &sample(),
-            StateConfig::default(),
-            dir.path(),
-            &Target::Single,
-            false,
-        )
-        .unwrap();
+        let r = restore(&sample(), dir.path(), &Target::Single, false).unwrap();
         assert_eq!(r.index, 4);
         let store = LogStore::open(&dir.path().join(DB_FILE), StoreOptions::default()).unwrap();
         let snap = store.snapshot(STATE_GROUP).unwrap().unwrap();
         assert_eq!(snap.index, 4);
-        let state = State::decode_snapshot(StateConfig::default(), snap.data).unwrap();
+        let state = State::decode_snapshot(snap.data).unwrap();
         assert!(state.has_sessions_on(1));
         assert_eq!(state.stats().retained_messages, 1);
     }
@@ -480,13 +456,7 @@ mod tests {
             peers: vec![(1, "a:1".into())],
         };
         assert!(matches!(
-            restore(
-                &sample(),
-                StateConfig::default(),
-                dir.path(),
-                &target,
-                false
-            ),
+            restore(&sample(), dir.path(), &target, false),
             Err(RestoreError::Config(_))
         ));
     }

@@ -144,6 +144,38 @@ impl<K: PartialEq, V> TopicTrie<K, V> {
         Self::walk(&self.root, Some(topic), true, sys, &mut f);
     }
 
+    /// Keeps only the entries for which `keep(key, value)` is true; empty branches are pruned.
+    pub fn retain<F: FnMut(&K, &V) -> bool>(&mut self, mut keep: F) {
+        let mut removed = 0;
+        Self::retain_in(&mut self.root, &mut keep, &mut removed);
+        self.len -= removed;
+    }
+
+    fn retain_in<F: FnMut(&K, &V) -> bool>(
+        node: &mut Node<K, V>,
+        keep: &mut F,
+        removed: &mut usize,
+    ) {
+        for slot in [&mut node.here, &mut node.hash] {
+            let before = slot.len();
+            slot.retain(|(k, v)| keep(k, v));
+            *removed += before - slot.len();
+            if slot.is_empty() {
+                *slot = Vec::new();
+            }
+        }
+        if let Some(p) = node.plus.as_mut() {
+            Self::retain_in(p, keep, removed);
+            if p.is_empty() {
+                node.plus = None;
+            }
+        }
+        node.children.retain(|_, child| {
+            Self::retain_in(child, keep, removed);
+            !child.is_empty()
+        });
+    }
+
     /// Calls `f` for every entry with its filter (reconstructed from the trie's levels), in no
     /// particular order. For checks and rebuilds, not for the publish path.
     pub fn for_each_entry<F: FnMut(&str, &K, &V)>(&self, mut f: F) {
@@ -300,6 +332,19 @@ mod tests {
                 .map(|(i, f)| (f.clone(), i as u32)).collect();
             expect.sort_unstable();
             prop_assert_eq!(entries, expect, "every entry with its filter");
+            let mut odd = TopicTrie::new();
+            for (i, f) in filters.iter().enumerate() {
+                odd.insert(f, i as u32, ());
+            }
+            odd.retain(|k, _| k % 2 == 0);
+            prop_assert_eq!(odd.len(), filters.len().div_ceil(2));
+            for (i, f) in filters.iter().enumerate().filter(|(i, _)| i % 2 == 1) {
+                prop_assert_eq!(odd.remove(f, &(i as u32)), None);
+            }
+            for (i, f) in filters.iter().enumerate().filter(|(i, _)| i % 2 == 0) {
+                prop_assert_eq!(odd.remove(f, &(i as u32)), Some(()));
+            }
+            prop_assert!(odd.root.is_empty(), "retain prunes empty branches");
             for (i, f) in filters.iter().enumerate() {
                 t.remove(f, &(i as u32));
             }

@@ -156,8 +156,28 @@ fn build_config(cli: &Cli) -> Result<Config, String> {
     if c.cluster.enabled() {
         // No secret (and not insecure), an unreadable file, a short secret: exit code 2.
         c.cluster.peer_secret().map_err(|e| e.to_string())?;
+        check_entry_bound(&c)?;
     }
     Ok(c)
+}
+
+/// In a cluster one log entry travels in one peer message: the largest PUBLISH accepted must
+/// fit in one entry, and one entry in `cluster.max_message_bytes`.
+fn check_entry_bound(c: &Config) -> Result<(), String> {
+    let needed = c
+        .mqtt
+        .max_packet_size
+        .saturating_add(starling_broker::store::ENTRY_OVERHEAD)
+        .saturating_add(starling_cluster::config::RAFT_MESSAGE_OVERHEAD);
+    if needed > c.cluster.max_message_bytes {
+        return Err(format!(
+            "mqtt.max_packet_size = {} does not fit in one peer message:              cluster.max_message_bytes = {} must be at least {needed} (max_packet_size plus              {} bytes); raise cluster.max_message_bytes or lower mqtt.max_packet_size",
+            c.mqtt.max_packet_size,
+            c.cluster.max_message_bytes,
+            needed - c.mqtt.max_packet_size
+        ));
+    }
+    Ok(())
 }
 
 /// Defaults, the configuration file, `STARLING_*` variables, then the flags of `top`, then
@@ -318,7 +338,16 @@ async fn serve(c: Config) -> Result<(), String> {
     let forwarder = cluster
         .as_ref()
         .map(|h| h.forwarder.clone() as Arc<dyn Forwarder>);
-    let node = NodeOptions { node_id, forwarder };
+    let max_entry_bytes = if c.cluster.enabled() {
+        c.cluster.max_entry_bytes()
+    } else {
+        0
+    };
+    let node = NodeOptions {
+        node_id,
+        forwarder,
+        max_entry_bytes,
+    };
     let broker = Broker::start(c.mqtt.clone(), node, log, metrics.clone())
         .await
         .map_err(|e| e.to_string())?;

@@ -61,7 +61,7 @@ pub(crate) fn run(c: &Config, args: &RestoreArgs) -> ExitCode {
         Err(e) => return fail(1, format!("{}: {e}", args.backup.display())),
     };
     let dir = &c.storage.data_dir;
-    match restore::restore(&backup, c.mqtt.state_config(), dir, &target, args.force) {
+    match restore::restore(&backup, dir, &target, args.force) {
         Ok(r) => {
             let node = match &target {
                 Target::Cluster { node_id, peers } => format!(

@@ -1,29 +1,41 @@
-//! Turning the effects of applied entries into messages: replies to waiting requesters,
+//! Turning the effects of applied entries into output: replies to waiting requesters,
 //! deliveries to the connections this node serves, router updates, fast-path deliveries.
 
 use rustc_hash::FxHashMap;
 use std::time::Duration;
 
-use actix::prelude::*;
-use starling_state::{pb, CommandResult, Effect, Message as AppMessage, Outbound};
-use tokio::time::Instant;
+use starling_state::{CommandResult, Effect, Message as AppMessage, Outbound, Owner};
 use tracing::{info, warn};
 
+use super::core::{Closing, StoreCore};
+use super::output::{ConnMessage, ShardMessage};
 use super::proposals::Waiter;
-use super::SessionStore;
-use crate::connection::{Connection, MQTT_LOG};
+use crate::connection::MQTT_LOG;
 use crate::messages::*;
-use crate::router::{shard_of, RouterShard};
+use crate::router::shard_of;
 
 /// Messages to send once a batch of entries is applied, grouped per destination.
-#[derive(Default)]
-pub(super) struct Outboxes {
-    conns: FxHashMap<u64, ConnOutbox>,
+pub(super) struct Outboxes<C> {
+    /// Per connection id, in the order connections first appear.
+    conns: FxHashMap<u64, ConnOutbox<C>>,
+    /// Connection ids in the order they first appear (output order is deterministic).
+    order: Vec<u64>,
+    /// Messages for the non-durable subscribers of this node, in order.
     fast_path: Vec<AppMessage>,
 }
 
-struct ConnOutbox {
-    addr: Addr<Connection>,
+impl<C> Default for Outboxes<C> {
+    fn default() -> Self {
+        Outboxes {
+            conns: FxHashMap::default(),
+            order: Vec::new(),
+            fast_path: Vec::new(),
+        }
+    }
+}
+
+struct ConnOutbox<C> {
+    target: Target<C>,
     epoch: u64,
     items: Vec<Outbound>,
     qos0: Vec<AppMessage>,
@@ -32,21 +44,20 @@ struct ConnOutbox {
     refused: Vec<u64>,
 }
 
-impl Outboxes {
-    fn conn(
-        &mut self,
-        conn_id: u64,
-        addr: &Addr<Connection>,
-        epoch: Option<u64>,
-    ) -> &mut ConnOutbox {
-        let o = self.conns.entry(conn_id).or_insert_with(|| ConnOutbox {
-            addr: addr.clone(),
-            epoch: 0,
-            items: Vec::new(),
-            qos0: Vec::new(),
-            releases: Vec::new(),
-            acked: Vec::new(),
-            refused: Vec::new(),
+impl<C: Clone> Outboxes<C> {
+    fn conn(&mut self, target: &Target<C>, epoch: Option<u64>) -> &mut ConnOutbox<C> {
+        let order = &mut self.order;
+        let o = self.conns.entry(target.conn_id).or_insert_with(|| {
+            order.push(target.conn_id);
+            ConnOutbox {
+                target: target.clone(),
+                epoch: 0,
+                items: Vec::new(),
+                qos0: Vec::new(),
+                releases: Vec::new(),
+                acked: Vec::new(),
+                refused: Vec::new(),
+            }
         });
         if let Some(epoch) = epoch {
             o.epoch = epoch;
@@ -54,51 +65,63 @@ impl Outboxes {
         o
     }
 
-    pub(super) fn send(self, routers: &[Addr<RouterShard>]) {
-        for (_, o) in self.conns {
+    /// Moves everything into the core's output: per connection its deliveries, releases and
+    /// acknowledgements; the fast path per shard.
+    pub(super) fn send(mut self, core: &mut StoreCore<C>) {
+        for id in std::mem::take(&mut self.order) {
+            let Some(o) = self.conns.remove(&id) else {
+                continue;
+            };
             if !o.items.is_empty() || !o.qos0.is_empty() {
-                o.addr.do_send(DurableDeliver {
+                let msg = ConnMessage::Durable(DurableDeliver {
                     epoch: o.epoch,
                     items: o.items,
                     qos0: o.qos0,
                 });
+                core.out.conns.push((o.target.clone(), msg));
             }
             if !o.releases.is_empty() {
-                o.addr.do_send(ReleaseReady {
+                let msg = ConnMessage::Release(ReleaseReady {
                     epoch: o.epoch,
                     seqs: o.releases,
                 });
+                core.out.conns.push((o.target.clone(), msg));
             }
             if !o.acked.is_empty() {
-                o.addr.do_send(Acked {
+                let msg = ConnMessage::Acked(Acked {
                     tokens: o.acked,
                     refused: false,
                 });
+                core.out.conns.push((o.target.clone(), msg));
             }
             if !o.refused.is_empty() {
-                o.addr.do_send(Acked {
+                let msg = ConnMessage::Acked(Acked {
                     tokens: o.refused,
                     refused: true,
                 });
+                core.out.conns.push((o.target, msg));
             }
         }
         if !self.fast_path.is_empty() {
-            let mut per_shard: Vec<Vec<AppMessage>> = vec![Vec::new(); routers.len()];
+            let shards = core.shards;
+            let mut per_shard: Vec<Vec<AppMessage>> = vec![Vec::new(); shards];
             for m in self.fast_path {
-                per_shard[shard_of(&m.topic, routers.len())].push(m);
+                per_shard[shard_of(&m.topic, shards)].push(m);
             }
-            for (i, messages) in per_shard.into_iter().enumerate() {
+            for (shard, messages) in per_shard.into_iter().enumerate() {
                 if !messages.is_empty() {
-                    routers[i].do_send(FastPath { messages });
+                    core.out
+                        .shards
+                        .push(ShardMessage::FastPath { shard, messages });
                 }
             }
         }
     }
 }
 
-impl SessionStore {
+impl<C: Clone> StoreCore<C> {
     /// The connection serving a session, if `owner` is a connection on this node.
-    fn local_target(&self, client_id: &str, owner: starling_state::Owner) -> Option<Target> {
+    pub(super) fn local_target(&self, client_id: &str, owner: Owner) -> Option<Target<C>> {
         if owner.node != self.node_id {
             return None;
         }
@@ -109,7 +132,7 @@ impl SessionStore {
     }
 
     /// Where a session's non-durable deliveries go: its connection here, or its node.
-    fn route_target(&self, client_id: &str, owner: starling_state::Owner) -> Option<RouteTarget> {
+    pub(super) fn route_target(&self, client_id: &str, owner: Owner) -> Option<RouteTarget<C>> {
         if owner.node == self.node_id {
             self.local_target(client_id, owner).map(RouteTarget::Local)
         } else {
@@ -118,14 +141,14 @@ impl SessionStore {
     }
 
     /// The owner of a persistent or tracked clean session.
-    fn owner_of(&self, client_id: &str) -> Option<starling_state::Owner> {
+    pub(super) fn owner_of(&self, client_id: &str) -> Option<Owner> {
         match self.state.session(client_id) {
             Some(s) => s.owner,
             None => self.state.clean_session(client_id).map(|c| c.owner),
         }
     }
 
-    pub(super) fn dispatch(&mut self, effect: Effect, out: &mut Outboxes, ctx: &mut Context<Self>) {
+    pub(super) fn dispatch(&mut self, effect: Effect, out: &mut Outboxes<C>) {
         match effect {
             Effect::Reply {
                 node,
@@ -134,7 +157,7 @@ impl SessionStore {
                 result,
             } => {
                 if let Some(w) = self.proposals.take(node, incarnation, request_id) {
-                    self.reply(w, result, out, ctx);
+                    self.reply(w, result, out);
                 }
             }
             Effect::Deliver {
@@ -144,9 +167,7 @@ impl SessionStore {
                 message,
             } => {
                 if let Some(t) = self.local_target(&client_id, owner) {
-                    out.conn(t.conn_id, &t.addr, Some(epoch))
-                        .items
-                        .push(message);
+                    out.conn(&t, Some(epoch)).items.push(message);
                 }
             }
             Effect::DeliverQos0 {
@@ -156,7 +177,7 @@ impl SessionStore {
                 message,
             } => {
                 if let Some(t) = self.local_target(&client_id, owner) {
-                    out.conn(t.conn_id, &t.addr, Some(epoch)).qos0.push(message);
+                    out.conn(&t, Some(epoch)).qos0.push(message);
                 }
             }
             Effect::Release {
@@ -166,16 +187,13 @@ impl SessionStore {
                 seq,
             } => {
                 if let Some(t) = self.local_target(&client_id, owner) {
-                    out.conn(t.conn_id, &t.addr, Some(epoch)).releases.push(seq);
+                    out.conn(&t, Some(epoch)).releases.push(seq);
                 }
             }
             Effect::FastPath { message } => out.fast_path.push(message),
             Effect::Kick { client_id, owner } => {
                 if let Some(t) = self.local_target(&client_id, owner) {
-                    t.addr.do_send(Kick {
-                        reason: KickReason::TakenOver,
-                        closed: None,
-                    });
+                    self.send_conn(t, ConnMessage::Kick(KickReason::TakenOver));
                 } else if owner.node != self.node_id
                     && self
                         .owner_of(&client_id)
@@ -220,9 +238,11 @@ impl SessionStore {
                     // Its connection is gone already (it gave up waiting, or was replaced before
                     // the commit): release the session, or its will and queue stay behind an
                     // owner that will never report back.
-                    self.release_orphan(&client_id, epoch, ctx);
+                    self.release_orphan(&client_id, epoch);
                 }
-                let target = self.route_target(&client_id, owner);
+                let target = self
+                    .owner_of(&client_id)
+                    .and_then(|o| self.route_target(&client_id, o));
                 let filters = self.state.filters_of(&client_id);
                 if !filters.is_empty() {
                     self.broadcast(RouteUpdate::Retarget {
@@ -235,11 +255,14 @@ impl SessionStore {
             Effect::Offline { client_id } => {
                 let key = self.key_of(&client_id);
                 let filters = self.state.filters_of(&client_id);
+                let target = self
+                    .owner_of(&client_id)
+                    .and_then(|o| self.route_target(&client_id, o));
                 if !filters.is_empty() {
                     self.broadcast(RouteUpdate::Retarget {
                         key,
                         filters,
-                        target: None,
+                        target,
                     });
                 }
             }
@@ -250,13 +273,21 @@ impl SessionStore {
                     }
                 }
             }
+            Effect::LimitsChanged { limits } => {
+                info!(
+                    max_queued_messages = limits.max_queued_messages,
+                    max_inflight = limits.max_inflight,
+                    max_queued_bytes = limits.max_queued_bytes,
+                    "replicated limits in force"
+                );
+            }
             Effect::QueueFull {
                 client_id,
                 queued,
                 queued_bytes,
             } => {
                 // Counted in the state (dropped_messages); logged at most every 10 s.
-                let now = Instant::now();
+                let now = self.now;
                 if self
                     .last_queue_full_log
                     .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(10))
@@ -269,24 +300,21 @@ impl SessionStore {
         }
     }
 
-    /// Disconnects a persistent session whose connection on this node is gone.
-    fn release_orphan(&mut self, client_id: &str, epoch: u64, ctx: &mut Context<Self>) {
-        let kind = pb::command::Kind::Disconnect(pb::SessionDisconnect {
-            client_id: client_id.to_string(),
-            epoch,
+    /// Disconnects a session whose connection on this node is gone (proposed until it applies).
+    pub(super) fn release_orphan(&mut self, client_id: &str, epoch: u64) {
+        let key = (bytestring::ByteString::from(client_id), epoch);
+        if self.closing.contains_key(&key) {
+            return;
+        }
+        let c = Closing {
+            publish_will: true,
             sent_up_to: 0,
-            publish_will: false,
-        });
-        self.propose(kind, None, ctx);
+            in_flight: false,
+        };
+        self.propose_closing(key.0, epoch, c);
     }
 
-    fn reply(
-        &mut self,
-        w: Waiter,
-        result: CommandResult,
-        out: &mut Outboxes,
-        ctx: &mut Context<Self>,
-    ) {
+    fn reply(&mut self, w: Waiter<C>, result: CommandResult, out: &mut Outboxes<C>) {
         match w {
             Waiter::Connect {
                 reply,
@@ -294,12 +322,7 @@ impl SessionStore {
                 client_id,
                 local,
             } => {
-                if let Some(n) = self.connecting.get_mut(&client_id) {
-                    *n -= 1;
-                    if *n == 0 {
-                        self.connecting.remove(&client_id);
-                    }
-                }
+                self.connect_done(&client_id);
                 let CommandResult::Connected {
                     epoch,
                     session_present,
@@ -314,6 +337,11 @@ impl SessionStore {
                 } else {
                     self.key_of(&client_id)
                 };
+                if let Some(c) = self.clients.get_mut(&client_id) {
+                    if c.conn_id == target.conn_id {
+                        c.epoch = epoch;
+                    }
+                }
                 let outcome = ConnectOutcome::Accepted {
                     session_present,
                     epoch,
@@ -322,11 +350,9 @@ impl SessionStore {
                 };
                 if reply.send(outcome).is_err() {
                     // The connection gave up waiting; it will not report its end.
-                    if self.client(&client_id, target.conn_id).is_some() {
-                        self.clients.remove(&client_id);
-                    }
+                    self.remove_client(&client_id, target.conn_id);
                     if !local {
-                        self.release_orphan(&client_id, epoch, ctx);
+                        self.release_orphan(&client_id, epoch);
                     }
                 }
             }
@@ -357,13 +383,24 @@ impl SessionStore {
             // Committed (or stale: the session moved on, and this connection is closed).
             Waiter::OutboundAck(_) => {}
             Waiter::Ack { conn, token } => {
-                let o = out.conn(conn.conn_id, &conn.addr, None);
+                let o = out.conn(&conn, None);
                 match result {
                     CommandResult::Published { .. } | CommandResult::Released => {
                         o.acked.push(token)
                     }
                     _ => o.refused.push(token),
                 }
+            }
+            // Applied, or refused as stale: either way nothing is left to do for it.
+            Waiter::Closing { client_id, epoch } => {
+                self.closing.remove(&(client_id, epoch));
+            }
+            Waiter::NodeDown => self.self_down_applied(),
+            Waiter::Limits(reply) => {
+                let _ = reply.send(match result {
+                    CommandResult::LimitsSet(l) => Ok(l),
+                    other => Err(format!("not applied: {other:?}")),
+                });
             }
         }
     }
