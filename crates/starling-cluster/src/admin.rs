@@ -16,6 +16,12 @@
 //!   depths, drops, Raft term/leader/indexes, proposal-to-commit latency histogram).
 //! - `GET /cluster/snapshot`: a [`Backup`](crate::backup::Backup) of the replicated state
 //!   (clustered mode).
+//! - `GET /cluster/limits`: the replicated limits in force (`max_queued_messages`,
+//!   `max_inflight`, `max_queued_bytes`); `PUT /cluster/limits` with any subset of them changes
+//!   them for every node (a log entry; answers once applied here).
+//! - `GET /cluster/check`: compares every index this node derives from the replicated state
+//!   (the state's subscription index, router keys, every router shard's subscriptions) with a
+//!   rebuild from the state: 200 when they agree, 500 with the differences.
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -29,7 +35,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
-use starling_broker::{GetStats, Metrics, SessionStore, StoreStats};
+use starling_broker::{CheckDerived, GetStats, Metrics, SessionStore, SetLimits, StoreStats};
 use tokio::sync::oneshot;
 use tracing::{error, info};
 
@@ -101,6 +107,42 @@ pub struct StatusView {
     pub retained: usize,
     /// Clients connected to this node.
     pub clients: usize,
+    /// The replicated limits in force.
+    pub limits: LimitsView,
+}
+
+/// The replicated limits (`GET /cluster/limits`); in `PUT /cluster/limits` an absent (or 0)
+/// field leaves that limit as it is.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LimitsView {
+    /// Messages queued per persistent session beyond the in-flight window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_queued_messages: Option<u64>,
+    /// Outbound QoS 1/2 messages in flight per client.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_inflight: Option<u64>,
+    /// Bytes held per persistent session.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_queued_bytes: Option<u64>,
+}
+
+impl LimitsView {
+    fn of(l: &starling_state::StateConfig) -> LimitsView {
+        LimitsView {
+            max_queued_messages: Some(l.max_queued_messages as u64),
+            max_inflight: Some(l.max_inflight as u64),
+            max_queued_bytes: Some(l.max_queued_bytes as u64),
+        }
+    }
+}
+
+/// `GET /cluster/check`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct CheckView {
+    /// Every derived index agrees with its rebuild.
+    pub ok: bool,
+    /// The differences found.
+    pub differences: Vec<String>,
 }
 
 /// `POST /cluster/members`.
@@ -178,6 +220,7 @@ async fn status(State(s): State<AdminState>) -> Result<Json<StatusView>, ApiErro
                 sessions: stats.state.sessions,
                 retained: stats.state.retained_messages,
                 clients: stats.clients,
+                limits: LimitsView::of(&stats.limits),
             }
         }
         None => StatusView {
@@ -200,9 +243,77 @@ async fn status(State(s): State<AdminState>) -> Result<Json<StatusView>, ApiErro
             sessions: stats.state.sessions,
             retained: stats.state.retained_messages,
             clients: stats.clients,
+            limits: LimitsView::of(&stats.limits),
         },
     };
     Ok(Json(view))
+}
+
+async fn get_limits(State(s): State<AdminState>) -> Result<Json<LimitsView>, ApiError> {
+    let stats = store_stats(&s)
+        .await
+        .map_err(|e| err(StatusCode::SERVICE_UNAVAILABLE, &e))?;
+    Ok(Json(LimitsView::of(&stats.limits)))
+}
+
+async fn put_limits(
+    State(s): State<AdminState>,
+    Json(req): Json<LimitsView>,
+) -> Result<Json<LimitsView>, ApiError> {
+    let limits = starling_state::pb::Limits {
+        max_queued_messages: req.max_queued_messages.unwrap_or(0),
+        max_inflight: req.max_inflight.unwrap_or(0),
+        max_queued_bytes: req.max_queued_bytes.unwrap_or(0),
+    };
+    if req.max_inflight.is_some_and(|n| n > 65_535) {
+        return Err(err(
+            StatusCode::BAD_REQUEST,
+            &"max_inflight must be at most 65535",
+        ));
+    }
+    info!(?limits, "change of the replicated limits requested");
+    let (tx, rx) = oneshot::channel();
+    s.store
+        .send(SetLimits { limits, reply: tx })
+        .await
+        .map_err(|e| err(StatusCode::SERVICE_UNAVAILABLE, &e))?;
+    match tokio::time::timeout(Duration::from_secs(15), rx).await {
+        Ok(Ok(Ok(l))) => Ok(Json(LimitsView::of(&l))),
+        Ok(Ok(Err(e))) => Err(err(StatusCode::SERVICE_UNAVAILABLE, &e)),
+        _ => Err(err(
+            StatusCode::GATEWAY_TIMEOUT,
+            &"the change was not applied in time",
+        )),
+    }
+}
+
+async fn check(State(s): State<AdminState>) -> Response {
+    let (tx, rx) = oneshot::channel();
+    if let Err(e) = s.store.send(CheckDerived { reply: tx }).await {
+        return err(StatusCode::SERVICE_UNAVAILABLE, &e).into_response();
+    }
+    let outcome = match tokio::time::timeout(Duration::from_secs(30), rx).await {
+        Ok(Ok(r)) => r,
+        _ => Err(vec!["the check did not complete in time".to_string()]),
+    };
+    match outcome {
+        Ok(()) => Json(CheckView {
+            ok: true,
+            differences: Vec::new(),
+        })
+        .into_response(),
+        Err(differences) => {
+            error!(?differences, "derived indices differ from their rebuild");
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                Json(CheckView {
+                    ok: false,
+                    differences,
+                }),
+            )
+                .into_response()
+        }
+    }
 }
 
 async fn change(s: &AdminState, change: MemberChange) -> Result<StatusCode, ApiError> {
@@ -733,6 +844,8 @@ pub fn router(state: AdminState) -> Router {
         .route("/cluster/members", axum::routing::post(join))
         .route("/cluster/members/{id}", delete(leave))
         .route("/cluster/snapshot", get(snapshot))
+        .route("/cluster/limits", get(get_limits).put(put_limits))
+        .route("/cluster/check", get(check))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))

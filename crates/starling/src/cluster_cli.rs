@@ -1,5 +1,5 @@
-//! `starling cluster status | join | leave --admin HOST:PORT`: a small HTTP/1.1 client of the
-//! admin endpoint (one request per connection, `Connection: close`).
+//! `starling cluster status | join | leave | limits | check --admin HOST:PORT`: a small
+//! HTTP/1.1 client of the admin endpoint (one request per connection, `Connection: close`).
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -37,6 +37,29 @@ pub(crate) enum ClusterOp {
         /// The id of the node to remove.
         #[arg(long)]
         node_id: u64,
+    },
+    /// Print the replicated limits, or change them for every node (through the log): the
+    /// session queue bounds the state machine applies. Without a flag: print them.
+    Limits {
+        /// Admin endpoint of any member.
+        #[arg(long, value_name = "HOST:PORT")]
+        admin: String,
+        /// Messages queued per persistent session beyond the in-flight window.
+        #[arg(long, value_name = "N")]
+        max_queued_messages: Option<u64>,
+        /// Outbound QoS 1/2 messages in flight per client.
+        #[arg(long, value_name = "N")]
+        max_inflight: Option<u64>,
+        /// Bytes held per persistent session.
+        #[arg(long, value_name = "BYTES")]
+        max_queued_bytes: Option<u64>,
+    },
+    /// Compare every index a node derives from the replicated state with a rebuild from it
+    /// (exit code 1 and the differences when they disagree).
+    Check {
+        /// Admin endpoint of the node to check.
+        #[arg(long, value_name = "HOST:PORT")]
+        admin: String,
     },
 }
 
@@ -79,6 +102,26 @@ pub(crate) fn run(op: &ClusterOp) -> Result<(), String> {
             Some(serde_json::json!({"node_id": node_id, "raft_address": raft_address, "admin_address": admin_address}).to_string()),
         ),
         ClusterOp::Leave { admin, node_id } => (admin, "DELETE", format!("/cluster/members/{node_id}"), None),
+        ClusterOp::Limits { admin, max_queued_messages: None, max_inflight: None, max_queued_bytes: None } => {
+            (admin, "GET", "/cluster/limits".to_string(), None)
+        }
+        ClusterOp::Limits { admin, max_queued_messages, max_inflight, max_queued_bytes } => {
+            let mut body = serde_json::Map::new();
+            for (key, value) in [
+                ("max_queued_messages", max_queued_messages),
+                ("max_inflight", max_inflight),
+                ("max_queued_bytes", max_queued_bytes),
+            ] {
+                if let Some(v) = value {
+                    if *v == 0 {
+                        return Err(format!("--{}: must be at least 1", key.replace('_', "-")));
+                    }
+                    body.insert(key.into(), (*v).into());
+                }
+            }
+            (admin, "PUT", "/cluster/limits".to_string(), Some(serde_json::Value::Object(body).to_string()))
+        }
+        ClusterOp::Check { admin } => (admin, "GET", "/cluster/check".to_string(), None),
     };
     let (code, text) = request(admin, method, &path, body.as_deref())?;
     if (200..300).contains(&code) {

@@ -21,6 +21,8 @@ mod derived;
 mod effects;
 pub mod output;
 mod proposals;
+#[cfg(test)]
+mod tests;
 
 use std::sync::Arc;
 use std::time::Duration;

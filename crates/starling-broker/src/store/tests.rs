@@ -1,0 +1,559 @@
+//! The store's logic without actix: a [`StoreCore`] over a log that records what is proposed,
+//! fed committed entries and log events as the Raft node or the local log would.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use actix::Recipient;
+use bytes::Bytes;
+use bytestring::ByteString;
+use prost::Message as _;
+use starling_codec::{ProtocolVersion, QoS};
+use starling_state::{pb, State, StateConfig};
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+
+use super::output::{ConnMessage, ShardMessage};
+use super::StoreCore;
+use crate::config::BrokerConfig;
+use crate::messages::*;
+use crate::replication::{LogEvent, LogStartError, LogStatus, ProposeError, ReplicatedLog};
+use crate::router::{RouteTable, SESSION_KEY};
+
+/// A log that records proposals; the test decides what commits.
+#[derive(Clone, Default)]
+struct TestLog {
+    proposed: Arc<Mutex<Vec<Bytes>>>,
+}
+
+impl ReplicatedLog for TestLog {
+    fn start(&mut self, _: Recipient<LogEvent>) -> Result<(), LogStartError> {
+        Ok(())
+    }
+    fn propose(&mut self, data: Bytes) -> Result<(), ProposeError> {
+        self.proposed.lock().unwrap().push(data);
+        Ok(())
+    }
+    fn save_snapshot(&mut self, _: u64, _: Bytes) {}
+    fn status(&self) -> LogStatus {
+        LogStatus::default()
+    }
+    fn shutdown(&mut self) {}
+}
+
+impl TestLog {
+    fn take(&self) -> Vec<pb::Batch> {
+        std::mem::take(&mut *self.proposed.lock().unwrap())
+            .into_iter()
+            .map(|b| pb::Batch::decode(b).unwrap())
+            .collect()
+    }
+}
+
+/// A node's store with connections identified by plain ids (`C = u64`).
+struct Node {
+    core: StoreCore<u64>,
+    log: TestLog,
+    /// The router shard (one), fed the store's updates.
+    router: RouteTable<u64>,
+    index: u64,
+    ready: oneshot::Receiver<Result<(), String>>,
+    t0: Instant,
+}
+
+impl Node {
+    fn new(node_id: u64, clustered: bool, config: BrokerConfig) -> Node {
+        let log = TestLog::default();
+        let (tx, ready) = oneshot::channel();
+        let t0 = Instant::now();
+        let mut core = StoreCore::new(
+            node_id,
+            Arc::new(config),
+            Box::new(log.clone()),
+            1,
+            tx,
+            clustered,
+            7,
+            1 << 20,
+            t0,
+        );
+        core.set_check_every(0);
+        Node {
+            core,
+            log,
+            router: RouteTable::default(),
+            index: 1,
+            ready,
+            t0,
+        }
+    }
+
+    fn at(&mut self, ms: u64) {
+        self.core
+            .set_clock(self.t0 + Duration::from_millis(ms), 1_000_000 + ms);
+    }
+
+    /// Feeds the router what the store output; returns the connection messages.
+    fn pump(&mut self) -> Vec<(Target<u64>, ConnMessage)> {
+        if self.core.take_flush_due() {
+            self.core.flush();
+        }
+        let out = self.core.take_output();
+        for m in out.shards {
+            if let ShardMessage::Update(u) = m {
+                self.router.update(u);
+            }
+        }
+        out.conns
+    }
+
+    /// Commits entries (as the log would hand them back) and pumps.
+    fn commit(&mut self, batches: Vec<pb::Batch>) -> Vec<(Target<u64>, ConnMessage)> {
+        let entries = batches
+            .into_iter()
+            .map(|b| {
+                self.index += 1;
+                (self.index, Bytes::from(b.encode_to_vec()))
+            })
+            .collect();
+        self.core.on_log_event(LogEvent::Committed(entries));
+        self.pump()
+    }
+
+    /// Commits everything proposed so far.
+    fn commit_proposed(&mut self) -> Vec<(Target<u64>, ConnMessage)> {
+        self.pump();
+        let b = self.log.take();
+        self.commit(b)
+    }
+
+    /// The derived indices against a rebuild: the store's own, and the router's (which answers
+    /// the check the store sends it).
+    fn check(&mut self) -> Result<(), String> {
+        let (tx, mut rx) = tokio::sync::mpsc::channel(1);
+        self.core.check_derived(Some(tx))?;
+        self.pump();
+        rx.try_recv().expect("the router answered")
+    }
+
+    fn connect(&mut self, id: &str, conn: u64, clean: bool) -> oneshot::Receiver<ConnectOutcome> {
+        let (tx, rx) = oneshot::channel();
+        self.core.connect(ConnectRequest {
+            target: Target {
+                conn_id: conn,
+                addr: conn,
+            },
+            info: ConnectInfo {
+                client_id: ByteString::from(id),
+                clean_session: clean,
+                protocol: ProtocolVersion::V3_1_1,
+                will: None,
+                username: None,
+                peer: "127.0.0.1:1".parse().unwrap(),
+            },
+            reply: tx,
+        });
+        rx
+    }
+}
+
+fn batch(node: u64, commands: Vec<pb::command::Kind>) -> pb::Batch {
+    pb::Batch {
+        node_id: node,
+        incarnation: 99,
+        timestamp_ms: 1,
+        commands: commands
+            .into_iter()
+            .map(|k| pb::Command {
+                request_id: 0,
+                kind: Some(k),
+            })
+            .collect(),
+    }
+}
+
+fn connect_cmd(id: &str, node: u64, conn: u64, clean: bool) -> pb::command::Kind {
+    pb::command::Kind::Connect(pb::SessionConnect {
+        client_id: id.into(),
+        clean_session: clean,
+        node_id: node,
+        connection_id: conn,
+        will: None,
+        username: String::new(),
+        track: clean,
+    })
+}
+
+fn subscribe_cmd(id: &str, epoch: u64, filter: &str) -> pb::command::Kind {
+    pb::command::Kind::Subscribe(pb::Subscribe {
+        client_id: id.into(),
+        epoch,
+        filters: vec![pb::SubscriptionRequest {
+            filter: filter.into(),
+            qos: 1,
+        }],
+    })
+}
+
+/// A state in which node 1 serves a persistent session (`t/#`) and node 3 a tracked clean one
+/// (`x/#`), as a snapshot.
+fn snapshot_with_remote_sessions() -> (u64, Bytes) {
+    let mut state = State::default();
+    let mut effects = Vec::new();
+    let entries = [
+        batch(1, vec![connect_cmd("persistent", 1, 11, false)]),
+        batch(1, vec![subscribe_cmd("persistent", 1, "t/#")]),
+        batch(3, vec![connect_cmd("clean", 3, 33, true)]),
+        batch(3, vec![subscribe_cmd("clean", 2, "x/#")]),
+    ];
+    for (i, b) in entries.iter().enumerate() {
+        state.apply(i as u64 + 2, b, &mut effects);
+    }
+    (state.applied_index(), state.encode_snapshot())
+}
+
+fn routes(n: &Node) -> Vec<(String, bool, Option<RouteTargetId>)> {
+    let mut r: Vec<_> = n
+        .router
+        .session_entries()
+        .into_iter()
+        .map(|(_, f, _, durable, t)| (f.to_string(), durable, t))
+        .collect();
+    r.sort();
+    r
+}
+
+fn disconnects(batches: &[pb::Batch]) -> Vec<pb::SessionDisconnect> {
+    batches
+        .iter()
+        .flat_map(|b| &b.commands)
+        .filter_map(|c| match &c.kind {
+            Some(pb::command::Kind::Disconnect(d)) => Some(d.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_snapshot_from_the_leader_rebuilds_the_routes_of_every_session() {
+    let mut n = Node::new(2, true, BrokerConfig::default());
+    n.core.on_log_event(LogEvent::Recovered);
+    n.pump();
+    assert!(n.ready.try_recv().is_ok());
+    let (index, data) = snapshot_with_remote_sessions();
+    n.core.on_log_event(LogEvent::Restore { index, data });
+    n.pump();
+    assert_eq!(
+        routes(&n),
+        vec![
+            ("t/#".into(), true, Some(RouteTargetId::Remote(1))),
+            ("x/#".into(), false, Some(RouteTargetId::Remote(3))),
+        ],
+        "persistent and clean sessions of other nodes are routed to their nodes"
+    );
+    n.check().unwrap();
+}
+
+#[test]
+fn recovery_routes_clean_sessions_and_keeps_remote_targets() {
+    let mut n = Node::new(2, true, BrokerConfig::default());
+    let (index, data) = snapshot_with_remote_sessions();
+    n.core.on_log_event(LogEvent::Restore { index, data });
+    n.core.on_log_event(LogEvent::Recovered);
+    n.pump();
+    assert_eq!(
+        routes(&n),
+        vec![
+            ("t/#".into(), true, Some(RouteTargetId::Remote(1))),
+            ("x/#".into(), false, Some(RouteTargetId::Remote(3))),
+        ]
+    );
+    n.check().unwrap();
+}
+
+#[test]
+fn a_restore_closes_local_connections_whose_session_moved_away() {
+    let mut n = Node::new(3, true, BrokerConfig::default());
+    n.core.on_log_event(LogEvent::Recovered);
+    n.pump();
+    // "clean" connects here as connection 33 (what the snapshot's owner says), committed.
+    let mut rx = n.connect("clean", 33, true);
+    n.commit_proposed();
+    assert!(matches!(rx.try_recv(), Ok(ConnectOutcome::Accepted { .. })));
+    n.check().unwrap();
+    // A snapshot in which another node took the session over: the connection here is closed.
+    let mut state = State::decode_snapshot(snapshot_with_remote_sessions().1).unwrap();
+    let mut effects = Vec::new();
+    state.apply(
+        50,
+        &batch(1, vec![connect_cmd("clean", 1, 77, true)]),
+        &mut effects,
+    );
+    n.core.on_log_event(LogEvent::Restore {
+        index: 50,
+        data: state.encode_snapshot(),
+    });
+    let conns = n.pump();
+    assert!(
+        conns
+            .iter()
+            .any(|(t, m)| t.conn_id == 33 && matches!(m, ConnMessage::Kick(KickReason::TakenOver))),
+        "{conns:?}"
+    );
+    n.check().unwrap();
+}
+
+#[test]
+fn a_failed_connect_is_no_longer_pending() {
+    let mut n = Node::new(1, false, BrokerConfig::default());
+    n.core.on_log_event(LogEvent::Recovered);
+    n.pump();
+    let mut rx = n.connect("c", 5, false);
+    n.pump();
+    assert_eq!(n.log.take().len(), 1, "a persistent connect is proposed");
+    n.core.on_log_event(LogEvent::LeaderChanged {
+        leader: None,
+        term: 2,
+    });
+    n.pump();
+    assert!(matches!(rx.try_recv(), Ok(ConnectOutcome::Unavailable)));
+    // A clean session of the same id afterwards is served at once (nothing pending to order
+    // it after), as for any clean session on a single node.
+    n.core.connection_closed(ConnectionClosed {
+        conn_id: 5,
+        client_id: "c".into(),
+        key: 0,
+        epoch: 0,
+        persistent: true,
+        publish_will: false,
+        sent_up_to: 0,
+        filters: Vec::new(),
+    });
+    let mut rx = n.connect("c", 6, true);
+    n.pump();
+    assert!(matches!(rx.try_recv(), Ok(ConnectOutcome::Accepted { .. })));
+    assert!(n.log.take().is_empty(), "nothing proposed for it");
+}
+
+/// A node restarted with sessions recorded as served by it.
+fn restarted_node() -> Node {
+    let mut n = Node::new(2, true, BrokerConfig::default());
+    let mut state = State::default();
+    let mut effects = Vec::new();
+    state.apply(
+        2,
+        &batch(2, vec![connect_cmd("old", 2, 21, false)]),
+        &mut effects,
+    );
+    n.core.on_log_event(LogEvent::Restore {
+        index: 2,
+        data: state.encode_snapshot(),
+    });
+    n.index = 2;
+    n.at(0);
+    n.core.on_log_event(LogEvent::Recovered);
+    n.pump();
+    n
+}
+
+fn node_downs(batches: &[pb::Batch]) -> usize {
+    batches
+        .iter()
+        .flat_map(|b| &b.commands)
+        .filter(|c| matches!(c.kind, Some(pb::command::Kind::NodeDown(_))))
+        .count()
+}
+
+#[test]
+fn a_restarted_nodes_node_down_is_proposed_until_it_applies_and_connects_wait_for_it() {
+    let mut n = restarted_node();
+    let first = n.log.take();
+    assert_eq!(node_downs(&first), 1);
+    // Refused (no leader since the start): proposed again after a while, not at once.
+    let entry = Bytes::from(first[0].encode_to_vec());
+    n.core.on_log_event(LogEvent::Rejected {
+        entry,
+        reason: "no leader since the start".into(),
+    });
+    n.pump();
+    let mut rx = n.connect("new", 22, false);
+    n.pump();
+    assert!(
+        n.log.take().is_empty(),
+        "the CONNECT waits for the NodeDown"
+    );
+    n.at(100);
+    n.core.tick();
+    n.pump();
+    assert!(n.log.take().is_empty(), "not before the retry delay");
+    n.at(600);
+    n.core.tick();
+    n.pump();
+    let again = n.log.take();
+    assert_eq!(node_downs(&again), 1, "proposed again");
+    // It applies: the old session goes offline, then the CONNECT is proposed.
+    n.commit(again);
+    assert!(n.core.state().session("old").unwrap().owner.is_none());
+    n.pump();
+    let connect = n.log.take();
+    assert_eq!(connect.len(), 1);
+    assert!(matches!(
+        connect[0].commands[0].kind,
+        Some(pb::command::Kind::Connect(_))
+    ));
+    n.commit(connect);
+    assert!(matches!(rx.try_recv(), Ok(ConnectOutcome::Accepted { .. })));
+    n.check().unwrap();
+}
+
+#[test]
+fn a_session_served_by_a_connection_that_is_gone_is_disconnected_until_it_applies() {
+    let mut n = Node::new(1, true, BrokerConfig::default());
+    n.at(0);
+    n.core.on_log_event(LogEvent::Recovered);
+    n.pump();
+    // Committed while no connection of this node serves it (the client gave up waiting).
+    n.commit(vec![batch(1, vec![connect_cmd("gone", 1, 9, false)])]);
+    let proposed = n.log.take();
+    let d = disconnects(&proposed);
+    assert_eq!(d.len(), 1, "{proposed:?}");
+    assert_eq!(d[0].client_id, "gone");
+    assert!(d[0].publish_will, "its connection ended without DISCONNECT");
+    // That proposal is lost with a leader change: proposed again later, until it applies.
+    n.core.on_log_event(LogEvent::LeaderChanged {
+        leader: Some(2),
+        term: 3,
+    });
+    n.pump();
+    n.at(1_000);
+    n.core.tick();
+    n.pump();
+    let again = n.log.take();
+    assert_eq!(disconnects(&again).len(), 1, "{again:?}");
+    n.commit(again);
+    assert!(n.core.state().session("gone").unwrap().owner.is_none());
+    n.at(2_000);
+    n.core.tick();
+    n.core.expire_sessions();
+    n.pump();
+    assert!(n.log.take().is_empty(), "nothing more once applied");
+    n.check().unwrap();
+}
+
+#[test]
+fn the_end_of_a_connection_is_proposed_until_it_applies() {
+    let mut n = Node::new(1, true, BrokerConfig::default());
+    n.at(0);
+    n.core.on_log_event(LogEvent::Recovered);
+    n.pump();
+    let mut rx = n.connect("p", 4, false);
+    n.commit_proposed();
+    let epoch = match rx.try_recv() {
+        Ok(ConnectOutcome::Accepted { epoch, .. }) => epoch,
+        other => panic!("{other:?}"),
+    };
+    n.core.connection_closed(ConnectionClosed {
+        conn_id: 4,
+        client_id: "p".into(),
+        key: 0,
+        epoch,
+        persistent: true,
+        publish_will: true,
+        sent_up_to: 0,
+        filters: Vec::new(),
+    });
+    n.pump();
+    let first = n.log.take();
+    assert_eq!(disconnects(&first).len(), 1);
+    n.core.on_log_event(LogEvent::Rejected {
+        entry: Bytes::from(first[0].encode_to_vec()),
+        reason: "no leader".into(),
+    });
+    n.pump();
+    // The reconciliation does not add a second one while this one is pending.
+    n.core.expire_sessions();
+    n.pump();
+    assert!(n.log.take().is_empty());
+    n.at(600);
+    n.core.tick();
+    n.pump();
+    let again = n.log.take();
+    assert_eq!(disconnects(&again).len(), 1);
+    n.commit(again);
+    assert!(n.core.state().session("p").unwrap().owner.is_none());
+    n.check().unwrap();
+}
+
+#[test]
+fn the_limits_come_from_the_log_single_node_proposes_its_configuration() {
+    let config = BrokerConfig {
+        max_queued_messages: 7,
+        ..BrokerConfig::default()
+    };
+    let mut single = Node::new(1, false, config.clone());
+    single.core.on_log_event(LogEvent::Recovered);
+    single.commit_proposed();
+    assert_eq!(single.core.state().config().max_queued_messages, 7);
+    let mut clustered = Node::new(1, true, config);
+    clustered.core.on_log_event(LogEvent::Recovered);
+    clustered.pump();
+    assert!(clustered.log.take().is_empty(), "ignored in a cluster");
+    assert_eq!(clustered.core.state().config(), &StateConfig::default());
+    let (tx, mut rx) = oneshot::channel();
+    clustered.core.set_limits(
+        pb::Limits {
+            max_inflight: 3,
+            ..pb::Limits::default()
+        },
+        tx,
+    );
+    clustered.commit_proposed();
+    assert_eq!(rx.try_recv().unwrap().unwrap().max_inflight, 3);
+}
+
+#[test]
+fn a_durable_publish_larger_than_an_entry_is_refused_for_its_publisher_alone() {
+    let mut n = Node::new(1, true, BrokerConfig::default());
+    n.core.on_log_event(LogEvent::Recovered);
+    n.pump();
+    let big = starling_state::Message {
+        topic: "t".into(),
+        payload: Bytes::from(vec![0u8; 2 << 20]),
+        qos: QoS::AtLeastOnce,
+        retain: true,
+    };
+    let small = starling_state::Message {
+        payload: Bytes::from_static(b"ok"),
+        ..big.clone()
+    };
+    let conn = |id| Target {
+        conn_id: id,
+        addr: id,
+    };
+    n.core.durable_publish(vec![
+        DurableItem {
+            message: big,
+            reply: Some((conn(1), 10)),
+        },
+        DurableItem {
+            message: small,
+            reply: Some((conn(2), 20)),
+        },
+    ]);
+    let conns = n.pump();
+    assert!(
+        conns.iter().any(|(t, m)| t.conn_id == 1
+            && matches!(m, ConnMessage::Acked(a) if a.refused && a.tokens == vec![10])),
+        "{conns:?}"
+    );
+    let conns = n.commit_proposed();
+    assert!(conns.iter().any(|(t, m)| t.conn_id == 2
+        && matches!(m, ConnMessage::Acked(a) if !a.refused && a.tokens == vec![20])));
+    assert_eq!(n.core.state().retained().len(), 1);
+}
+
+#[test]
+fn session_keys_have_the_session_bit() {
+    let mut n = Node::new(1, true, BrokerConfig::default());
+    assert_ne!(n.core.key_of("a") & SESSION_KEY, 0);
+}
