@@ -21,3 +21,4 @@ mod partition;
 mod replication;
 mod restore;
 mod snapshot;
+mod snapshot_transfer;

@@ -6,6 +6,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::auth::MIN_SECRET_LEN;
 
+/// The size of snapshot chunks unless `max_message_bytes` is smaller than four times it.
+pub const DEFAULT_SNAPSHOT_CHUNK_BYTES: usize = 1024 * 1024;
+
 /// Settings of the clustered mode.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -32,8 +35,15 @@ pub struct ClusterConfig {
     pub heartbeat_ticks: usize,
     /// Largest message accepted from or sent to a peer. One log entry travels in one message,
     /// so it bounds the entries (`mqtt.max_packet_size` must leave room: see
-    /// [`ClusterConfig::max_entry_bytes`]).
+    /// [`ClusterConfig::max_entry_bytes`]). Snapshots travel in chunks of
+    /// `snapshot_chunk_bytes`, so they may be larger.
     pub max_message_bytes: usize,
+    /// Size of the chunks a snapshot is sent in; at most half of `max_message_bytes`. 0: a
+    /// quarter of `max_message_bytes`, at most 1 MiB (see [`ClusterConfig::snapshot_chunk`]).
+    pub snapshot_chunk_bytes: usize,
+    /// Largest snapshot this node accepts from a leader; a larger one is refused (and the
+    /// refusal logged on both sides).
+    pub max_snapshot_bytes: u64,
     /// Messages queued per peer before they are dropped (Raft retransmits).
     pub peer_queue: usize,
     /// Seconds the leader waits for an unreachable node before its sessions go offline and
@@ -77,6 +87,8 @@ impl Default for ClusterConfig {
             election_ticks: 10,
             heartbeat_ticks: 2,
             max_message_bytes: 260 * 1024 * 1024,
+            snapshot_chunk_bytes: 0,
+            max_snapshot_bytes: 1024 * 1024 * 1024,
             peer_queue: 4096,
             node_down_secs: 10,
             secret: Secret::default(),
@@ -92,6 +104,31 @@ impl Default for ClusterConfig {
 pub struct ClusterConfigError(pub String);
 
 impl ClusterConfig {
+    /// Checks the settings that depend on each other.
+    ///
+    /// # Errors
+    /// `snapshot_chunk_bytes` is set over half of `max_message_bytes` (a chunk and its framing
+    /// must fit one message).
+    pub fn validate(&self) -> Result<(), ClusterConfigError> {
+        if self.snapshot_chunk_bytes > self.max_message_bytes / 2 {
+            return Err(ClusterConfigError(format!(
+                "cluster.snapshot_chunk_bytes ({}) must be at most half of \
+                 cluster.max_message_bytes ({}); 0 chooses a quarter of it, up to 1 MiB",
+                self.snapshot_chunk_bytes, self.max_message_bytes
+            )));
+        }
+        Ok(())
+    }
+
+    /// The size of snapshot chunks: `snapshot_chunk_bytes`, or if that is 0 a quarter of
+    /// `max_message_bytes`, at most [`DEFAULT_SNAPSHOT_CHUNK_BYTES`].
+    pub fn snapshot_chunk(&self) -> usize {
+        match self.snapshot_chunk_bytes {
+            0 => (self.max_message_bytes / 4).clamp(1, DEFAULT_SNAPSHOT_CHUNK_BYTES),
+            n => n,
+        }
+    }
+
     /// Whether clustered mode is on (any peer configured).
     pub fn enabled(&self) -> bool {
         !self.peers.is_empty()
@@ -273,6 +310,38 @@ mod tests {
             ..base
         };
         assert!(missing.peer_secret().is_err());
+    }
+
+    #[test]
+    fn a_snapshot_chunk_must_fit_well_within_a_message() {
+        let defaults = ClusterConfig::default();
+        defaults.validate().unwrap();
+        assert_eq!(defaults.snapshot_chunk(), DEFAULT_SNAPSHOT_CHUNK_BYTES);
+        // A small message cap: the default chunk follows it.
+        let small = ClusterConfig {
+            max_message_bytes: 256 * 1024,
+            ..Default::default()
+        };
+        small.validate().unwrap();
+        assert_eq!(small.snapshot_chunk(), 64 * 1024);
+        // An explicit chunk that does not fit is refused, naming both keys.
+        let e = ClusterConfig {
+            snapshot_chunk_bytes: 200 * 1024,
+            ..small.clone()
+        }
+        .validate()
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("cluster.snapshot_chunk_bytes") && e.contains("cluster.max_message_bytes"),
+            "{e}"
+        );
+        let explicit = ClusterConfig {
+            snapshot_chunk_bytes: 100 * 1024,
+            ..small
+        };
+        explicit.validate().unwrap();
+        assert_eq!(explicit.snapshot_chunk(), 100 * 1024);
     }
 
     #[test]

@@ -3,10 +3,13 @@
 //! # Layout
 //! - [`local`]: [`LocalLog`], a node's own write-ahead log: commands are committed once they are
 //!   durable on this node's disk (a cluster of one).
-//! - [`raft`]: the Raft actor driving tikv `raft::RawNode` for one group: ticks, steps,
-//!   proposals, Ready handling with asynchronous persistence, snapshots, membership changes.
+//! - [`raft`]: the Raft node of one group: [`raft::RaftCore`], the plain struct driving tikv
+//!   `raft::RawNode` (ticks, steps, proposals, Ready handling with asynchronous persistence,
+//!   snapshots, membership changes), inside [`RaftNode`], its actor shell; snapshots sent in
+//!   chunks ([`raft::transfer`]).
 //! - [`raft_log`]: [`RaftLog`], the port implementation in clustered mode.
-//! - [`transport`]: peer messages over gRPC (one stream per peer, reconnecting with backoff).
+//! - `transport`: peer messages over gRPC (one stream per peer, reconnecting with backoff) and
+//!   chunked snapshot transfers.
 //! - [`auth`]: peer authentication with the cluster secret (every call, and a `Hello` proving
 //!   the callee), checked before any peer message is decoded.
 //! - [`config`]: the `[cluster]` settings.

@@ -2,16 +2,14 @@
 
 use std::net::TcpListener as StdTcpListener;
 use std::path::Path;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use actix::prelude::*;
 use bytes::Bytes;
-use prost::Message as _;
 use starling_broker::{
     LocalDelivery, LogEvent, LogStartError, LogStatus, ProposeError, ReplicatedLog,
 };
-use starling_proto::cluster::v1 as cpb;
 use starling_proto::cluster::v1::cluster_server::ClusterServer;
 use starling_storage::{FsyncPolicy, LogStore, LogWriter, StoreOptions};
 use tonic::service::interceptor::InterceptedService;
@@ -20,9 +18,11 @@ use tracing::{error, info, warn};
 use crate::auth::PeerAuth;
 
 use crate::config::ClusterConfig;
-use crate::raft::storage::{RaftStorage, PEERS};
-use crate::raft::{Attach, Propose, RaftNode, RaftSettings, SaveSnapshot, StatusCell, Stop};
-use crate::transport::{CheckPeers, ClusterService, PeerForwarder};
+use crate::raft::{
+    Attach, Opened, Propose, RaftCore, RaftNode, RaftSettings, RaftStorage, SaveSnapshot,
+    SnapshotReceiver, StatusCell, Stop, TransferSettings,
+};
+use crate::transport::{CheckPeers, ClusterService, PeerForwarder, Transport};
 use crate::STATE_GROUP;
 
 /// What the admin endpoint needs to reach the Raft node.
@@ -87,6 +87,7 @@ impl RaftLog {
         queue_capacity: usize,
     ) -> Result<RaftLog, LogStartError> {
         let configured = config.peer_list().map_err(start_err)?;
+        config.validate().map_err(start_err)?;
         let auth = match config.peer_secret().map_err(start_err)? {
             Some(secret) => Some(Arc::new(PeerAuth::new(node_id, &secret))),
             None => {
@@ -105,61 +106,31 @@ impl RaftLog {
         let path = dir.join(crate::local::DB_FILE);
         let store = LogStore::open(&path, StoreOptions { fsync })
             .map_err(|e| LogStartError(format!("{}: {e}", path.display())))?;
-        let mut peers: Vec<cpb::MemberContext> =
-            match store.meta(STATE_GROUP, PEERS).map_err(start_err)? {
-                Some(b) => cpb::PeerTable::decode(b).map_err(start_err)?.members,
-                None => Vec::new(),
-            };
-        // Configured addresses win for the ids they name (addresses may change across restarts).
-        for (id, addr) in &configured {
-            peers.retain(|p| p.node_id != *id);
-            peers.push(cpb::MemberContext {
-                node_id: *id,
-                raft_address: addr.clone(),
-                admin_address: String::new(),
-            });
-        }
-        let storage = match RaftStorage::load(&store, STATE_GROUP).map_err(start_err)? {
-            Some(s) => {
-                info!(node_id, "raft state loaded from disk");
-                s
-            }
-            None if config.bootstrap && configured.iter().any(|(id, _)| *id == node_id) => {
+        let (storage, peers, opened) =
+            RaftStorage::open(&store, STATE_GROUP, node_id, &configured, config.bootstrap)
+                .map_err(start_err)?;
+        match opened {
+            Opened::Loaded => info!(node_id, "raft state loaded from disk"),
+            Opened::Bootstrapped => {
                 let voters: Vec<u64> = configured.iter().map(|(id, _)| *id).collect();
-                info!(node_id, ?voters, "bootstrapping a new cluster");
-                let table = cpb::PeerTable {
-                    members: peers.clone(),
-                };
-                // The initial snapshot: an empty state and the founders' addresses.
-                let data = Bytes::from(
-                    cpb::SnapshotData {
-                        state: Bytes::new(),
-                        peers: Some(table.clone()),
-                    }
-                    .encode_to_vec(),
-                );
-                let s = RaftStorage::bootstrap(voters, data);
-                s.write_initial(&store, STATE_GROUP, Bytes::from(table.encode_to_vec()))
-                    .map_err(start_err)?;
-                s
+                info!(node_id, ?voters, "bootstrapped a new cluster");
             }
-            None => {
-                info!(node_id, "empty node: waiting to be added to a cluster");
-                RaftStorage::empty()
-            }
-        };
-        let applied = storage.rl().first_index() - 1;
+            Opened::Empty => info!(node_id, "empty node: waiting to be added to a cluster"),
+        }
         let settings = RaftSettings {
             id: node_id,
             group: STATE_GROUP,
             tick: Duration::from_millis(config.tick_ms.max(1)),
             election_ticks: config.election_ticks,
             heartbeat_ticks: config.heartbeat_ticks,
-            applied,
             peer_queue: config.peer_queue,
             max_message_bytes: config.max_message_bytes,
             conf_change_timeout: Duration::from_secs(10),
             node_down_after: Duration::from_secs(config.node_down_secs.max(1)),
+            transfer: TransferSettings {
+                chunk_bytes: config.snapshot_chunk(),
+                ..TransferSettings::default()
+            },
         };
         let listener = StdTcpListener::bind(config.listen).map_err(|e| {
             LogStartError(format!("cannot listen for peers on {}: {e}", config.listen))
@@ -167,17 +138,25 @@ impl RaftLog {
         listener.set_nonblocking(true).map_err(start_err)?;
         let writer = LogWriter::spawn(store, queue_capacity).map_err(start_err)?;
         let status = StatusCell::default();
-        let node =
-            RaftNode::new(settings, storage, writer, peers, status.clone()).map_err(start_err)?;
+        let transport = Transport::new(
+            node_id,
+            STATE_GROUP,
+            settings.peer_queue,
+            settings.max_message_bytes,
+            settings.transfer.clone(),
+            auth.clone(),
+        );
+        let core = RaftCore::new(settings, storage, peers, tokio::time::Instant::now())
+            .map_err(start_err)?;
         let forwarder = PeerForwarder::new(
             node_id,
             config.peer_queue,
             config.max_message_bytes,
             auth.clone(),
         );
-        let node = node
-            .with_peer_auth(auth.clone())
+        let node = RaftNode::new(core, Box::new(writer), status.clone(), transport)
             .with_forwarder(forwarder.clone());
+        let snapshots = Arc::new(Mutex::new(SnapshotReceiver::new(config.max_snapshot_bytes)));
         let delivery: Arc<OnceLock<LocalDelivery>> = Arc::default();
         let svc_delivery = delivery.clone();
         let arbiter = Arbiter::new();
@@ -188,6 +167,7 @@ impl RaftLog {
                 node_id,
                 group: STATE_GROUP,
                 raft: ctx.address(),
+                snapshots,
                 delivery: svc_delivery,
                 auth: svc_auth.clone(),
             };

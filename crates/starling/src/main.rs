@@ -154,6 +154,16 @@ enum Command {
 fn build_config(cli: &Cli) -> Result<Config, String> {
     let c = layer_config(&cli.flags, None)?;
     if c.cluster.enabled() {
+        // A Raft vote or append acknowledgement must not precede the write it promises.
+        if c.storage.fsync == Fsync::Interval {
+            return Err(
+                "storage.fsync = \"interval\" is refused in clustered mode: Raft votes \
+                        and log acknowledgements would be sent before they are durable, so a \
+                        crash could lose committed entries; use storage.fsync = \"always\" \
+                        (the default)"
+                    .into(),
+            );
+        }
         // No secret (and not insecure), an unreadable file, a short secret: exit code 2.
         c.cluster.peer_secret().map_err(|e| e.to_string())?;
         check_entry_bound(&c)?;

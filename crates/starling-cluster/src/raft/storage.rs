@@ -11,8 +11,10 @@ use std::collections::VecDeque;
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use bytes::Bytes;
+use prost::Message as _;
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
 use raft::{GetEntriesContext, RaftState, StorageError as RaftStorageError};
+use starling_proto::cluster::v1 as cpb;
 use starling_storage::{LogStore, SnapshotRecord, StorageError, WriteBatch};
 
 /// Metadata key of the `ConfState` that goes with the stored snapshot.
@@ -93,9 +95,11 @@ impl Core {
     }
 }
 
-/// raft-rs's view of the log (shared with the Raft actor, which updates it).
+/// raft-rs's view of the log of one group: the in-memory tail every Ready updates (shared between
+/// raft-rs and [`RaftCore`](super::RaftCore), which updates it), loaded from and mirrored to a
+/// [`LogStore`].
 #[derive(Clone, Default)]
-pub(crate) struct RaftStorage {
+pub struct RaftStorage {
     core: Arc<RwLock<Core>>,
 }
 
@@ -109,7 +113,10 @@ impl RaftStorage {
     }
 
     /// Loads group `group` from disk. `None` when the group has never been written.
-    pub(crate) fn load(store: &LogStore, group: u64) -> Result<Option<RaftStorage>, LoadError> {
+    ///
+    /// # Errors
+    /// The store cannot be read, a record cannot be decoded, or the entries have a gap.
+    pub fn load(store: &LogStore, group: u64) -> Result<Option<RaftStorage>, LoadError> {
         let hs = store.hard_state(group)?;
         let cs = store.conf_state(group)?;
         let snap = store.snapshot(group)?;
@@ -147,7 +154,7 @@ impl RaftStorage {
     }
 
     /// A fresh log whose first configuration is `voters` (cluster bootstrap): it starts after
-    /// a snapshot at [`BOOTSTRAP_INDEX`] that carries that configuration and `data` (the
+    /// a snapshot at index 1 (`BOOTSTRAP_INDEX`) that carries that configuration and `data` (the
     /// encoded initial state), and that snapshot counts as committed.
     ///
     /// The first configuration must be in the log's history, not only in each founder's conf
@@ -156,7 +163,7 @@ impl RaftStorage {
     /// it would never learn of the founding voters (it would count itself as the only voter and
     /// could elect itself alone). Starting after a snapshot makes the leader send that snapshot
     /// first, as TiKV does with its initial snapshot. Every founder builds the same one.
-    pub(crate) fn bootstrap(voters: Vec<u64>, data: Bytes) -> RaftStorage {
+    pub fn bootstrap(voters: Vec<u64>, data: Bytes) -> RaftStorage {
         Self::starting_after(voters, BOOTSTRAP_INDEX, BOOTSTRAP_INDEX_TERM, data)
     }
 
@@ -164,12 +171,7 @@ impl RaftStorage {
     /// and the configuration `voters`: a new cluster's log ([`RaftStorage::bootstrap`]), or a
     /// restored one (`starling restore`, at the backup's applied index). Nodes that start from
     /// the same one agree on the log so far and elect a leader among `voters`.
-    pub(crate) fn starting_after(
-        voters: Vec<u64>,
-        index: u64,
-        term: u64,
-        data: Bytes,
-    ) -> RaftStorage {
+    pub fn starting_after(voters: Vec<u64>, index: u64, term: u64, data: Bytes) -> RaftStorage {
         let mut core = Core::default();
         core.conf_state.voters = voters;
         core.hard_state.term = term;
@@ -184,7 +186,10 @@ impl RaftStorage {
     /// Writes this log, as built by [`RaftStorage::starting_after`], to group `group` of `store`
     /// with the peer table `peers` (encoded `PeerTable`): hard and conf state, the snapshot and
     /// the configuration that goes with it. `store` must not hold the group yet.
-    pub(crate) fn write_initial(
+    ///
+    /// # Errors
+    /// The write fails.
+    pub fn write_initial(
         &self,
         store: &LogStore,
         group: u64,
@@ -210,18 +215,87 @@ impl RaftStorage {
     }
 
     /// A fresh log with no configuration: a node waiting to be added to a cluster.
-    pub(crate) fn empty() -> RaftStorage {
+    pub fn empty() -> RaftStorage {
         RaftStorage::default()
     }
+
+    /// Opens group `group` of `store` for node `node_id`, as a node starts: the log on disk if
+    /// there is one; else, if `bootstrap` and the node is one of `configured` (the members as
+    /// `(id, raft address)`), a new cluster's log whose first voters are `configured`, written to
+    /// `store` at once; else an empty log (the node waits to be added). Returns the log, the peer
+    /// table (the stored one, with the addresses in `configured` winning for the ids they name)
+    /// and which of the three it was.
+    ///
+    /// # Errors
+    /// The store cannot be read or written, or holds undecodable records.
+    pub fn open(
+        store: &LogStore,
+        group: u64,
+        node_id: u64,
+        configured: &[(u64, String)],
+        bootstrap: bool,
+    ) -> Result<(RaftStorage, Vec<cpb::MemberContext>, Opened), LoadError> {
+        let mut peers: Vec<cpb::MemberContext> = match store.meta(group, PEERS)? {
+            Some(b) => cpb::PeerTable::decode(b)?.members,
+            None => Vec::new(),
+        };
+        // Configured addresses win for the ids they name (addresses may change across restarts).
+        for (id, addr) in configured {
+            peers.retain(|p| p.node_id != *id);
+            peers.push(cpb::MemberContext {
+                node_id: *id,
+                raft_address: addr.clone(),
+                admin_address: String::new(),
+            });
+        }
+        if let Some(s) = RaftStorage::load(store, group)? {
+            return Ok((s, peers, Opened::Loaded));
+        }
+        if !bootstrap || !configured.iter().any(|(id, _)| *id == node_id) {
+            return Ok((RaftStorage::empty(), peers, Opened::Empty));
+        }
+        let voters: Vec<u64> = configured.iter().map(|(id, _)| *id).collect();
+        let table = cpb::PeerTable {
+            members: peers.clone(),
+        };
+        // The initial snapshot: an empty state and the founders' addresses.
+        let data = Bytes::from(
+            cpb::SnapshotData {
+                state: Bytes::new(),
+                peers: Some(table.clone()),
+            }
+            .encode_to_vec(),
+        );
+        let s = RaftStorage::bootstrap(voters, data);
+        s.write_initial(store, group, Bytes::from(table.encode_to_vec()))?;
+        Ok((s, peers, Opened::Bootstrapped))
+    }
+}
+
+/// What [`RaftStorage::open`] found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Opened {
+    /// The group's log was on disk.
+    Loaded,
+    /// A new cluster's log was written.
+    Bootstrapped,
+    /// Nothing: the node waits to be added to a cluster.
+    Empty,
 }
 
 /// The log on disk cannot be read.
 #[derive(Debug, thiserror::Error)]
-pub(crate) enum LoadError {
+pub enum LoadError {
+    /// The store failed.
     #[error(transparent)]
     Storage(#[from] StorageError),
+    /// A raft-rs record cannot be decoded.
     #[error("undecodable raft record: {0}")]
     Decode(#[from] protobuf::ProtobufError),
+    /// The peer table cannot be decoded.
+    #[error("undecodable peer table: {0}")]
+    Peers(#[from] prost::DecodeError),
+    /// Entries are missing in the middle of the log.
     #[error("raft log has a gap at index {0}")]
     Gap(u64),
 }

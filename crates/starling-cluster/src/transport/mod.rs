@@ -1,36 +1,48 @@
-//! Peer transport over gRPC (tonic): one long-lived client stream per peer and kind.
+//! Peer transport over gRPC (tonic): one long-lived client stream per peer and kind, and
+//! snapshot transfers in chunks.
 //!
 //! - Raft messages ([`Transport`]): sending never blocks the Raft actor; each peer has a bounded
 //!   queue drained by a task that keeps a stream open, reconnecting with backoff. A full queue
 //!   drops the message (Raft retransmits) and reports the peer unreachable.
+//! - Snapshots (`snapshot`): a `MsgSnapshot` never goes on the Raft stream; it is sent in chunks
+//!   of at most `cluster.snapshot_chunk_bytes` by a task per transfer, one request per chunk
+//!   (`Cluster.SendSnapshotChunk`), driven by the [`SnapshotTransfer`] state machine. Its end comes
+//!   back to the Raft actor, which reports it to raft-rs.
 //! - Fast-path forwards ([`PeerForwarder`], the broker's `Forwarder`): messages for another
 //!   node's local subscribers, batched per router pass; a full queue drops and counts them (the
 //!   fast path is at most once across nodes). One stream per peer keeps per-topic order.
 //!
-//! Receiving, the `Cluster` service steps Raft messages into the Raft actor (messages for another
-//! node or group are dropped) and hands forwards to the local router shards, waiting until they
-//! took them (backpressure on the stream). Every message is size-capped on both sides.
+//! Receiving, the `Cluster` service (`service`) steps Raft messages into the Raft actor (messages
+//! for another node or group are dropped), assembles snapshot chunks ([`SnapshotReceiver`]) and
+//! hands the whole snapshot to the actor, which refuses one it cannot use, and hands forwards to
+//! the local router shards, waiting until they took them (backpressure on the stream). Every
+//! message is size-capped on both sides.
 //!
 //! Authentication ([`crate::auth`]): with a cluster secret every call carries credentials that
 //! the service's interceptor checks before any message is decoded, and a sender opens its
 //! streams only after the peer answered a `Hello` with proof that it holds the secret too.
+//!
+//! [`SnapshotTransfer`]: crate::raft::SnapshotTransfer
+//! [`SnapshotReceiver`]: crate::raft::SnapshotReceiver
+
+mod forward;
+mod service;
+mod snapshot;
+
+pub(crate) use self::forward::PeerForwarder;
+pub(crate) use self::service::ClusterService;
+pub(crate) use self::snapshot::{SnapshotDone, SnapshotSends};
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
-use raft::eraftpb::Message as RaftMessage;
-use starling_broker::{Forwarder, LocalDelivery};
+use raft::eraftpb::{Message as RaftMessage, MessageType};
 use starling_proto::cluster::v1::cluster_client::ClusterClient;
-use starling_proto::cluster::v1::cluster_server::Cluster;
-use starling_proto::cluster::v1::{
-    ForwardAck, ForwardBatch, HelloReply, HelloRequest, RaftAck, RaftEnvelope,
-};
-use starling_state::Message as AppMessage;
+use starling_proto::cluster::v1::{HelloRequest, RaftEnvelope};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::service::interceptor::InterceptedService;
@@ -38,26 +50,46 @@ use tonic::service::Interceptor;
 use tonic::transport::Channel;
 use tracing::{debug, warn};
 
-use crate::auth::{AuthenticatedPeer, PeerAuth};
-use crate::raft::storage::{decode, encode};
-use crate::raft::{RaftNode, Step};
+use crate::auth::PeerAuth;
+use crate::raft::storage::encode;
+use crate::raft::{Outcome, TransferId, TransferSettings};
 
-/// Sends Raft messages to peers.
+/// Sends Raft messages to peers, and snapshots in chunks.
 pub(crate) struct Transport {
+    /// This node (the `from` of every envelope).
     node_id: u64,
+    /// The Raft group (on every envelope).
     group: u64,
+    /// Capacity of each peer's queue (`cluster.peer_queue`).
     queue: usize,
+    /// Message size cap (`cluster.max_message_bytes`).
     max_message_bytes: usize,
+    /// Per peer: its address and the task streaming to it.
     peers: HashMap<u64, Peer>,
     /// Messages dropped because a peer's queue was full or the peer is unknown.
     pub(crate) dropped: u64,
     /// Cluster credentials; `None`: insecure mode.
     auth: Option<Arc<PeerAuth>>,
+    /// Snapshot transfers under way, at most one per peer.
+    snapshots: SnapshotSends,
 }
 
+/// What [`Transport::send`] could not do.
+#[derive(Debug, Default)]
+pub(crate) struct Sent {
+    /// Peers whose queue was full: report them unreachable to raft-rs.
+    pub(crate) unreachable: Vec<u64>,
+    /// Snapshot transfers that ended at once (unknown peer, superseded): report them.
+    pub(crate) snapshots: Vec<(TransferId, Outcome)>,
+}
+
+/// The task that streams Raft messages to one peer.
 struct Peer {
+    /// Where it is reached.
     address: String,
+    /// Its bounded queue.
     tx: mpsc::Sender<RaftEnvelope>,
+    /// The streaming task, aborted when the peer goes.
     task: actix_rt::task::JoinHandle<()>,
 }
 
@@ -73,6 +105,8 @@ impl Transport {
         group: u64,
         queue: usize,
         max_message_bytes: usize,
+        transfer: TransferSettings,
+        auth: Option<Arc<PeerAuth>>,
     ) -> Transport {
         Transport {
             node_id,
@@ -81,51 +115,79 @@ impl Transport {
             max_message_bytes,
             peers: HashMap::new(),
             dropped: 0,
-            auth: None,
+            snapshots: SnapshotSends::new(
+                node_id,
+                group,
+                transfer,
+                max_message_bytes,
+                auth.clone(),
+            ),
+            auth,
         }
     }
 
-    /// Authenticates with `auth` from now on (before any peer is added).
-    pub(crate) fn set_auth(&mut self, auth: Option<Arc<PeerAuth>>) {
-        self.auth = auth;
+    /// Where snapshot transfers report their end (the Raft actor).
+    pub(crate) fn set_snapshot_reports(&mut self, to: Recipient<SnapshotDone>) {
+        self.snapshots.set_reports(to);
     }
 
-    /// Adds a peer or changes its address. Must run on an actix/tokio thread.
-    pub(crate) fn set_peer(&mut self, id: u64, address: &str) {
-        if id == self.node_id || self.peers.get(&id).is_some_and(|p| p.address == address) {
-            return;
+    /// Makes the peer set `peers` (id, raft address; this node is skipped): new peers get a
+    /// stream, peers gone (or moved) lose theirs, and their snapshot transfers end (returned,
+    /// to be reported). Must run on an actix/tokio thread.
+    pub(crate) fn set_peers(&mut self, peers: &[(u64, String)]) -> Vec<(TransferId, Outcome)> {
+        let mut ended = Vec::new();
+        let keep = |id: &u64, address: &str| peers.iter().any(|(i, a)| i == id && a == address);
+        self.peers.retain(|id, p| keep(id, &p.address));
+        for (id, address) in peers {
+            if *id == self.node_id || self.peers.contains_key(id) {
+                continue;
+            }
+            ended.extend(self.snapshots.abort(*id, "peer address changed"));
+            let (tx, rx) = mpsc::channel(self.queue);
+            let task = actix_rt::spawn(peer_loop(
+                *id,
+                address.clone(),
+                rx,
+                self.max_message_bytes,
+                self.auth.clone(),
+            ));
+            self.peers.insert(
+                *id,
+                Peer {
+                    address: address.clone(),
+                    tx,
+                    task,
+                },
+            );
         }
-        let (tx, rx) = mpsc::channel(self.queue);
-        let task = actix_rt::spawn(peer_loop(
-            id,
-            address.to_string(),
-            rx,
-            self.max_message_bytes,
-            self.auth.clone(),
-        ));
-        self.peers.insert(
-            id,
-            Peer {
-                address: address.to_string(),
-                tx,
-                task,
-            },
-        );
+        for id in self.snapshots.peers() {
+            if !self.peers.contains_key(&id) {
+                ended.extend(self.snapshots.abort(id, "peer removed"));
+            }
+        }
+        ended
     }
 
-    pub(crate) fn remove_peer(&mut self, id: u64) {
-        self.peers.remove(&id);
-    }
-
-    /// Sends; returns the peers that could not take a message.
-    pub(crate) fn send(&mut self, msgs: Vec<RaftMessage>) -> Vec<u64> {
-        let mut unreachable = Vec::new();
+    /// Sends `msgs`: snapshots as chunked transfers, the rest on the peers' streams.
+    pub(crate) fn send(&mut self, msgs: Vec<RaftMessage>) -> Sent {
+        let mut sent = Sent::default();
         for m in msgs {
             let to = m.to;
             let Some(peer) = self.peers.get(&to) else {
                 self.dropped += 1;
+                if m.get_msg_type() == MessageType::MsgSnapshot {
+                    if let Some(id) = TransferId::of(&m) {
+                        sent.snapshots
+                            .push((id, Outcome::Failed("unknown peer".into())));
+                    }
+                }
                 continue;
             };
+            if m.get_msg_type() == MessageType::MsgSnapshot {
+                let address = peer.address.clone();
+                sent.snapshots.extend(self.snapshots.start(&m, &address));
+                continue;
+            }
             let env = RaftEnvelope {
                 group_id: self.group,
                 from: self.node_id,
@@ -134,12 +196,27 @@ impl Transport {
             };
             if peer.tx.try_send(env).is_err() {
                 self.dropped += 1;
-                if !unreachable.contains(&to) {
-                    unreachable.push(to);
+                if !sent.unreachable.contains(&to) {
+                    sent.unreachable.push(to);
                 }
             }
         }
-        unreachable
+        sent
+    }
+
+    /// Ends every snapshot transfer (returned, to be reported).
+    pub(crate) fn abort_snapshots(&mut self, why: &str) -> Vec<(TransferId, Outcome)> {
+        let peers = self.snapshots.peers();
+        peers
+            .into_iter()
+            .filter_map(|id| self.snapshots.abort(id, why))
+            .collect()
+    }
+
+    /// Transfer `id` reported its end: true if it is still the current one to its peer (then
+    /// it is forgotten), false if it was superseded meanwhile (its end was reported then).
+    pub(crate) fn transfer_done(&mut self, id: &TransferId) -> bool {
+        self.snapshots.done(id)
     }
 }
 
@@ -193,7 +270,7 @@ pub(crate) enum PeerError {
 /// only seconds after the network healed (a partition of over 6 s took about 13 s to become
 /// ready again in the chaos soak). A ping unanswered for `KEEP_ALIVE_TIMEOUT` closes the
 /// connection, and the stream loop reconnects as soon as the peer answers again.
-async fn connect(address: &str) -> Result<Channel, PeerError> {
+pub(crate) async fn connect(address: &str) -> Result<Channel, PeerError> {
     let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
         .map_err(|e| PeerError::Unreachable(format!("invalid address: {e}")))?
         .connect_timeout(Duration::from_secs(1))
@@ -215,7 +292,12 @@ const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(1);
 const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// A client for node `to` on `channel`, capped at `max` bytes per message.
-fn peer_client(channel: Channel, auth: Option<Arc<PeerAuth>>, to: u64, max: usize) -> PeerClient {
+pub(crate) fn peer_client(
+    channel: Channel,
+    auth: Option<Arc<PeerAuth>>,
+    to: u64,
+    max: usize,
+) -> PeerClient {
     ClusterClient::with_interceptor(channel, SignCalls { auth, to })
         .max_encoding_message_size(max)
         .max_decoding_message_size(max)
@@ -223,7 +305,11 @@ fn peer_client(channel: Channel, auth: Option<Arc<PeerAuth>>, to: u64, max: usiz
 
 /// The Hello exchange: the peer accepts our credentials and proves it is node `to` holding the
 /// cluster secret. Skipped in insecure mode.
-async fn hello(client: &mut PeerClient, auth: Option<&PeerAuth>, to: u64) -> Result<(), PeerError> {
+pub(crate) async fn hello(
+    client: &mut PeerClient,
+    auth: Option<&PeerAuth>,
+    to: u64,
+) -> Result<(), PeerError> {
     let Some(auth) = auth else {
         return Ok(());
     };
@@ -261,6 +347,22 @@ async fn hello(client: &mut PeerClient, auth: Option<&PeerAuth>, to: u64) -> Res
     Ok(())
 }
 
+/// Connects to node `to` at `address` (messages capped at `max` bytes) and exchanges `Hello`.
+///
+/// # Errors
+/// It is unreachable, refused our credentials, or did not prove its own.
+pub(crate) async fn connect_peer(
+    address: &str,
+    auth: Option<Arc<PeerAuth>>,
+    to: u64,
+    max: usize,
+) -> Result<PeerClient, PeerError> {
+    let channel = connect(address).await?;
+    let mut client = peer_client(channel, auth.clone(), to, max);
+    hello(&mut client, auth.as_deref(), to).await?;
+    Ok(client)
+}
+
 /// Checks that node `to` at `address` holds the cluster secret (before it is added as a
 /// member), retrying while it is unreachable for up to `patience`.
 ///
@@ -289,23 +391,17 @@ pub(crate) async fn probe_member(
 }
 
 /// Opens one client stream of a kind on a connected channel.
-type OpenStream<M> = fn(
-    PeerClient,
-    ReceiverStream<M>,
-) -> Pin<Box<dyn Future<Output = Result<(), tonic::Status>> + Send>>;
+pub(crate) type OpenStream<M> =
+    fn(
+        PeerClient,
+        ReceiverStream<M>,
+    ) -> Pin<Box<dyn Future<Output = Result<(), tonic::Status>> + Send>>;
 
 fn open_raft(
     mut client: PeerClient,
     stream: ReceiverStream<RaftEnvelope>,
 ) -> Pin<Box<dyn Future<Output = Result<(), tonic::Status>> + Send>> {
     Box::pin(async move { client.raft(stream).await.map(|_| ()) })
-}
-
-fn open_forward(
-    mut client: PeerClient,
-    stream: ReceiverStream<ForwardBatch>,
-) -> Pin<Box<dyn Future<Output = Result<(), tonic::Status>> + Send>> {
-    Box::pin(async move { client.forward(stream).await.map(|_| ()) })
 }
 
 async fn peer_loop(
@@ -320,7 +416,7 @@ async fn peer_loop(
 
 /// Keeps a client stream of one kind open to a peer, feeding it from `rx`, reconnecting with
 /// backoff; returns when `rx` is closed (the peer was removed).
-async fn stream_loop<M: Send + 'static>(
+pub(crate) async fn stream_loop<M: Send + 'static>(
     id: u64,
     address: String,
     mut rx: mpsc::Receiver<M>,
@@ -333,13 +429,7 @@ async fn stream_loop<M: Send + 'static>(
     // Authentication failures are retried more slowly, and logged at most once a minute.
     let mut auth_logged: Option<tokio::time::Instant> = None;
     loop {
-        let connected = async {
-            let channel = connect(&address).await?;
-            let mut client = peer_client(channel, auth.clone(), id, max);
-            hello(&mut client, auth.as_deref(), id).await?;
-            Ok::<_, PeerError>(client)
-        };
-        let client = match connected.await {
+        let client = match connect_peer(&address, auth.clone(), id, max).await {
             Ok(c) => c,
             Err(e) => {
                 let pause = match &e {
@@ -398,200 +488,5 @@ async fn stream_loop<M: Send + 'static>(
                 },
             }
         }
-    }
-}
-
-struct ForwardPeer {
-    address: String,
-    tx: mpsc::Sender<ForwardBatch>,
-    task: actix_rt::task::JoinHandle<()>,
-}
-
-impl Drop for ForwardPeer {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-/// Sends fast-path messages to other nodes: the broker's [`Forwarder`] in clustered mode.
-pub struct PeerForwarder {
-    node_id: u64,
-    queue: usize,
-    max_message_bytes: usize,
-    peers: RwLock<HashMap<u64, ForwardPeer>>,
-    /// Messages dropped because a peer's queue was full or the peer is unknown.
-    dropped: AtomicU64,
-    /// Messages queued for peers.
-    forwarded: AtomicU64,
-    /// Cluster credentials; `None`: insecure mode.
-    auth: Option<Arc<PeerAuth>>,
-}
-
-impl PeerForwarder {
-    pub(crate) fn new(
-        node_id: u64,
-        queue: usize,
-        max_message_bytes: usize,
-        auth: Option<Arc<PeerAuth>>,
-    ) -> Arc<PeerForwarder> {
-        Arc::new(PeerForwarder {
-            node_id,
-            queue,
-            max_message_bytes,
-            auth,
-            peers: RwLock::new(HashMap::new()),
-            dropped: AtomicU64::new(0),
-            forwarded: AtomicU64::new(0),
-        })
-    }
-
-    /// Makes the peer set `peers` (id, address). Must run on an actix/tokio thread.
-    pub(crate) fn set_peers(&self, peers: &[(u64, String)]) {
-        let mut map = self.peers.write().unwrap_or_else(|e| e.into_inner());
-        map.retain(|id, p| peers.iter().any(|(i, a)| i == id && *a == p.address));
-        for (id, address) in peers {
-            if *id == self.node_id || map.contains_key(id) {
-                continue;
-            }
-            let (tx, rx) = mpsc::channel(self.queue);
-            let task = actix_rt::spawn(stream_loop(
-                *id,
-                address.clone(),
-                rx,
-                self.max_message_bytes,
-                self.auth.clone(),
-                open_forward,
-            ));
-            map.insert(
-                *id,
-                ForwardPeer {
-                    address: address.clone(),
-                    tx,
-                    task,
-                },
-            );
-        }
-    }
-
-    /// Messages dropped so far (peer queue full or peer unknown).
-    pub fn dropped(&self) -> u64 {
-        self.dropped.load(Ordering::Relaxed)
-    }
-
-    /// Messages queued for peers so far.
-    pub fn forwarded(&self) -> u64 {
-        self.forwarded.load(Ordering::Relaxed)
-    }
-}
-
-impl Forwarder for PeerForwarder {
-    fn forward(&self, node: u64, messages: Vec<AppMessage>) {
-        let n = messages.len() as u64;
-        let batch = ForwardBatch {
-            from: self.node_id,
-            messages: messages.iter().map(AppMessage::to_pb).collect(),
-        };
-        let peers = self.peers.read().unwrap_or_else(|e| e.into_inner());
-        match peers.get(&node).map(|p| p.tx.try_send(batch)) {
-            Some(Ok(())) => {
-                self.forwarded.fetch_add(n, Ordering::Relaxed);
-            }
-            _ => {
-                if self.dropped.fetch_add(n, Ordering::Relaxed) == 0 {
-                    warn!(node, "fast-path forward dropped (peer queue full or unknown; limit cluster.peer_queue)");
-                }
-            }
-        }
-    }
-}
-
-/// The gRPC service that receives peers' Raft messages and forwards.
-pub(crate) struct ClusterService {
-    pub(crate) node_id: u64,
-    pub(crate) group: u64,
-    pub(crate) raft: Addr<RaftNode>,
-    /// Set once the broker runs; forwards that arrive before are dropped.
-    pub(crate) delivery: Arc<OnceLock<LocalDelivery>>,
-    /// Cluster credentials (the interceptor checks callers; `hello` proves this node).
-    pub(crate) auth: Option<Arc<PeerAuth>>,
-}
-
-#[tonic::async_trait]
-impl Cluster for ClusterService {
-    async fn raft(
-        &self,
-        request: tonic::Request<tonic::Streaming<RaftEnvelope>>,
-    ) -> Result<tonic::Response<RaftAck>, tonic::Status> {
-        let mut stream = request.into_inner();
-        while let Some(env) = stream.message().await? {
-            if env.group_id != self.group || env.to != self.node_id {
-                debug!(
-                    group = env.group_id,
-                    to = env.to,
-                    "raft message for another node or group dropped"
-                );
-                continue;
-            }
-            let msg: RaftMessage = decode(&env.payload).map_err(|e| {
-                tonic::Status::invalid_argument(format!("undecodable raft message: {e}"))
-            })?;
-            // A full mailbox drops the message: Raft retransmits.
-            let _ = self.raft.try_send(Step(msg));
-        }
-        Ok(tonic::Response::new(RaftAck {}))
-    }
-
-    async fn forward(
-        &self,
-        request: tonic::Request<tonic::Streaming<ForwardBatch>>,
-    ) -> Result<tonic::Response<ForwardAck>, tonic::Status> {
-        let mut stream = request.into_inner();
-        while let Some(batch) = stream.message().await? {
-            let Some(delivery) = self.delivery.get() else {
-                continue;
-            };
-            let messages = batch
-                .messages
-                .into_iter()
-                .map(AppMessage::from_pb)
-                .collect();
-            delivery.deliver(messages).await;
-        }
-        Ok(tonic::Response::new(ForwardAck {}))
-    }
-
-    async fn hello(
-        &self,
-        request: tonic::Request<HelloRequest>,
-    ) -> Result<tonic::Response<HelloReply>, tonic::Status> {
-        let Some(auth) = &self.auth else {
-            // Insecure mode: nothing to prove.
-            return Ok(tonic::Response::new(HelloReply {
-                node_id: self.node_id,
-                proof: Default::default(),
-            }));
-        };
-        // Set by the interceptor, which refused the call otherwise.
-        let caller = request
-            .extensions()
-            .get::<AuthenticatedPeer>()
-            .map(|p| p.0)
-            .ok_or_else(|| tonic::Status::unauthenticated("no peer credentials"))?;
-        let req = request.into_inner();
-        if req.to != self.node_id {
-            return Err(tonic::Status::failed_precondition(format!(
-                "this is node {}, not node {}",
-                self.node_id, req.to
-            )));
-        }
-        if req.challenge.len() < crate::auth::NONCE_LEN || req.challenge.len() > 64 {
-            return Err(tonic::Status::invalid_argument(
-                "challenge of 16 to 64 bytes",
-            ));
-        }
-        Ok(tonic::Response::new(HelloReply {
-            node_id: self.node_id,
-            proof: auth.hello_proof(caller, &req.challenge).into(),
-        }))
     }
 }
