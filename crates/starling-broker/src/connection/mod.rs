@@ -39,8 +39,8 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use self::acks::PendingAcks;
-use self::guard::{topic_limit, Guard, TokenBucket};
-use self::outbound::{AckOutcome, DurableOutbound, LocalOutbound, Offer, Send};
+use self::guard::{topic_limit, Guard, Refusal, TokenBucket};
+use self::outbound::{AckOutcome, DurableOutbound, LocalOutbound, Offer, Outgoing};
 use self::transport::Stream;
 use crate::config::BrokerConfig;
 use crate::listener::LiveGuard;
@@ -433,15 +433,15 @@ impl Connection {
         self.wake();
     }
 
-    fn write_sends(&mut self, sends: Vec<Send>) {
+    fn write_sends(&mut self, sends: Vec<Outgoing>) {
         for s in sends {
             match s {
-                Send::Publish {
+                Outgoing::Publish {
                     packet_id,
                     dup,
                     message,
                 } => self.write_publish(packet_id, dup, &message),
-                Send::PubRel(pid) => self.write_ack(PacketType::PubRel, pid),
+                Outgoing::PubRel(pid) => self.write_ack(PacketType::PubRel, pid),
             }
         }
     }
@@ -950,11 +950,11 @@ impl Connection {
                 s.client_id, u8::from(p.dup), p.qos as u8, u8::from(p.retain), p.packet_id, p.topic, p.payload.len());
         }
         if let Some(limit) = topic_limit(&self.worker.config, &p.topic) {
-            return self.drop_publish(&p, Err(limit));
+            return self.drop_publish(&p, Refusal::Limit(limit));
         }
         if let Some(g) = s.guard.as_deref_mut() {
             if !g.can_write(&p.topic) {
-                return self.drop_publish(&p, Ok(()));
+                return self.drop_publish(&p, Refusal::Acl);
             }
         }
         let message = AppMessage {
@@ -999,9 +999,9 @@ impl Connection {
         }
     }
 
-    /// A PUBLISH refused by a topic limit (`Err`) or the ACL (`Ok`): acknowledged as if routed
-    /// (so that the client moves on), and dropped.
-    fn drop_publish(&mut self, p: &Publish, why: Result<(), Limit>) {
+    /// A PUBLISH refused by a topic limit or the ACL: acknowledged as if routed (so that the
+    /// client moves on), and dropped.
+    fn drop_publish(&mut self, p: &Publish, why: Refusal) {
         let Some(s) = self.session.as_mut() else {
             return;
         };
@@ -1019,7 +1019,7 @@ impl Connection {
         }
         self.release_acks();
         match why {
-            Ok(()) => {
+            Refusal::Acl => {
                 if tracing::enabled!(target: MQTT_LOG, tracing::Level::DEBUG) {
                     let name = self.name();
                     debug!(target: MQTT_LOG, client_id = %name,
@@ -1033,7 +1033,7 @@ impl Connection {
                     &p.topic,
                 );
             }
-            Err(limit) => {
+            Refusal::Limit(limit) => {
                 let what = if limit == Limit::MaxTopicLevels {
                     "topic name with too many levels"
                 } else {
@@ -1244,7 +1244,7 @@ impl Connection {
         let mut coverages = Vec::with_capacity(sub.filters.len());
         let mut codes: Vec<Option<SubscribeReturnCode>> = Vec::with_capacity(sub.filters.len());
         // Refusals to count and log once the session is no longer borrowed.
-        let mut refused: Vec<(Result<Limit, ()>, Arc<str>)> = Vec::new();
+        let mut refused: Vec<(Refusal, Arc<str>)> = Vec::new();
         let mut held = s.guard.as_deref().map_or(0, Guard::count);
         for f in &sub.filters {
             debug!(target: MQTT_LOG, client_id = %name, "\t{} (QoS {})", f.filter, f.qos as u8);
@@ -1266,11 +1266,11 @@ impl Connection {
             let is_new = s.guard.as_deref().is_some_and(|g| !g.has(&filter))
                 && !valid.iter().any(|(v, _)| *v == filter);
             let refusal = if let Some(limit) = topic_limit(&config, &filter) {
-                Some(Ok(limit))
+                Some(Refusal::Limit(limit))
             } else if coverage == Coverage::None {
-                Some(Err(()))
+                Some(Refusal::Acl)
             } else if config.max_subscriptions > 0 && is_new && held >= config.max_subscriptions {
-                Some(Ok(Limit::MaxSubscriptions))
+                Some(Refusal::Limit(Limit::MaxSubscriptions))
             } else {
                 None
             };
@@ -1290,8 +1290,10 @@ impl Connection {
         let v31 = s.protocol == ProtocolVersion::V3_1;
         for (r, filter) in &refused {
             match r {
-                Ok(limit) => self.limit_bit(*limit, "subscription refused", "SUBACK 0x80"),
-                Err(()) => self.denied(
+                Refusal::Limit(limit) => {
+                    self.limit_bit(*limit, "subscription refused", "SUBACK 0x80")
+                }
+                Refusal::Acl => self.denied(
                     SecurityEvent::SubscribeDenied,
                     1,
                     "subscription refused: the ACL allows reading nothing it matches",
@@ -1447,9 +1449,8 @@ impl Connection {
                 (Some(Flow::Local(f)), _) => match f.offer(m) {
                     Offer::Send(send) => self.write_sends(vec![send]),
                     Offer::Queued => {}
-                    Offer::Dropped(key) => {
+                    Offer::Dropped(limit) => {
                         Counters::add(&self.worker.counters.dropped_queue_full, 1);
-                        let limit = Limit::from_key(key).unwrap_or(Limit::MaxQueuedMessages);
                         self.limit_bit(limit, "session queue full", "dropping messages");
                     }
                 },
