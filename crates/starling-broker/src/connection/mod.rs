@@ -13,10 +13,15 @@
 //! partially readable. The socket is a [`transport::Stream`]: plain TCP, TLS or WebSocket.
 
 mod acks;
+mod flow;
 mod guard;
 mod io;
 mod outbound;
 pub(crate) mod transport;
+
+pub use self::flow::{
+    ClientFlow, Commit, FlowClosed, FlowLimits, Inbound, Offer, Outgoing, Release,
+};
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -40,7 +45,7 @@ use tracing::{debug, info, warn};
 
 use self::acks::PendingAcks;
 use self::guard::{topic_limit, Guard, Refusal, TokenBucket};
-use self::outbound::{AckOutcome, DurableOutbound, LocalOutbound, Offer, Outgoing};
+use self::outbound::{AckOutcome, DurableOutbound, LocalOutbound};
 use self::transport::Stream;
 use crate::config::BrokerConfig;
 use crate::listener::LiveGuard;
@@ -1448,6 +1453,7 @@ impl Connection {
                 }
                 (Some(Flow::Local(f)), _) => match f.offer(m) {
                     Offer::Send(send) => self.write_sends(vec![send]),
+                    Offer::AtMostOnce(m) => self.write_publish(0, false, &m),
                     Offer::Queued => {}
                     Offer::Dropped(limit) => {
                         Counters::add(&self.worker.counters.dropped_queue_full, 1);

@@ -16,9 +16,9 @@ use starling_state::{Message as AppMessage, Outbound};
 
 use crate::metrics::Limit;
 
-/// What to write after a change of the flow.
+/// A packet the flow asks the connection to write.
 #[derive(Debug, PartialEq, Eq)]
-pub(crate) enum Outgoing {
+pub enum Outgoing {
     /// PUBLISH `message` with `packet_id` (DUP as given).
     Publish {
         /// Packet id.
@@ -32,9 +32,12 @@ pub(crate) enum Outgoing {
     PubRel(u16),
 }
 
-/// Result of offering a message to a clean session's flow.
+/// Result of offering a message for delivery.
 #[derive(Debug, PartialEq, Eq)]
-pub(crate) enum Offer {
+pub enum Offer {
+    /// Write it at QoS 0 now, as given (subject to the write buffer's limit). Never returned by
+    /// [`LocalOutbound::offer`].
+    AtMostOnce(AppMessage),
     /// Write it now.
     Send(Outgoing),
     /// Queued behind the window.
