@@ -31,7 +31,6 @@ use std::time::Duration;
 use actix::prelude::*;
 use bytes::BytesMut;
 use bytestring::ByteString;
-use rustc_hash::FxHashSet;
 use starling_auth::{Authorizer, Coverage, Verdict};
 use starling_codec::encode::{encode_ack, encode_publish};
 use starling_codec::{
@@ -43,11 +42,8 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use self::acks::PendingAcks;
 use self::guard::{topic_limit, Guard, Refusal, TokenBucket};
-use self::outbound::{AckOutcome, DurableOutbound, LocalOutbound};
 use self::transport::Stream;
-use crate::config::BrokerConfig;
 use crate::listener::LiveGuard;
 use crate::messages::{
     AckKind, Acked, ConnectInfo, ConnectOutcome, ConnectRequest, ConnectionClosed, Deliver,
@@ -112,45 +108,34 @@ impl CloseReason {
     }
 }
 
-/// Outbound flow by session kind.
-enum Flow {
-    Local(LocalOutbound),
-    Durable(DurableOutbound),
-}
-
 /// What exists once CONNECT is accepted.
 ///
-/// Kept small: what an idle client never uses (its QoS flows, its inbound traffic state) is
-/// allocated on first use, so that an idle connection costs little memory.
+/// Kept small: what an idle client never uses (its QoS flows, its inbound state, its rate
+/// state) is allocated on first use, so that an idle connection costs little memory.
 struct ClientSession {
-    client_id: ByteString,
+    /// The session's identity, QoS flows and owed acknowledgements: every exactly-once
+    /// decision is the flow's.
+    flow: ClientFlow,
+    /// Protocol level: 3.1 has no SUBACK failure code, and no session-present flag.
     protocol: ProtocolVersion,
+    /// Keep-alive in seconds (0: none); the connection closes after 1.5 x this of silence.
     keep_alive: u16,
-    persistent: bool,
-    /// Persistent sessions: already disconnected in the replicated state (DISCONNECT).
-    released: bool,
+    /// The will, published by this connection on an abnormal close when the session is not in
+    /// the replicated state (which otherwise publishes it).
     will: Option<Box<LastWill>>,
-    epoch: u64,
-    key: u64,
-    /// Outbound QoS 1/2 flow, created with the first message.
-    flow: Option<Box<Flow>>,
-    /// Inbound traffic state, created with the first PUBLISH or PUBREL.
-    traffic: Option<Box<Traffic>>,
     /// Clean sessions: filters subscribed (to remove on close).
     filters: Vec<Arc<str>>,
     /// ACL and subscription bookkeeping; only with an ACL file or `max_subscriptions`.
     guard: Option<Box<Guard>>,
+    /// Publish rate and log-line rate state, created when first needed.
+    rates: Option<Box<Rates>>,
 }
 
-/// A client's inbound traffic state.
+/// A client's rate state: the publish token bucket and the pause it causes, and when a limit
+/// line was last logged for it.
 #[derive(Default)]
-struct Traffic {
-    /// Clean sessions: inbound QoS 2 ids awaiting PUBREL.
-    inbound_qos2: FxHashSet<u16>,
-    acks: PendingAcks,
-    /// PUBLISHes of this read pass, per router shard.
-    route: Vec<RoutedPublish>,
-    /// Last time a limit was logged for this client.
+struct Rates {
+    /// Last time a limit was logged for this client (one line per ten seconds).
     last_limit_log: Option<Instant>,
     /// `max_publish_rate`: created with the first PUBLISH when configured.
     bucket: Option<TokenBucket>,
@@ -159,36 +144,8 @@ struct Traffic {
 }
 
 impl ClientSession {
-    fn traffic(&mut self) -> &mut Traffic {
-        self.traffic.get_or_insert_with(Box::default)
-    }
-
-    /// Acknowledgements owed to the client.
-    fn owed_acks(&self) -> usize {
-        self.traffic.as_ref().map_or(0, |t| t.acks.len())
-    }
-
-    fn flow(&mut self, config: &BrokerConfig) -> &mut Flow {
-        let persistent = self.persistent;
-        self.flow.get_or_insert_with(|| {
-            Box::new(if persistent {
-                Flow::Durable(DurableOutbound::new(config.max_inflight))
-            } else {
-                Flow::Local(LocalOutbound::new(
-                    config.max_inflight,
-                    config.max_queued_messages,
-                    config.max_queued_bytes,
-                ))
-            })
-        })
-    }
-
-    /// Highest outbound sequence number written (persistent sessions).
-    fn sent_up_to(&self) -> u64 {
-        match self.flow.as_deref() {
-            Some(Flow::Durable(f)) => f.max_sent_seq(),
-            _ => 0,
-        }
+    fn rates(&mut self) -> &mut Rates {
+        self.rates.get_or_insert_with(Box::default)
     }
 }
 
@@ -274,7 +231,9 @@ impl Connection {
 
     /// The client id for log lines.
     fn name(&self) -> &str {
-        self.session.as_ref().map_or("<unknown>", |s| &s.client_id)
+        self.session
+            .as_ref()
+            .map_or("<unknown>", |s| &**s.flow.client_id())
     }
 
     fn target(&self, ctx: &Context<Self>) -> Target {
@@ -286,8 +245,8 @@ impl Connection {
 
     fn read_paused(&self) -> bool {
         self.session.as_ref().is_some_and(|s| {
-            s.owed_acks() >= self.worker.config.max_inflight_in
-                || s.traffic.as_ref().is_some_and(|t| t.throttled)
+            s.flow.owed_acks() >= self.worker.config.max_inflight_in
+                || s.rates.as_ref().is_some_and(|r| r.throttled)
         })
     }
 
@@ -438,7 +397,7 @@ impl Connection {
         self.wake();
     }
 
-    fn write_sends(&mut self, sends: Vec<Outgoing>) {
+    fn write_outgoing(&mut self, sends: Vec<Outgoing>) {
         for s in sends {
             match s {
                 Outgoing::Publish {
@@ -456,11 +415,8 @@ impl Connection {
         let Some(s) = self.session.as_mut() else {
             return;
         };
-        let Some(t) = s.traffic.as_mut() else {
-            return;
-        };
         let mut due = Vec::new();
-        t.acks.ready(|kind, pid| due.push((kind, pid)));
+        s.flow.due_acks(|kind, pid| due.push((kind, pid)));
         for (kind, pid) in due {
             let t = match kind {
                 AckKind::PubAck => PacketType::PubAck,
@@ -499,13 +455,13 @@ impl Connection {
         let Some(s) = self.session.as_mut() else {
             return true;
         };
-        let t = s.traffic();
-        if t.last_limit_log
+        let r = s.rates();
+        if r.last_limit_log
             .is_some_and(|t| now.duration_since(t) < Duration::from_secs(10))
         {
             return false;
         }
-        t.last_limit_log = Some(now);
+        r.last_limit_log = Some(now);
         true
     }
 
@@ -520,7 +476,9 @@ impl Connection {
         let security = &self.worker.security;
         let generation = security.generation();
         if g.is_stale(generation) {
-            let acl = security.authorizer().client_acl(g.username(), &s.client_id);
+            let acl = security
+                .authorizer()
+                .client_acl(g.username(), s.flow.client_id());
             g.refresh(acl, generation);
         }
     }
@@ -535,10 +493,10 @@ impl Connection {
                 self.close(CloseReason::Protocol("first packet is not CONNECT"), ctx)
             }
             (Phase::Active, Packet::Publish(p)) => self.on_publish(p, ctx),
-            (Phase::Active, Packet::PubAck(pid)) => self.on_puback(pid),
-            (Phase::Active, Packet::PubRec(pid)) => self.on_pubrec(pid),
+            (Phase::Active, Packet::PubAck(pid)) => self.on_ack(AckKind::PubAck, pid),
+            (Phase::Active, Packet::PubRec(pid)) => self.on_ack(AckKind::PubRec, pid),
             (Phase::Active, Packet::PubRel(pid)) => self.on_pubrel(pid, ctx),
-            (Phase::Active, Packet::PubComp(pid)) => self.on_pubcomp(pid),
+            (Phase::Active, Packet::PubComp(pid)) => self.on_ack(AckKind::PubComp, pid),
             (Phase::Active, Packet::Subscribe(s)) => self.on_subscribe(&s, ctx),
             (Phase::Active, Packet::Unsubscribe(u)) => self.on_unsubscribe(&u, ctx),
             (Phase::Active, Packet::PingReq) => {
@@ -562,17 +520,16 @@ impl Connection {
     fn on_disconnect(&mut self, ctx: &mut Context<Self>) {
         let name = self.name().to_string();
         debug!(target: MQTT_LOG, client_id = %name, "Received DISCONNECT from {name}");
-        let Some(s) = self.session.as_ref().filter(|s| s.persistent) else {
+        let Some(s) = self.session.as_ref().filter(|s| s.flow.is_persistent()) else {
             return self.close(CloseReason::Disconnect, ctx);
         };
         // The session goes offline (will discarded) before the socket closes, so that a crash
         // in between cannot make the restarted broker publish the will.
-        let sent_up_to = s.sent_up_to();
         let (tx, rx) = oneshot::channel();
         self.worker.store.do_send(SessionRequest::Disconnect {
-            client_id: s.client_id.clone(),
-            epoch: s.epoch,
-            sent_up_to,
+            client_id: s.flow.client_id().clone(),
+            epoch: s.flow.epoch(),
+            sent_up_to: s.flow.sent_up_to(),
             reply: tx,
         });
         let wait = tokio::time::timeout(self.worker.config.commit_timeout(), rx);
@@ -580,7 +537,7 @@ impl Connection {
             actix::fut::wrap_future::<_, Self>(wait).map(|res, act, ctx| {
                 if matches!(res, Ok(Ok(true))) {
                     if let Some(s) = act.session.as_mut() {
-                        s.released = true;
+                        s.flow.on_released();
                     }
                 }
                 act.close(CloseReason::Disconnect, ctx);
@@ -833,19 +790,15 @@ impl Connection {
                 g.subscribed(filter.clone(), coverage);
             }
         }
+        let limits = FlowLimits::from_config(&self.worker.config);
         self.session = Some(Box::new(ClientSession {
-            client_id: client_id.clone(),
+            flow: ClientFlow::new(client_id.clone(), persistent, epoch, key, limits),
             protocol: c.protocol,
             keep_alive: c.keep_alive,
-            persistent,
-            released: false,
             will: c.will.map(Box::new),
-            epoch,
-            key,
-            flow: None,
-            traffic: None,
             filters: Vec::new(),
             guard,
+            rates: None,
         }));
         Counters::add(&self.worker.counters.clients_connected, 1);
         // Logged once the store accepted, so that a takeover's "already connected" line comes
@@ -862,13 +815,11 @@ impl Connection {
         self.phase = Phase::Active;
         if !resume.outbound.is_empty() {
             let outbound = self.readable_durable(resume.outbound);
-            let config = &self.worker.config;
-            if let Some(Flow::Durable(f)) = self.session.as_mut().map(|s| s.flow(config)) {
-                f.extend(outbound);
-                let mut out = Vec::new();
-                f.refill(&mut out);
-                self.write_sends(out);
+            let mut out = Vec::new();
+            if let Some(s) = self.session.as_mut() {
+                s.flow.resume(outbound, &mut out);
             }
+            self.write_outgoing(out);
         }
         self.schedule_keepalive(ctx);
     }
@@ -887,22 +838,21 @@ impl Connection {
         let mut denied = None;
         let mut n = 0;
         for o in items {
-            // A message already PUBREC'd reached the client before: let it complete.
-            if o.released || g.can_read(&o.message.topic) {
+            let skip = if g.can_read(&o.message.topic) {
+                None
+            } else {
+                ClientFlow::skip(&o)
+            };
+            let Some(commits) = skip else {
                 keep.push(o);
                 continue;
-            }
-            let kinds: &[AckKind] = match o.message.qos {
-                QoS::AtMostOnce => &[],
-                QoS::AtLeastOnce => &[AckKind::PubAck],
-                QoS::ExactlyOnce => &[AckKind::PubRec, AckKind::PubComp],
             };
-            for kind in kinds {
+            for c in commits {
                 self.worker.store.do_send(SessionRequest::Ack {
-                    client_id: s.client_id.clone(),
-                    epoch: s.epoch,
-                    seq: o.seq,
-                    kind: *kind,
+                    client_id: s.flow.client_id().clone(),
+                    epoch: s.flow.epoch(),
+                    seq: c.seq,
+                    kind: c.kind,
                 });
             }
             denied = Some(o.message.topic);
@@ -950,9 +900,10 @@ impl Connection {
             return;
         };
         if tracing::enabled!(target: MQTT_LOG, tracing::Level::DEBUG) {
-            debug!(target: MQTT_LOG, client_id = %s.client_id,
-                "Received PUBLISH from {} (d{}, q{}, r{}, m{}, '{}', ... ({} bytes))",
-                s.client_id, u8::from(p.dup), p.qos as u8, u8::from(p.retain), p.packet_id, p.topic, p.payload.len());
+            let name = s.flow.client_id();
+            debug!(target: MQTT_LOG, client_id = %name,
+                "Received PUBLISH from {name} (d{}, q{}, r{}, m{}, '{}', ... ({} bytes))",
+                u8::from(p.dup), p.qos as u8, u8::from(p.retain), p.packet_id, p.topic, p.payload.len());
         }
         if let Some(limit) = topic_limit(&self.worker.config, &p.topic) {
             return self.drop_publish(&p, Refusal::Limit(limit));
@@ -968,39 +919,32 @@ impl Connection {
             qos: p.qos,
             retain: p.retain,
         };
-        let (client_id, epoch, persistent) = (&s.client_id, s.epoch, s.persistent);
-        let t = s.traffic.get_or_insert_with(Box::default);
-        let token = match p.qos {
-            QoS::AtMostOnce => None,
-            QoS::AtLeastOnce => Some(t.acks.push(AckKind::PubAck, p.packet_id)),
-            QoS::ExactlyOnce if persistent => {
-                // Exactly once across failover: the state machine accepts the id once.
-                let token = t.acks.push(AckKind::PubRec, p.packet_id);
-                self.worker.store.do_send(SessionRequest::Publish {
+        match s.flow.on_publish(p.packet_id, message) {
+            Inbound::Routed { token } => {
+                if token.is_some() {
+                    self.note_inflight_in();
+                }
+            }
+            Inbound::Store {
+                token,
+                packet_id,
+                message,
+            } => {
+                let request = SessionRequest::Publish {
                     from: Target {
                         conn_id: self.id,
                         addr: ctx.address(),
                     },
                     token,
-                    client_id: client_id.clone(),
-                    epoch,
-                    packet_id: p.packet_id,
+                    client_id: s.flow.client_id().clone(),
+                    epoch: s.flow.epoch(),
+                    packet_id,
                     message,
-                });
-                return self.note_inflight_in();
+                };
+                self.worker.store.do_send(request);
+                self.note_inflight_in();
             }
-            QoS::ExactlyOnce => {
-                if !t.inbound_qos2.insert(p.packet_id) {
-                    t.acks.push_done(AckKind::PubRec, p.packet_id);
-                    self.release_acks();
-                    return;
-                }
-                Some(t.acks.push(AckKind::PubRec, p.packet_id))
-            }
-        };
-        t.route.push(RoutedPublish { message, token });
-        if token.is_some() {
-            self.note_inflight_in();
+            Inbound::Repeated => self.release_acks(),
         }
     }
 
@@ -1010,18 +954,7 @@ impl Connection {
         let Some(s) = self.session.as_mut() else {
             return;
         };
-        let persistent = s.persistent;
-        let t = s.traffic();
-        match p.qos {
-            QoS::AtMostOnce => {}
-            QoS::AtLeastOnce => t.acks.push_done(AckKind::PubAck, p.packet_id),
-            QoS::ExactlyOnce => {
-                if !persistent {
-                    t.inbound_qos2.insert(p.packet_id);
-                }
-                t.acks.push_done(AckKind::PubRec, p.packet_id);
-            }
-        }
+        s.flow.on_refused_publish(p.qos, p.packet_id);
         self.release_acks();
         match why {
             Refusal::Acl => {
@@ -1052,7 +985,11 @@ impl Connection {
     /// Counts and logs the moment owed acknowledgements reach `max_inflight_in` (reading stops).
     fn note_inflight_in(&mut self) {
         let max = self.worker.config.max_inflight_in;
-        if self.session.as_ref().is_some_and(|s| s.owed_acks() == max) {
+        if self
+            .session
+            .as_ref()
+            .is_some_and(|s| s.flow.owed_acks() == max)
+        {
             self.limit_bit(
                 Limit::MaxInflightIn,
                 "unacknowledged QoS 1/2 PUBLISHes at the limit",
@@ -1070,17 +1007,17 @@ impl Connection {
             return;
         };
         let now = Instant::now();
-        let t = s.traffic();
-        let bucket = t
+        let r = s.rates();
+        let bucket = r
             .bucket
             .get_or_insert_with(|| TokenBucket::new(rate, burst, now));
         let Some(pause) = bucket.take(now) else {
             return;
         };
-        t.throttled = true;
+        r.throttled = true;
         ctx.run_later(pause, |act, _| {
-            if let Some(t) = act.session.as_mut().and_then(|s| s.traffic.as_mut()) {
-                t.throttled = false;
+            if let Some(r) = act.session.as_mut().and_then(|s| s.rates.as_mut()) {
+                r.throttled = false;
             }
             act.wake();
         });
@@ -1093,10 +1030,11 @@ impl Connection {
 
     /// Sends this read pass's PUBLISHes to their shards.
     fn flush_routes(&mut self, ctx: &mut Context<Self>) {
-        let Some(t) = self.session.as_mut().and_then(|s| s.traffic.as_mut()) else {
+        let Some(s) = self.session.as_mut() else {
             return;
         };
-        if t.route.is_empty() {
+        let publishes = s.flow.take_routes();
+        if publishes.is_empty() {
             return;
         }
         let from = Target {
@@ -1107,7 +1045,7 @@ impl Connection {
         // their order (MQTT orders per publisher), and routing needs no thread hop.
         let msg = Route {
             from: Some(from),
-            publishes: std::mem::take(&mut t.route),
+            publishes,
         };
         if let Err(SendError::Full(msg)) = self.worker.router.try_send(msg) {
             // Backpressure: stop reading until the shard takes it.
@@ -1116,91 +1054,32 @@ impl Connection {
         }
     }
 
-    fn on_puback(&mut self, pid: u16) {
-        self.log_ack_in("PUBACK", pid);
+    /// PUBACK, PUBREC or PUBCOMP from the client, for a message sent to it.
+    fn on_ack(&mut self, kind: AckKind, pid: u16) {
+        let what = match kind {
+            AckKind::PubAck => "PUBACK",
+            AckKind::PubRec => "PUBREC",
+            AckKind::PubComp => "PUBCOMP",
+        };
+        self.log_ack_in(what, pid);
         let Some(s) = self.session.as_mut() else {
             return;
         };
         let mut out = Vec::new();
-        let Some(flow) = s.flow.as_deref_mut() else {
-            return;
+        let commit = match kind {
+            AckKind::PubAck => s.flow.on_puback(pid, &mut out),
+            AckKind::PubRec => s.flow.on_pubrec(pid, &mut out),
+            AckKind::PubComp => s.flow.on_pubcomp(pid, &mut out),
         };
-        match flow {
-            Flow::Local(f) => {
-                if f.puback(pid) {
-                    f.refill(&mut out);
-                }
-            }
-            Flow::Durable(f) => {
-                if let AckOutcome::Commit(seq) = f.puback(pid) {
-                    self.worker.store.do_send(SessionRequest::Ack {
-                        client_id: s.client_id.clone(),
-                        epoch: s.epoch,
-                        seq,
-                        kind: AckKind::PubAck,
-                    });
-                    f.refill(&mut out);
-                }
-            }
+        if let Some(c) = commit {
+            self.worker.store.do_send(SessionRequest::Ack {
+                client_id: s.flow.client_id().clone(),
+                epoch: s.flow.epoch(),
+                seq: c.seq,
+                kind: c.kind,
+            });
         }
-        self.write_sends(out);
-    }
-
-    fn on_pubrec(&mut self, pid: u16) {
-        self.log_ack_in("PUBREC", pid);
-        let Some(s) = self.session.as_mut() else {
-            return;
-        };
-        let Some(flow) = s.flow.as_deref_mut() else {
-            return;
-        };
-        match flow {
-            Flow::Local(f) => {
-                if f.pubrec(pid) {
-                    self.write_ack(PacketType::PubRel, pid);
-                }
-            }
-            Flow::Durable(f) => match f.pubrec(pid) {
-                AckOutcome::Commit(seq) => self.worker.store.do_send(SessionRequest::Ack {
-                    client_id: s.client_id.clone(),
-                    epoch: s.epoch,
-                    seq,
-                    kind: AckKind::PubRec,
-                }),
-                AckOutcome::ResendPubRel(pid) => self.write_ack(PacketType::PubRel, pid),
-                AckOutcome::Ignore => {}
-            },
-        }
-    }
-
-    fn on_pubcomp(&mut self, pid: u16) {
-        self.log_ack_in("PUBCOMP", pid);
-        let Some(s) = self.session.as_mut() else {
-            return;
-        };
-        let mut out = Vec::new();
-        let Some(flow) = s.flow.as_deref_mut() else {
-            return;
-        };
-        match flow {
-            Flow::Local(f) => {
-                if f.pubcomp(pid) {
-                    f.refill(&mut out);
-                }
-            }
-            Flow::Durable(f) => {
-                if let AckOutcome::Commit(seq) = f.pubcomp(pid) {
-                    self.worker.store.do_send(SessionRequest::Ack {
-                        client_id: s.client_id.clone(),
-                        epoch: s.epoch,
-                        seq,
-                        kind: AckKind::PubComp,
-                    });
-                    f.refill(&mut out);
-                }
-            }
-        }
-        self.write_sends(out);
+        self.write_outgoing(out);
     }
 
     fn on_pubrel(&mut self, pid: u16, ctx: &mut Context<Self>) {
@@ -1208,24 +1087,21 @@ impl Connection {
         let Some(s) = self.session.as_mut() else {
             return;
         };
-        if s.persistent {
-            let token = s.traffic().acks.push(AckKind::PubComp, pid);
-            self.worker.store.do_send(SessionRequest::Release {
-                from: Target {
-                    conn_id: self.id,
-                    addr: ctx.address(),
-                },
-                token,
-                client_id: s.client_id.clone(),
-                epoch: s.epoch,
-                packet_id: pid,
-            });
-        } else {
-            // An unknown PUBREL still gets PUBCOMP.
-            let t = s.traffic();
-            t.inbound_qos2.remove(&pid);
-            t.acks.push_done(AckKind::PubComp, pid);
-            self.release_acks();
+        match s.flow.on_pubrel(pid) {
+            Release::Store { token } => {
+                let request = SessionRequest::Release {
+                    from: Target {
+                        conn_id: self.id,
+                        addr: ctx.address(),
+                    },
+                    token,
+                    client_id: s.flow.client_id().clone(),
+                    epoch: s.flow.epoch(),
+                    packet_id: pid,
+                };
+                self.worker.store.do_send(request);
+            }
+            Release::Complete => self.release_acks(),
         }
     }
 
@@ -1243,7 +1119,7 @@ impl Connection {
         let Some(s) = self.session.as_mut() else {
             return;
         };
-        let name = s.client_id.clone();
+        let name = s.flow.client_id().clone();
         debug!(target: MQTT_LOG, client_id = %name, "Received SUBSCRIBE from {name}");
         let mut valid = Vec::with_capacity(sub.filters.len());
         let mut coverages = Vec::with_capacity(sub.filters.len());
@@ -1315,11 +1191,11 @@ impl Connection {
         };
         let (tx, rx) = oneshot::channel();
         // 0 for a clean session outside the replicated state (single node).
-        let epoch = s.epoch;
+        let epoch = s.flow.epoch();
         self.worker.store.do_send(SubscribeRequest {
             target,
             client_id: name.clone(),
-            key: s.key,
+            key: s.flow.key(),
             epoch,
             filters: valid.clone(),
             reply: tx,
@@ -1349,7 +1225,7 @@ impl Connection {
                     debug!(target: MQTT_LOG, client_id = %name, "{name} {} {filter}", code.as_u8());
                 }
                 if let Some(s) = act.session.as_mut() {
-                    if !s.persistent {
+                    if !s.flow.is_persistent() {
                         for (f, _) in &valid {
                             if !s.filters.contains(f) {
                                 s.filters.push(f.clone());
@@ -1376,10 +1252,10 @@ impl Connection {
         let Some(s) = self.session.as_mut() else {
             return;
         };
-        let name = s.client_id.clone();
+        let name = s.flow.client_id().clone();
         debug!(target: MQTT_LOG, client_id = %name, "Received UNSUBSCRIBE from {name}");
         let filters: Vec<Arc<str>> = u.filters.iter().map(|f| Arc::<str>::from(&**f)).collect();
-        if !s.persistent {
+        if !s.flow.is_persistent() {
             s.filters.retain(|f| !filters.contains(f));
         }
         if let Some(g) = s.guard.as_deref_mut() {
@@ -1388,10 +1264,10 @@ impl Connection {
             }
         }
         let (tx, rx) = oneshot::channel();
-        let epoch = s.epoch;
+        let epoch = s.flow.epoch();
         self.worker.store.do_send(UnsubscribeRequest {
             client_id: name,
-            key: s.key,
+            key: s.flow.key(),
             epoch,
             filters,
             reply: tx,
@@ -1428,13 +1304,8 @@ impl Connection {
                     continue;
                 }
             }
-            let flow = if m.qos == QoS::AtMostOnce {
-                None
-            } else {
-                Some(s.flow(&self.worker.config))
-            };
-            match (flow, m.qos) {
-                (_, QoS::AtMostOnce) | (None | Some(Flow::Durable(_)), _) => {
+            match s.flow.offer(m) {
+                Offer::AtMostOnce(m) => {
                     if self.wbuf.len() >= max_wbuf {
                         Counters::add(&self.worker.counters.dropped_qos0, 1);
                         self.limit_bit(
@@ -1444,22 +1315,14 @@ impl Connection {
                         );
                         continue;
                     }
-                    let m = if m.qos == QoS::AtMostOnce {
-                        m
-                    } else {
-                        m.with(QoS::AtMostOnce, m.retain)
-                    };
                     self.write_publish(0, false, &m);
                 }
-                (Some(Flow::Local(f)), _) => match f.offer(m) {
-                    Offer::Send(send) => self.write_sends(vec![send]),
-                    Offer::AtMostOnce(m) => self.write_publish(0, false, &m),
-                    Offer::Queued => {}
-                    Offer::Dropped(limit) => {
-                        Counters::add(&self.worker.counters.dropped_queue_full, 1);
-                        self.limit_bit(limit, "session queue full", "dropping messages");
-                    }
-                },
+                Offer::Send(o) => self.write_outgoing(vec![o]),
+                Offer::Queued => {}
+                Offer::Dropped(limit) => {
+                    Counters::add(&self.worker.counters.dropped_queue_full, 1);
+                    self.limit_bit(limit, "session queue full", "dropping messages");
+                }
             }
         }
     }
@@ -1490,8 +1353,9 @@ impl Actor for Connection {
         Counters::add(&self.worker.counters.clients_disconnected, 1);
         let reason = self.close_reason.clone().unwrap_or(CloseReason::Eof);
         let publish_will = reason.publishes_will();
+        let closed = s.flow.closed();
         // A session in the replicated state has its will published by the state machine.
-        if !s.persistent && s.epoch == 0 && publish_will {
+        if closed.publishes_own_will && publish_will {
             if let Some(w) = &s.will {
                 let message = AppMessage {
                     topic: w.topic.clone(),
@@ -1508,16 +1372,15 @@ impl Actor for Connection {
                 });
             }
         }
-        let sent_up_to = s.sent_up_to();
         self.worker.store.do_send(ConnectionClosed {
             conn_id: self.id,
-            client_id: s.client_id.clone(),
-            key: s.key,
-            epoch: if s.released { 0 } else { s.epoch },
-            persistent: s.persistent,
+            client_id: closed.client_id,
+            key: closed.key,
+            epoch: closed.epoch,
+            persistent: closed.persistent,
             publish_will,
-            sent_up_to,
-            filters: s.filters.clone(),
+            sent_up_to: closed.sent_up_to,
+            filters: s.filters,
         });
     }
 }
@@ -1537,7 +1400,7 @@ impl Handler<DurableDeliver> for Connection {
         let Some(s) = self.session.as_ref() else {
             return;
         };
-        if s.epoch != msg.epoch || self.phase != Phase::Active {
+        if s.flow.epoch() != msg.epoch || self.phase != Phase::Active {
             return;
         }
         let items = if s.guard.is_some() {
@@ -1549,11 +1412,8 @@ impl Handler<DurableDeliver> for Connection {
             return;
         };
         let mut out = Vec::new();
-        if let Flow::Durable(f) = s.flow(&self.worker.config) {
-            f.extend(items);
-            f.refill(&mut out);
-        }
-        self.write_sends(out);
+        s.flow.durable_deliver(items, &mut out);
+        self.write_outgoing(out);
         for m in msg.qos0 {
             let allowed = self
                 .session
@@ -1581,18 +1441,10 @@ impl Handler<ReleaseReady> for Connection {
         let Some(s) = self.session.as_mut() else {
             return;
         };
-        if s.epoch != msg.epoch {
+        if s.flow.epoch() != msg.epoch {
             return;
         }
-        let Some(Flow::Durable(f)) = s.flow.as_deref_mut() else {
-            return;
-        };
-        let pids: Vec<u16> = msg
-            .seqs
-            .iter()
-            .filter_map(|seq| f.release_ready(*seq))
-            .collect();
-        for pid in pids {
+        for pid in s.flow.release_ready(&msg.seqs) {
             self.write_ack(PacketType::PubRel, pid);
         }
     }
@@ -1608,13 +1460,8 @@ impl Handler<Acked> for Connection {
         let Some(s) = self.session.as_mut() else {
             return;
         };
-        let was_paused = s.owed_acks() >= self.worker.config.max_inflight_in;
-        let Some(traffic) = s.traffic.as_mut() else {
-            return;
-        };
-        for t in msg.tokens {
-            traffic.acks.complete(t);
-        }
+        let was_paused = s.flow.owed_acks() >= self.worker.config.max_inflight_in;
+        s.flow.complete(msg.tokens);
         self.release_acks();
         if was_paused && !self.read_paused() {
             self.wake();
