@@ -23,16 +23,23 @@ const AUTH_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What a CONNECT left once the password and the store accepted it.
 struct Admitted {
+    /// The client id (assigned if the client sent none).
     client_id: ByteString,
     /// The effective user name (certificate CN or CONNECT user name).
     username: Option<ByteString>,
+    /// The client's ACL, compiled once its user name is known.
     guard: Option<Box<Guard>>,
+    /// A stored session was resumed (CONNACK's flag, for 3.1.1).
     session_present: bool,
+    /// The epoch of this connection's ownership of the session.
     epoch: u64,
+    /// Subscriber key in the router index.
     key: u64,
 }
 
 impl Connection {
+    /// CONNECT: client id rules, who the client is, then the password check (inline when
+    /// cheap, else on the verification threads while reading waits).
     pub(super) fn on_connect(&mut self, c: Connect, ctx: &mut Context<Self>) {
         if let Some(t) = self.connect_timer.take() {
             ctx.cancel_future(t);
@@ -254,6 +261,7 @@ impl Connection {
         );
     }
 
+    /// The store accepted the session: CONNACK 0, the resumed outbound messages, keep-alive.
     fn on_accepted(
         &mut self,
         c: Connect,

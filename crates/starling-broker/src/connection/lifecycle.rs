@@ -47,6 +47,7 @@ pub(crate) enum CloseReason {
 }
 
 impl CloseReason {
+    /// A will is due: every end but DISCONNECT, a refused CONNECT and a broker shutdown.
     pub(super) fn publishes_will(&self) -> bool {
         !matches!(
             self,
@@ -56,6 +57,8 @@ impl CloseReason {
 }
 
 impl Connection {
+    /// Starts closing (once): logs the reason, stops reading, flushes what is written, and
+    /// stops the actor (at the latest after two seconds).
     pub(super) fn close(&mut self, reason: CloseReason, ctx: &mut Context<Self>) {
         if self.phase == Phase::Closing {
             return;
@@ -104,6 +107,7 @@ impl Connection {
         ctx.run_later(Duration::from_secs(2), |_, ctx| ctx.stop());
     }
 
+    /// Undecodable input: CONNACK 1 for an unknown protocol level before CONNECT, else close.
     pub(super) fn on_decode_error(&mut self, e: DecodeError, ctx: &mut Context<Self>) {
         if let DecodeError::UnacceptableProtocol { name, level } = &e {
             if self.phase == Phase::AwaitingConnect {
@@ -128,6 +132,8 @@ impl Connection {
         self.close(CloseReason::Malformed(e), ctx);
     }
 
+    /// DISCONNECT: a persistent session goes offline in the replicated state (will discarded)
+    /// before the socket closes.
     pub(super) fn on_disconnect(&mut self, ctx: &mut Context<Self>) {
         let name = self.name().to_string();
         debug!(target: MQTT_LOG, client_id = %name, "Received DISCONNECT from {name}");
@@ -156,6 +162,7 @@ impl Connection {
         );
     }
 
+    /// Closes the connection once it has been silent for 1.5 x its keep-alive.
     pub(super) fn schedule_keepalive(&self, ctx: &mut Context<Self>) {
         let Some(s) = &self.session else { return };
         if s.keep_alive == 0 {

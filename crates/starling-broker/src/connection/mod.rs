@@ -1,16 +1,32 @@
-//! The connection actor: one per client. It owns the socket, the protocol state machine, the
-//! keep-alive timer and the client's outbound flow; sessions' replicated state lives in the
+//! The connection actor: one per client. It owns the socket, the protocol state machine and the
+//! keep-alive timer; the decisions of the client's QoS flows (which acknowledgement is owed and
+//! when, which path a PUBLISH takes, what a resumed session resends) are a plain struct,
+//! [`ClientFlow`], that the actor feeds and obeys. Sessions' replicated state lives in the
 //! session store, subscriptions in the router shards.
+//!
+//! Files, each an `impl Connection` block for one concern:
+//! - `connect.rs`: CONNECT, authentication, the store's verdict, the accepted session.
+//! - `publish.rs`: inbound PUBLISH and PUBREL, routing, the owed acknowledgements
+//!   ([`Acked`](crate::messages::Acked)).
+//! - `deliver.rs`: outbound messages and the client's PUBACK / PUBREC / PUBCOMP.
+//! - `subscribe.rs`: SUBSCRIBE and UNSUBSCRIBE.
+//! - `write.rs`: packet writers and their log lines.
+//! - `limits.rs`: where a limit or the ACL bites (counters, rate-limited log lines).
+//! - `lifecycle.rs`: close, DISCONNECT, keep-alive, [`Kick`](crate::messages::Kick).
+//! - `io.rs`: the socket's reader and writer futures; `transport.rs`: TCP, TLS, WebSocket.
+//! - Plain structs: `flow.rs` ([`ClientFlow`]), `acks.rs` (owed acknowledgements in order),
+//!   `outbound.rs` (clean and persistent outbound windows), `guard.rs` (ACL, topic limits,
+//!   publish rate).
 //!
 //! Lifecycle: `AwaitingConnect` → (CONNECT) `Connecting` (password verification, then waiting
 //! for the store) → `Active` → `Closing` (flush what is written, then stop). Whatever ends it,
 //! `stopped` tells the store and, for a clean session whose will is due, publishes the will.
 //!
 //! Security (docs/security.md): CONNECT is authenticated (CONNACK 4 / 5) before the store hears
-//! of it; the client's ACL lives in its [`guard::Guard`]: PUBLISH to a topic it may not write is
+//! of it; the client's ACL lives in its `Guard` (guard.rs): PUBLISH to a topic it may not write is
 //! acknowledged and dropped (as Mosquitto does for 3.1.1), SUBSCRIBE to a filter through which
 //! nothing is readable gets 0x80, and deliveries are filtered only while a subscription is
-//! partially readable. The socket is a [`transport::Stream`]: plain TCP, TLS or WebSocket.
+//! partially readable. The socket is a `Stream` (transport.rs): plain TCP, TLS or WebSocket.
 
 mod acks;
 mod connect;
@@ -57,9 +73,13 @@ pub const MQTT_LOG: &str = "mqtt";
 /// Where a connection is in its life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Phase {
+    /// Accepted socket, no CONNECT yet (the connect timer runs).
     AwaitingConnect,
+    /// CONNECT received: waiting for the password check and the store; nothing else is read.
     Connecting,
+    /// CONNACK 0 sent: packets are handled.
     Active,
+    /// Closing: nothing more is read or written but what is queued; then the actor stops.
     Closing,
 }
 
@@ -99,6 +119,7 @@ struct Rates {
 }
 
 impl ClientSession {
+    /// The rate state, created on first use.
     fn rates(&mut self) -> &mut Rates {
         self.rates.get_or_insert_with(Box::default)
     }
@@ -106,23 +127,39 @@ impl ClientSession {
 
 /// The connection actor.
 pub struct Connection {
+    /// Unique within the process: tells this connection from a later one of the same client
+    /// (the store's registry, router targets, a clean session's router key).
     id: u64,
+    /// What every connection on this worker shares: configuration, router shard, store,
+    /// counters, security files.
     worker: Arc<Worker>,
+    /// The socket (plain TCP, TLS or WebSocket).
     stream: Stream,
+    /// The client's address, for log lines and the store's connect record.
     peer: SocketAddr,
     /// On a `use_identity_as_username` listener: the client certificate's CN (`None` inside:
     /// no certificate or no CN). Taken at CONNECT.
     identity: Option<Box<Option<ByteString>>>,
+    /// Bytes read and not yet decoded; released while the socket is idle.
     rbuf: BytesMut,
+    /// Bytes encoded and not yet written: everything one mailbox pass writes leaves in one
+    /// syscall. Its length is what `max_write_buffer` bounds.
     wbuf: BytesMut,
+    /// MQTT decoder (knows the protocol level once CONNECT is read, and `max_packet_size`).
     decoder: Decoder,
+    /// The IO futures' waker: a handler that writes, or that lifts a read pause, wakes them.
     waker: Option<Waker>,
+    /// When bytes last arrived: the keep-alive deadline counts from it.
     last_read: Instant,
+    /// Where the connection is in its life; decides which packets are accepted.
     phase: Phase,
+    /// Why it is closing, for `stopped` (will or not, what the store is told).
     close_reason: Option<CloseReason>,
+    /// The accepted client; `None` before CONNACK 0 (and after a refusal).
     session: Option<Box<ClientSession>>,
     /// The CONNECT deadline, cancelled when CONNECT arrives (a pending timer costs memory).
     connect_timer: Option<SpawnHandle>,
+    /// Holds this connection's place in the listener's `max_connections` counts until dropped.
     _live: LiveGuard,
     /// Senders dropped when the actor is dropped. Declared after `stream`, so (fields drop in
     /// declaration order) their receivers complete only once the socket is closed.
@@ -160,6 +197,7 @@ impl Connection {
         }
     }
 
+    /// Keeps the IO futures' waker (once, unless it changes).
     fn remember_waker(&mut self, cx: &std::task::Context<'_>) {
         match &self.waker {
             Some(w) if w.will_wake(cx.waker()) => {}
@@ -167,6 +205,7 @@ impl Connection {
         }
     }
 
+    /// Wakes the IO futures: something was written, or reading may resume.
     fn wake(&self) {
         if let Some(w) = &self.waker {
             w.wake_by_ref();
@@ -180,6 +219,7 @@ impl Connection {
             .map_or("<unknown>", |s| &**s.flow.client_id())
     }
 
+    /// This connection as the target of deliveries and answers.
     fn target(&self, ctx: &Context<Self>) -> Target {
         Target {
             conn_id: self.id,
@@ -187,6 +227,7 @@ impl Connection {
         }
     }
 
+    /// Reading waits: `max_inflight_in` entries owed to the client, or the publish rate limit.
     fn read_paused(&self) -> bool {
         self.session.as_ref().is_some_and(|s| {
             s.flow.owed_acks() >= self.worker.config.max_inflight_in
@@ -194,6 +235,7 @@ impl Connection {
         })
     }
 
+    /// Dispatches a decoded packet by phase and type.
     fn on_packet(&mut self, packet: Packet, ctx: &mut Context<Self>) {
         Counters::add(&self.worker.counters.packets_received, 1);
         match (self.phase, packet) {

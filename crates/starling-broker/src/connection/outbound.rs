@@ -35,8 +35,8 @@ pub enum Outgoing {
 /// Result of offering a message for delivery.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Offer {
-    /// Write it at QoS 0 now, as given (subject to the write buffer's limit). Never returned by
-    /// [`LocalOutbound::offer`].
+    /// Write it at QoS 0 now, as given (subject to the write buffer's limit): a QoS 0 message,
+    /// or a persistent session's non-durable one. A clean session's window never returns it.
     AtMostOnce(AppMessage),
     /// Write it now.
     Send(Outgoing),

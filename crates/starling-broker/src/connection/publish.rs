@@ -16,6 +16,7 @@ use crate::messages::{AckKind, Acked, Route, SessionRequest, Target};
 use crate::metrics::{Counters, Limit, SecurityEvent};
 
 impl Connection {
+    /// PUBLISH: rate limit, topic limits and ACL, then whatever the flow decides.
     pub(super) fn on_publish(&mut self, p: Publish, ctx: &mut Context<Self>) {
         let counters = &self.worker.counters;
         Counters::add(&counters.publish_received[p.qos as usize], 1);
@@ -136,6 +137,7 @@ impl Connection {
         }
     }
 
+    /// PUBREL: committed first for a persistent session, PUBCOMP at once for a clean one.
     pub(super) fn on_pubrel(&mut self, pid: u16, ctx: &mut Context<Self>) {
         self.log_ack_in("PUBREL", pid);
         let Some(s) = self.session.as_mut() else {

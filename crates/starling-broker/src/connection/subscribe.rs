@@ -20,6 +20,8 @@ use crate::messages::{SubscribeOutcome, SubscribeRequest, UnsubscribeRequest};
 use crate::metrics::{Limit, SecurityEvent};
 
 impl Connection {
+    /// SUBSCRIBE: each filter's return code, the store's answer, then SUBACK and (clean
+    /// sessions) the retained messages.
     pub(super) fn on_subscribe(&mut self, sub: &Subscribe, ctx: &mut Context<Self>) {
         let target = self.target(ctx);
         self.refresh_guard();
@@ -156,6 +158,7 @@ impl Connection {
         );
     }
 
+    /// UNSUBSCRIBE: UNSUBACK once the store applied it.
     pub(super) fn on_unsubscribe(&mut self, u: &Unsubscribe, ctx: &mut Context<Self>) {
         let Some(s) = self.session.as_mut() else {
             return;

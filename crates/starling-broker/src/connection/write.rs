@@ -12,6 +12,7 @@ use super::{Connection, Outgoing, Phase, MQTT_LOG};
 use crate::metrics::Counters;
 
 impl Connection {
+    /// Encodes any packet (while closing, only CONNACK).
     pub(super) fn write_packet(&mut self, packet: &Packet) {
         if self.phase == Phase::Closing && !matches!(packet, Packet::ConnAck(_)) {
             return;
@@ -22,6 +23,7 @@ impl Connection {
         }
     }
 
+    /// CONNACK, with its Mosquitto line.
     pub(super) fn write_connack(
         &mut self,
         session_present: bool,
@@ -35,6 +37,7 @@ impl Connection {
         }));
     }
 
+    /// PUBACK / PUBREC / PUBREL / PUBCOMP / UNSUBACK, with its Mosquitto line.
     pub(super) fn write_ack(&mut self, kind: PacketType, packet_id: u16) {
         if self.phase == Phase::Closing {
             return;
@@ -59,6 +62,7 @@ impl Connection {
         self.wake();
     }
 
+    /// PUBLISH, counted by QoS, with its Mosquitto line.
     pub(super) fn write_publish(&mut self, packet_id: u16, dup: bool, m: &AppMessage) {
         if self.phase == Phase::Closing {
             return;
@@ -88,6 +92,7 @@ impl Connection {
         self.wake();
     }
 
+    /// Writes what the flow asked for.
     pub(super) fn write_outgoing(&mut self, sends: Vec<Outgoing>) {
         for s in sends {
             match s {
@@ -101,6 +106,7 @@ impl Connection {
         }
     }
 
+    /// The Mosquitto line of an acknowledgement received.
     pub(super) fn log_ack_in(&self, what: &str, pid: u16) {
         if tracing::enabled!(target: MQTT_LOG, tracing::Level::DEBUG) {
             let name = self.name();
