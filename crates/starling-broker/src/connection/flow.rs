@@ -247,6 +247,9 @@ impl ClientFlow {
         let persistent = self.persistent;
         let t = self.inbound();
         let token = match message.qos {
+            // A retained message goes to the replicated state: it waits for its commit like a
+            // durable PUBLISH (nothing to write then), so reading stops while too many wait.
+            QoS::AtMostOnce if message.retain => Some(t.acks.push_silent()),
             QoS::AtMostOnce => None,
             QoS::AtLeastOnce => Some(t.acks.push(AckKind::PubAck, packet_id)),
             QoS::ExactlyOnce if persistent => {
@@ -659,6 +662,27 @@ mod tests {
         );
         assert_eq!(f.owed_acks(), 0);
         assert_eq!(f.take_routes().len(), 1);
+    }
+
+    #[test]
+    fn retained_qos0_waits_for_its_commit_in_order_and_writes_nothing() {
+        let mut f = clean();
+        let r = f.on_publish(0, m(QoS::AtMostOnce, true));
+        let Inbound::Routed { token: Some(r) } = r else {
+            panic!("a retained QoS 0 PUBLISH needs a token: {r:?}");
+        };
+        let routes = f.take_routes();
+        assert_eq!(routes[0].token, Some(r), "the router hands it to the store");
+        assert_eq!(f.owed_acks(), 1, "counts against max_inflight_in");
+        let q1 = token_of(&f.on_publish(8, m(QoS::AtLeastOnce, false)));
+        f.complete([q1]);
+        assert!(due(&mut f).is_empty(), "PUBACK 8 waits behind it");
+        f.complete([r]);
+        assert_eq!(due(&mut f), vec![(AckKind::PubAck, 8)]);
+        assert_eq!(f.owed_acks(), 0);
+        // A refused one (ACL, topic limits) is dropped: nothing to wait for.
+        f.on_refused_publish(QoS::AtMostOnce, 0);
+        assert_eq!(f.owed_acks(), 0);
     }
 
     #[test]

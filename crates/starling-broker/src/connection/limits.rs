@@ -69,7 +69,8 @@ impl Connection {
         }
     }
 
-    /// Counts and logs the moment owed acknowledgements reach `max_inflight_in` (reading stops).
+    /// Counts and logs the moment the entries owed (QoS 1/2, and retained QoS 0 waiting for its
+    /// commit) reach `max_inflight_in` (reading stops).
     pub(super) fn note_inflight_in(&mut self) {
         let max = self.worker.config.max_inflight_in;
         if self
@@ -79,7 +80,7 @@ impl Connection {
         {
             self.limit_bit(
                 Limit::MaxInflightIn,
-                "unacknowledged QoS 1/2 PUBLISHes at the limit",
+                "unacknowledged QoS 1/2 or retained PUBLISHes at the limit",
                 "reading paused",
             );
         }
