@@ -1,27 +1,47 @@
 //! Acknowledgements a connection owes its client, released in the order the client's packets
 //! arrived (MQTT 3.1.1 §4.6), whichever path (router, commit) completes them first.
+//!
+//! An entry may also owe nothing to write ([`PendingAcks::push_silent`]): a retained QoS 0
+//! PUBLISH waits for its commit like a QoS 1/2 one (it counts against `max_inflight_in`, so the
+//! connection stops reading while too many are outstanding), but the client expects no answer.
 
 use std::collections::VecDeque;
 
 use crate::messages::AckKind;
 
+/// One owed entry.
 struct Pending {
+    /// What completes it ([`PendingAcks::complete`]); increasing along the queue.
     token: u64,
-    kind: AckKind,
+    /// The acknowledgement to write once due; `None`: nothing to write.
+    kind: Option<AckKind>,
+    /// The packet id the acknowledgement carries.
     packet_id: u16,
+    /// Completed; written (or dropped, if silent) once every earlier entry is too.
     done: bool,
 }
 
 /// The ordered queue of owed acknowledgements.
 #[derive(Default)]
 pub(crate) struct PendingAcks {
+    /// Entries in arrival order.
     queue: VecDeque<Pending>,
+    /// The last token handed out (tokens are unique per connection).
     next_token: u64,
 }
 
 impl PendingAcks {
     /// Owes `kind` for `packet_id` once the returned token completes.
     pub(crate) fn push(&mut self, kind: AckKind, packet_id: u16) -> u64 {
+        self.push_entry(Some(kind), packet_id)
+    }
+
+    /// Holds a place in the queue until the returned token completes, writing nothing then.
+    pub(crate) fn push_silent(&mut self) -> u64 {
+        self.push_entry(None, 0)
+    }
+
+    fn push_entry(&mut self, kind: Option<AckKind>, packet_id: u16) -> u64 {
         self.next_token += 1;
         self.queue.push_back(Pending {
             token: self.next_token,
@@ -45,16 +65,21 @@ impl PendingAcks {
         }
     }
 
-    /// Pops the acknowledgements that can be sent now.
+    /// Pops the acknowledgements that can be sent now (silent entries are popped unseen).
     pub(crate) fn ready(&mut self, mut f: impl FnMut(AckKind, u16)) {
         while self.queue.front().is_some_and(|p| p.done) {
-            if let Some(p) = self.queue.pop_front() {
-                f(p.kind, p.packet_id);
+            if let Some(Pending {
+                kind: Some(kind),
+                packet_id,
+                ..
+            }) = self.queue.pop_front()
+            {
+                f(kind, packet_id);
             }
         }
     }
 
-    /// Acknowledgements owed.
+    /// Entries owed, silent ones included.
     pub(crate) fn len(&self) -> usize {
         self.queue.len()
     }
@@ -84,6 +109,21 @@ mod tests {
                 (AckKind::PubComp, 3)
             ]
         );
+        assert_eq!(a.len(), 0);
+    }
+
+    #[test]
+    fn a_silent_entry_holds_its_place_and_writes_nothing() {
+        let mut a = PendingAcks::default();
+        let silent = a.push_silent();
+        a.push_done(AckKind::PubAck, 7);
+        assert_eq!(a.len(), 2);
+        let mut sent = Vec::new();
+        a.ready(|k, p| sent.push((k, p)));
+        assert!(sent.is_empty(), "PUBACK 7 waits behind the silent entry");
+        a.complete(silent);
+        a.ready(|k, p| sent.push((k, p)));
+        assert_eq!(sent, vec![(AckKind::PubAck, 7)]);
         assert_eq!(a.len(), 0);
     }
 }

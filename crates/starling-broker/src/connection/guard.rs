@@ -22,6 +22,15 @@ use tokio::time::Instant;
 use crate::config::BrokerConfig;
 use crate::metrics::Limit;
 
+/// Why a PUBLISH is dropped or a subscription refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Refusal {
+    /// The client's ACL does not allow it.
+    Acl,
+    /// A configured limit bit.
+    Limit(Limit),
+}
+
 /// A client's ACL and subscriptions.
 pub(crate) struct Guard {
     username: Option<ByteString>,

@@ -19,8 +19,9 @@ use actix::prelude::*;
 use bytes::Buf;
 use tokio::time::Instant;
 
+use super::lifecycle::CloseReason;
 use super::transport::Stream;
-use super::{CloseReason, Connection, Phase};
+use super::{Connection, Phase};
 use crate::metrics::Counters;
 
 /// Packets handled per poll before yielding to the mailbox.

@@ -1,59 +1,71 @@
-//! The connection actor: one per client. It owns the socket, the protocol state machine, the
-//! keep-alive timer and the client's outbound flow; sessions' replicated state lives in the
+//! The connection actor: one per client. It owns the socket, the protocol state machine and the
+//! keep-alive timer; the decisions of the client's QoS flows (which acknowledgement is owed and
+//! when, which path a PUBLISH takes, what a resumed session resends) are a plain struct,
+//! [`ClientFlow`], that the actor feeds and obeys. Sessions' replicated state lives in the
 //! session store, subscriptions in the router shards.
+//!
+//! Files, each an `impl Connection` block for one concern:
+//! - `connect.rs`: CONNECT, authentication, the store's verdict, the accepted session.
+//! - `publish.rs`: inbound PUBLISH and PUBREL, routing, the owed acknowledgements
+//!   ([`Acked`](crate::messages::Acked)).
+//! - `deliver.rs`: outbound messages and the client's PUBACK / PUBREC / PUBCOMP.
+//! - `subscribe.rs`: SUBSCRIBE and UNSUBSCRIBE.
+//! - `write.rs`: packet writers and their log lines.
+//! - `limits.rs`: where a limit or the ACL bites (counters, rate-limited log lines).
+//! - `lifecycle.rs`: close, DISCONNECT, keep-alive, [`Kick`](crate::messages::Kick).
+//! - `io.rs`: the socket's reader and writer futures; `transport.rs`: TCP, TLS, WebSocket.
+//! - Plain structs: `flow.rs` ([`ClientFlow`]), `acks.rs` (owed acknowledgements in order),
+//!   `outbound.rs` (clean and persistent outbound windows), `guard.rs` (ACL, topic limits,
+//!   publish rate).
 //!
 //! Lifecycle: `AwaitingConnect` → (CONNECT) `Connecting` (password verification, then waiting
 //! for the store) → `Active` → `Closing` (flush what is written, then stop). Whatever ends it,
 //! `stopped` tells the store and, for a clean session whose will is due, publishes the will.
 //!
 //! Security (docs/security.md): CONNECT is authenticated (CONNACK 4 / 5) before the store hears
-//! of it; the client's ACL lives in its [`guard::Guard`]: PUBLISH to a topic it may not write is
+//! of it; the client's ACL lives in its `Guard` (guard.rs): PUBLISH to a topic it may not write is
 //! acknowledged and dropped (as Mosquitto does for 3.1.1), SUBSCRIBE to a filter through which
 //! nothing is readable gets 0x80, and deliveries are filtered only while a subscription is
-//! partially readable. The socket is a [`transport::Stream`]: plain TCP, TLS or WebSocket.
+//! partially readable. The socket is a `Stream` (transport.rs): plain TCP, TLS or WebSocket.
 
 mod acks;
+mod connect;
+mod deliver;
+mod flow;
 mod guard;
 mod io;
+mod lifecycle;
+mod limits;
 mod outbound;
+mod publish;
+mod subscribe;
 pub(crate) mod transport;
+mod write;
+
+pub use self::flow::{
+    ClientFlow, Commit, FlowClosed, FlowLimits, Inbound, Offer, Outgoing, Release,
+};
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::task::Waker;
-use std::time::Duration;
 
 use actix::prelude::*;
 use bytes::BytesMut;
 use bytestring::ByteString;
-use rustc_hash::FxHashSet;
-use starling_auth::{Authorizer, Coverage, Verdict};
-use starling_codec::encode::{encode_ack, encode_publish};
-use starling_codec::{
-    topic, ConnAck, Connect, ConnectReturnCode, DecodeError, Decoder, LastWill, Packet, PacketType,
-    ProtocolVersion, Publish, QoS, SubAck, SubscribeReturnCode,
-};
-use starling_state::{Message as AppMessage, Outbound};
+use starling_codec::{Decoder, LastWill, Packet, ProtocolVersion};
+use starling_state::Message as AppMessage;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
-use tracing::{debug, info, warn};
+use tracing::debug;
 
-use self::acks::PendingAcks;
-use self::guard::{topic_limit, Guard, TokenBucket};
-use self::outbound::{AckOutcome, DurableOutbound, LocalOutbound, Offer, Send};
+use self::guard::{Guard, TokenBucket};
+use self::lifecycle::CloseReason;
 use self::transport::Stream;
-use crate::config::BrokerConfig;
 use crate::listener::LiveGuard;
-use crate::messages::{
-    AckKind, Acked, ConnectInfo, ConnectOutcome, ConnectRequest, ConnectionClosed, Deliver,
-    DurableDeliver, Kick, KickReason, ReleaseReady, Route, RoutedPublish, SessionRequest,
-    SubscribeOutcome, SubscribeRequest, Target, UnsubscribeRequest,
-};
-use crate::metrics::{Counters, Limit, SecurityEvent};
+use crate::messages::{AckKind, ConnectionClosed, Route, RoutedPublish, Target};
+use crate::metrics::{Counters, Limit};
 use crate::Worker;
-
-/// How long a CONNECT may wait for its password verification before CONNACK 3.
-const AUTH_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Log target of the lines that mirror Mosquitto's.
 pub const MQTT_LOG: &str = "mqtt";
@@ -61,91 +73,44 @@ pub const MQTT_LOG: &str = "mqtt";
 /// Where a connection is in its life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Phase {
+    /// Accepted socket, no CONNECT yet (the connect timer runs).
     AwaitingConnect,
+    /// CONNECT received: waiting for the password check and the store; nothing else is read.
     Connecting,
+    /// CONNACK 0 sent: packets are handled.
     Active,
+    /// Closing: nothing more is read or written but what is queued; then the actor stops.
     Closing,
-}
-
-/// Why a connection ends.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) enum CloseReason {
-    /// DISCONNECT received.
-    Disconnect,
-    /// The client closed the socket without DISCONNECT.
-    Eof,
-    /// Socket error.
-    SocketError(std::io::ErrorKind),
-    /// Silent for 1.5 x keep-alive.
-    KeepAlive,
-    /// No CONNECT in time.
-    ConnectTimeout,
-    /// Malformed packet.
-    Malformed(DecodeError),
-    /// Protocol violation.
-    Protocol(&'static str),
-    /// Another connection took the client id.
-    TakenOver,
-    /// The session was discarded by another connection.
-    SessionRemoved,
-    /// CONNACK with a refusal code was sent.
-    Refused(ConnectReturnCode),
-    /// A commit did not happen in time.
-    Unavailable,
-    /// A 3.1 client's subscription was refused (3.1 has no failure return code).
-    Denied(&'static str),
-    /// The broker is shutting down.
-    Shutdown,
-}
-
-impl CloseReason {
-    fn publishes_will(&self) -> bool {
-        !matches!(
-            self,
-            CloseReason::Disconnect | CloseReason::Refused(_) | CloseReason::Shutdown
-        )
-    }
-}
-
-/// Outbound flow by session kind.
-enum Flow {
-    Local(LocalOutbound),
-    Durable(DurableOutbound),
 }
 
 /// What exists once CONNECT is accepted.
 ///
-/// Kept small: what an idle client never uses (its QoS flows, its inbound traffic state) is
-/// allocated on first use, so that an idle connection costs little memory.
+/// Kept small: what an idle client never uses (its QoS flows, its inbound state, its rate
+/// state) is allocated on first use, so that an idle connection costs little memory.
 struct ClientSession {
-    client_id: ByteString,
+    /// The session's identity, QoS flows and owed acknowledgements: every exactly-once
+    /// decision is the flow's.
+    flow: ClientFlow,
+    /// Protocol level: 3.1 has no SUBACK failure code, and no session-present flag.
     protocol: ProtocolVersion,
+    /// Keep-alive in seconds (0: none); the connection closes after 1.5 x this of silence.
     keep_alive: u16,
-    persistent: bool,
-    /// Persistent sessions: already disconnected in the replicated state (DISCONNECT).
-    released: bool,
+    /// The will, published by this connection on an abnormal close when the session is not in
+    /// the replicated state (which otherwise publishes it).
     will: Option<Box<LastWill>>,
-    epoch: u64,
-    key: u64,
-    /// Outbound QoS 1/2 flow, created with the first message.
-    flow: Option<Box<Flow>>,
-    /// Inbound traffic state, created with the first PUBLISH or PUBREL.
-    traffic: Option<Box<Traffic>>,
     /// Clean sessions: filters subscribed (to remove on close).
     filters: Vec<Arc<str>>,
     /// ACL and subscription bookkeeping; only with an ACL file or `max_subscriptions`.
     guard: Option<Box<Guard>>,
+    /// Publish rate and log-line rate state, created when first needed.
+    rates: Option<Box<Rates>>,
 }
 
-/// A client's inbound traffic state.
+/// A client's rate state: the publish token bucket and the pause it causes, and when a limit
+/// line was last logged for it.
 #[derive(Default)]
-struct Traffic {
-    /// Clean sessions: inbound QoS 2 ids awaiting PUBREL.
-    inbound_qos2: FxHashSet<u16>,
-    acks: PendingAcks,
-    /// PUBLISHes of this read pass, per router shard.
-    route: Vec<RoutedPublish>,
-    /// Last time a limit was logged for this client.
+struct Rates {
+    /// Last time a limit was logged for this client (one line per ten seconds).
     last_limit_log: Option<Instant>,
     /// `max_publish_rate`: created with the first PUBLISH when configured.
     bucket: Option<TokenBucket>,
@@ -154,69 +119,47 @@ struct Traffic {
 }
 
 impl ClientSession {
-    fn traffic(&mut self) -> &mut Traffic {
-        self.traffic.get_or_insert_with(Box::default)
+    /// The rate state, created on first use.
+    fn rates(&mut self) -> &mut Rates {
+        self.rates.get_or_insert_with(Box::default)
     }
-
-    /// Acknowledgements owed to the client.
-    fn owed_acks(&self) -> usize {
-        self.traffic.as_ref().map_or(0, |t| t.acks.len())
-    }
-
-    fn flow(&mut self, config: &BrokerConfig) -> &mut Flow {
-        let persistent = self.persistent;
-        self.flow.get_or_insert_with(|| {
-            Box::new(if persistent {
-                Flow::Durable(DurableOutbound::new(config.max_inflight))
-            } else {
-                Flow::Local(LocalOutbound::new(
-                    config.max_inflight,
-                    config.max_queued_messages,
-                    config.max_queued_bytes,
-                ))
-            })
-        })
-    }
-
-    /// Highest outbound sequence number written (persistent sessions).
-    fn sent_up_to(&self) -> u64 {
-        match self.flow.as_deref() {
-            Some(Flow::Durable(f)) => f.max_sent_seq(),
-            _ => 0,
-        }
-    }
-}
-
-/// What a CONNECT left once the password and the store accepted it.
-struct Admitted {
-    client_id: ByteString,
-    /// The effective user name (certificate CN or CONNECT user name).
-    username: Option<ByteString>,
-    guard: Option<Box<Guard>>,
-    session_present: bool,
-    epoch: u64,
-    key: u64,
 }
 
 /// The connection actor.
 pub struct Connection {
+    /// Unique within the process: tells this connection from a later one of the same client
+    /// (the store's registry, router targets, a clean session's router key).
     id: u64,
+    /// What every connection on this worker shares: configuration, router shard, store,
+    /// counters, security files.
     worker: Arc<Worker>,
+    /// The socket (plain TCP, TLS or WebSocket).
     stream: Stream,
+    /// The client's address, for log lines and the store's connect record.
     peer: SocketAddr,
     /// On a `use_identity_as_username` listener: the client certificate's CN (`None` inside:
     /// no certificate or no CN). Taken at CONNECT.
     identity: Option<Box<Option<ByteString>>>,
+    /// Bytes read and not yet decoded; released while the socket is idle.
     rbuf: BytesMut,
+    /// Bytes encoded and not yet written: everything one mailbox pass writes leaves in one
+    /// syscall. Its length is what `max_write_buffer` bounds.
     wbuf: BytesMut,
+    /// MQTT decoder (knows the protocol level once CONNECT is read, and `max_packet_size`).
     decoder: Decoder,
+    /// The IO futures' waker: a handler that writes, or that lifts a read pause, wakes them.
     waker: Option<Waker>,
+    /// When bytes last arrived: the keep-alive deadline counts from it.
     last_read: Instant,
+    /// Where the connection is in its life; decides which packets are accepted.
     phase: Phase,
+    /// Why it is closing, for `stopped` (will or not, what the store is told).
     close_reason: Option<CloseReason>,
+    /// The accepted client; `None` before CONNACK 0 (and after a refusal).
     session: Option<Box<ClientSession>>,
     /// The CONNECT deadline, cancelled when CONNECT arrives (a pending timer costs memory).
     connect_timer: Option<SpawnHandle>,
+    /// Holds this connection's place in the listener's `max_connections` counts until dropped.
     _live: LiveGuard,
     /// Senders dropped when the actor is dropped. Declared after `stream`, so (fields drop in
     /// declaration order) their receivers complete only once the socket is closed.
@@ -254,6 +197,7 @@ impl Connection {
         }
     }
 
+    /// Keeps the IO futures' waker (once, unless it changes).
     fn remember_waker(&mut self, cx: &std::task::Context<'_>) {
         match &self.waker {
             Some(w) if w.will_wake(cx.waker()) => {}
@@ -261,6 +205,7 @@ impl Connection {
         }
     }
 
+    /// Wakes the IO futures: something was written, or reading may resume.
     fn wake(&self) {
         if let Some(w) = &self.waker {
             w.wake_by_ref();
@@ -269,9 +214,12 @@ impl Connection {
 
     /// The client id for log lines.
     fn name(&self) -> &str {
-        self.session.as_ref().map_or("<unknown>", |s| &s.client_id)
+        self.session
+            .as_ref()
+            .map_or("<unknown>", |s| &**s.flow.client_id())
     }
 
+    /// This connection as the target of deliveries and answers.
     fn target(&self, ctx: &Context<Self>) -> Target {
         Target {
             conn_id: self.id,
@@ -279,249 +227,15 @@ impl Connection {
         }
     }
 
+    /// Reading waits: `max_inflight_in` entries owed to the client, or the publish rate limit.
     fn read_paused(&self) -> bool {
         self.session.as_ref().is_some_and(|s| {
-            s.owed_acks() >= self.worker.config.max_inflight_in
-                || s.traffic.as_ref().is_some_and(|t| t.throttled)
+            s.flow.owed_acks() >= self.worker.config.max_inflight_in
+                || s.rates.as_ref().is_some_and(|r| r.throttled)
         })
     }
 
-    // ---- closing ----
-
-    fn close(&mut self, reason: CloseReason, ctx: &mut Context<Self>) {
-        if self.phase == Phase::Closing {
-            return;
-        }
-        let name = self.name().to_string();
-        match &reason {
-            // Mosquitto's only line for this is "Received DISCONNECT from ...".
-            CloseReason::Disconnect => debug!(client_id = %name, "client disconnected"),
-            CloseReason::Eof | CloseReason::SocketError(_) => {
-                info!(target: MQTT_LOG, client_id = %name, reason = ?reason, "Socket error on client {name}, disconnecting.")
-            }
-            CloseReason::KeepAlive | CloseReason::ConnectTimeout => {
-                info!(target: MQTT_LOG, client_id = %name, "Client {name} has exceeded timeout, disconnecting.")
-            }
-            CloseReason::Malformed(e) => {
-                Counters::add(&self.worker.counters.protocol_errors, 1);
-                info!(target: MQTT_LOG, client_id = %name, peer = %self.peer, error = %e, "Client {name} disconnected due to malformed packet.")
-            }
-            CloseReason::Protocol(why) => {
-                Counters::add(&self.worker.counters.protocol_errors, 1);
-                info!(target: MQTT_LOG, client_id = %name, peer = %self.peer, error = why, "Client {name} disconnected due to protocol error.")
-            }
-            CloseReason::TakenOver => {
-                debug!(client_id = %name, "closed: client id taken over")
-            }
-            CloseReason::SessionRemoved => {
-                info!(client_id = %name, "client {name} disconnected: its session was removed")
-            }
-            CloseReason::Refused(code) => {
-                debug!(client_id = %name, code = *code as u8, "closed after CONNACK refusal")
-            }
-            CloseReason::Unavailable => {
-                warn!(client_id = %name, "client {name} disconnected: the replicated state refused the request or did not commit it within commit_timeout_secs (no leader or no quorum?)")
-            }
-            CloseReason::Denied(why) => {
-                info!(client_id = %name, peer = %self.peer, reason = why, "client {name} disconnected: {why}")
-            }
-            CloseReason::Shutdown => {
-                debug!(client_id = %name, "closed: broker shutting down")
-            }
-        }
-        self.close_reason = Some(reason);
-        self.phase = Phase::Closing;
-        self.wake();
-        // A peer that does not read cannot hold the connection open.
-        ctx.run_later(Duration::from_secs(2), |_, ctx| ctx.stop());
-    }
-
-    fn on_decode_error(&mut self, e: DecodeError, ctx: &mut Context<Self>) {
-        if let DecodeError::UnacceptableProtocol { name, level } = &e {
-            if self.phase == Phase::AwaitingConnect {
-                debug!(peer = %self.peer, protocol = %name, level, "unacceptable protocol");
-                self.write_connack(
-                    false,
-                    ConnectReturnCode::UnacceptableProtocolVersion,
-                    "<unknown>",
-                );
-                self.close(
-                    CloseReason::Refused(ConnectReturnCode::UnacceptableProtocolVersion),
-                    ctx,
-                );
-                return;
-            }
-        }
-        if let DecodeError::PacketTooLarge { size, max } = &e {
-            self.worker.counters.limit(Limit::MaxPacketSize);
-            warn!(client_id = %self.name(), peer = %self.peer, size, limit = "max_packet_size",
-                "packet of {size} bytes from client {} exceeds max_packet_size ({max}); disconnecting", self.name());
-        }
-        self.close(CloseReason::Malformed(e), ctx);
-    }
-
-    // ---- writing ----
-
-    fn write_packet(&mut self, packet: &Packet) {
-        if self.phase == Phase::Closing && !matches!(packet, Packet::ConnAck(_)) {
-            return;
-        }
-        if packet.encode(&mut self.wbuf).is_ok() {
-            Counters::add(&self.worker.counters.packets_sent, 1);
-            self.wake();
-        }
-    }
-
-    fn write_connack(&mut self, session_present: bool, code: ConnectReturnCode, name: &str) {
-        debug!(target: MQTT_LOG, client_id = %name, "Sending CONNACK to {name} ({})", code as u8);
-        self.write_packet(&Packet::ConnAck(ConnAck {
-            session_present,
-            code,
-        }));
-    }
-
-    fn write_ack(&mut self, kind: PacketType, packet_id: u16) {
-        if self.phase == Phase::Closing {
-            return;
-        }
-        encode_ack(&mut self.wbuf, kind, packet_id);
-        Counters::add(&self.worker.counters.packets_sent, 1);
-        if tracing::enabled!(target: MQTT_LOG, tracing::Level::DEBUG) {
-            let name = self.name();
-            let what = match kind {
-                PacketType::PubAck => "PUBACK",
-                PacketType::PubRec => "PUBREC",
-                PacketType::PubRel => "PUBREL",
-                PacketType::PubComp => "PUBCOMP",
-                _ => "UNSUBACK",
-            };
-            if kind == PacketType::UnsubAck {
-                debug!(target: MQTT_LOG, client_id = %name, "Sending UNSUBACK to {name}");
-            } else {
-                debug!(target: MQTT_LOG, client_id = %name, "Sending {what} to {name} (Mid: {packet_id})");
-            }
-        }
-        self.wake();
-    }
-
-    fn write_publish(&mut self, packet_id: u16, dup: bool, m: &AppMessage) {
-        if self.phase == Phase::Closing {
-            return;
-        }
-        if encode_publish(
-            &mut self.wbuf,
-            dup,
-            m.qos,
-            m.retain,
-            &m.topic,
-            packet_id,
-            &m.payload,
-        )
-        .is_err()
-        {
-            return;
-        }
-        let c = &self.worker.counters;
-        Counters::add(&c.publish_sent[m.qos as usize], 1);
-        Counters::add(&c.packets_sent, 1);
-        if tracing::enabled!(target: MQTT_LOG, tracing::Level::DEBUG) {
-            let name = self.name();
-            debug!(target: MQTT_LOG, client_id = %name,
-                "Sending PUBLISH to {name} (d{}, q{}, r{}, m{packet_id}, '{}', ... ({} bytes))",
-                u8::from(dup), m.qos as u8, u8::from(m.retain), m.topic, m.payload.len());
-        }
-        self.wake();
-    }
-
-    fn write_sends(&mut self, sends: Vec<Send>) {
-        for s in sends {
-            match s {
-                Send::Publish {
-                    packet_id,
-                    dup,
-                    message,
-                } => self.write_publish(packet_id, dup, &message),
-                Send::PubRel(pid) => self.write_ack(PacketType::PubRel, pid),
-            }
-        }
-    }
-
-    /// Sends the acknowledgements that are due, in order.
-    fn release_acks(&mut self) {
-        let Some(s) = self.session.as_mut() else {
-            return;
-        };
-        let Some(t) = s.traffic.as_mut() else {
-            return;
-        };
-        let mut due = Vec::new();
-        t.acks.ready(|kind, pid| due.push((kind, pid)));
-        for (kind, pid) in due {
-            let t = match kind {
-                AckKind::PubAck => PacketType::PubAck,
-                AckKind::PubRec => PacketType::PubRec,
-                AckKind::PubComp => PacketType::PubComp,
-            };
-            self.write_ack(t, pid);
-        }
-    }
-
-    /// Counts that a limit bit and logs it, at most once per ten seconds per client:
-    /// `<what> for client <id> (limit <key>); <then>`.
-    fn limit_bit(&mut self, limit: Limit, what: &str, then: &str) {
-        self.worker.counters.limit(limit);
-        if !self.may_log() {
-            return;
-        }
-        let key = limit.key();
-        let name = self.name();
-        warn!(client_id = %name, limit = key, "{what} for client {name} (limit {key}); {then}");
-    }
-
-    /// Counts `n` ACL refusals and logs them, at most once per ten seconds per client.
-    fn denied(&mut self, event: SecurityEvent, n: u64, what: &str, topic: &str) {
-        Counters::add(&self.worker.counters.security[event as usize], n);
-        if !self.may_log() {
-            return;
-        }
-        let name = self.name();
-        info!(client_id = %name, topic, event = event.name(), "{what} for client {name}: '{topic}' (acl_file)");
-    }
-
-    /// True at most once per ten seconds per client (for limit and ACL log lines).
-    fn may_log(&mut self) -> bool {
-        let now = Instant::now();
-        let Some(s) = self.session.as_mut() else {
-            return true;
-        };
-        let t = s.traffic();
-        if t.last_limit_log
-            .is_some_and(|t| now.duration_since(t) < Duration::from_secs(10))
-        {
-            return false;
-        }
-        t.last_limit_log = Some(now);
-        true
-    }
-
-    /// Recompiles the client's ACL if the security files were reloaded since.
-    fn refresh_guard(&mut self) {
-        let Some(s) = self.session.as_mut() else {
-            return;
-        };
-        let Some(g) = s.guard.as_deref_mut() else {
-            return;
-        };
-        let security = &self.worker.security;
-        let generation = security.generation();
-        if g.is_stale(generation) {
-            let acl = security.authorizer().client_acl(g.username(), &s.client_id);
-            g.refresh(acl, generation);
-        }
-    }
-
-    // ---- packets from the client ----
-
+    /// Dispatches a decoded packet by phase and type.
     fn on_packet(&mut self, packet: Packet, ctx: &mut Context<Self>) {
         Counters::add(&self.worker.counters.packets_received, 1);
         match (self.phase, packet) {
@@ -530,10 +244,10 @@ impl Connection {
                 self.close(CloseReason::Protocol("first packet is not CONNECT"), ctx)
             }
             (Phase::Active, Packet::Publish(p)) => self.on_publish(p, ctx),
-            (Phase::Active, Packet::PubAck(pid)) => self.on_puback(pid),
-            (Phase::Active, Packet::PubRec(pid)) => self.on_pubrec(pid),
+            (Phase::Active, Packet::PubAck(pid)) => self.on_ack(AckKind::PubAck, pid),
+            (Phase::Active, Packet::PubRec(pid)) => self.on_ack(AckKind::PubRec, pid),
             (Phase::Active, Packet::PubRel(pid)) => self.on_pubrel(pid, ctx),
-            (Phase::Active, Packet::PubComp(pid)) => self.on_pubcomp(pid),
+            (Phase::Active, Packet::PubComp(pid)) => self.on_ack(AckKind::PubComp, pid),
             (Phase::Active, Packet::Subscribe(s)) => self.on_subscribe(&s, ctx),
             (Phase::Active, Packet::Unsubscribe(u)) => self.on_unsubscribe(&u, ctx),
             (Phase::Active, Packet::PingReq) => {
@@ -551,909 +265,6 @@ impl Connection {
                 ctx,
             ),
             (Phase::Connecting | Phase::Closing, _) => {}
-        }
-    }
-
-    fn on_disconnect(&mut self, ctx: &mut Context<Self>) {
-        let name = self.name().to_string();
-        debug!(target: MQTT_LOG, client_id = %name, "Received DISCONNECT from {name}");
-        let Some(s) = self.session.as_ref().filter(|s| s.persistent) else {
-            return self.close(CloseReason::Disconnect, ctx);
-        };
-        // The session goes offline (will discarded) before the socket closes, so that a crash
-        // in between cannot make the restarted broker publish the will.
-        let sent_up_to = s.sent_up_to();
-        let (tx, rx) = oneshot::channel();
-        self.worker.store.do_send(SessionRequest::Disconnect {
-            client_id: s.client_id.clone(),
-            epoch: s.epoch,
-            sent_up_to,
-            reply: tx,
-        });
-        let wait = tokio::time::timeout(self.worker.config.commit_timeout(), rx);
-        ctx.wait(
-            actix::fut::wrap_future::<_, Self>(wait).map(|res, act, ctx| {
-                if matches!(res, Ok(Ok(true))) {
-                    if let Some(s) = act.session.as_mut() {
-                        s.released = true;
-                    }
-                }
-                act.close(CloseReason::Disconnect, ctx);
-            }),
-        );
-    }
-
-    fn on_connect(&mut self, c: Connect, ctx: &mut Context<Self>) {
-        if let Some(t) = self.connect_timer.take() {
-            ctx.cancel_future(t);
-        }
-        let config = &self.worker.config;
-        let mut client_id = c.client_id.clone();
-        let code = if c.protocol == ProtocolVersion::V3_1 {
-            let n = client_id.chars().count();
-            if n == 0 || n > 23 {
-                ConnectReturnCode::IdentifierRejected
-            } else {
-                ConnectReturnCode::Accepted
-            }
-        } else if client_id.is_empty() {
-            if c.clean_session {
-                client_id = ByteString::from(format!("auto-{:016x}", rand::random::<u64>()));
-                ConnectReturnCode::Accepted
-            } else {
-                ConnectReturnCode::IdentifierRejected
-            }
-        } else if client_id.len() > config.max_client_id_len {
-            ConnectReturnCode::IdentifierRejected
-        } else {
-            ConnectReturnCode::Accepted
-        };
-        if code != ConnectReturnCode::Accepted {
-            return self.refuse(code, &client_id, "client id rejected", ctx);
-        }
-        // Who the client is: the certificate's CN on a `use_identity_as_username` listener (the
-        // CONNECT user name and password are then ignored), else the CONNECT user name.
-        let from_cert = self.identity.take().map(|b| *b);
-        let username = match &from_cert {
-            Some(cn) => cn.clone(),
-            None => c.username.clone(),
-        };
-        if from_cert.as_ref().is_some_and(Option::is_none) {
-            self.worker.counters.security(SecurityEvent::BadCredentials);
-            return self.refuse(
-                ConnectReturnCode::BadUserNameOrPassword,
-                &client_id,
-                "no client certificate common name to use as user name",
-                ctx,
-            );
-        }
-        if username.is_none() && !config.anonymous_allowed() {
-            self.worker.counters.security(SecurityEvent::NotAuthorized);
-            return self.refuse(
-                ConnectReturnCode::NotAuthorized,
-                &client_id,
-                "anonymous clients are not allowed (allow_anonymous)",
-                ctx,
-            );
-        }
-        self.decoder.set_protocol(c.protocol);
-        self.phase = Phase::Connecting;
-        let security = self.worker.security.clone();
-        // Generation first: a reload in between makes the ACL look stale, never fresh.
-        let generation = security.generation();
-        let auth = security.authorizer();
-        let verdict = match &username {
-            Some(user) if from_cert.is_none() => auth.quick_verify(user, c.password.as_deref()),
-            _ => Some(Verdict::Accepted),
-        };
-        if let Some(v) = verdict {
-            return self.on_verdict(v, c, client_id, username, &auth, generation, ctx);
-        }
-        // PBKDF2 runs on the verification threads; reading from this client waits meanwhile.
-        let user = username.clone().unwrap_or_default();
-        let password = c.password.clone().unwrap_or_default();
-        let Some(rx) = security.verify(auth.clone(), user, password) else {
-            self.limit_bit(
-                Limit::MaxPendingAuth,
-                "too many password verifications waiting",
-                "connection refused",
-            );
-            return self.refuse(
-                ConnectReturnCode::ServerUnavailable,
-                &client_id,
-                "password verification queue full (max_pending_auth)",
-                ctx,
-            );
-        };
-        let wait = tokio::time::timeout(AUTH_TIMEOUT, rx);
-        ctx.wait(
-            actix::fut::wrap_future::<_, Self>(wait).map(move |res, act, ctx| match res {
-                Ok(Ok(v)) => act.on_verdict(v, c, client_id, username, &auth, generation, ctx),
-                _ => act.refuse(
-                    ConnectReturnCode::ServerUnavailable,
-                    &client_id,
-                    "password verification did not complete",
-                    ctx,
-                ),
-            }),
-        );
-    }
-
-    /// Sends a refusing CONNACK and closes.
-    fn refuse(
-        &mut self,
-        code: ConnectReturnCode,
-        client_id: &str,
-        why: &str,
-        ctx: &mut Context<Self>,
-    ) {
-        let name = if client_id.is_empty() {
-            "<unknown>"
-        } else {
-            client_id
-        };
-        info!(client_id = %name, peer = %self.peer, code = code as u8, reason = why, "client {name} refused with CONNACK {}: {why}", code as u8);
-        self.write_connack(false, code, name);
-        self.session = None;
-        self.close(CloseReason::Refused(code), ctx);
-    }
-
-    /// The password check is done: check the will against the ACL, then ask the store.
-    #[allow(clippy::too_many_arguments)]
-    fn on_verdict(
-        &mut self,
-        verdict: Verdict,
-        c: Connect,
-        client_id: ByteString,
-        username: Option<ByteString>,
-        auth: &Authorizer,
-        generation: u64,
-        ctx: &mut Context<Self>,
-    ) {
-        if self.phase == Phase::Closing {
-            return;
-        }
-        match verdict {
-            Verdict::Accepted => {}
-            Verdict::UnknownUser | Verdict::BadPassword => {
-                self.worker.counters.security(SecurityEvent::BadCredentials);
-                let why = if verdict == Verdict::UnknownUser {
-                    "unknown user name"
-                } else if c.password.is_none() {
-                    "no password"
-                } else {
-                    "wrong password"
-                };
-                return self.refuse(
-                    ConnectReturnCode::BadUserNameOrPassword,
-                    &client_id,
-                    why,
-                    ctx,
-                );
-            }
-        }
-        let config = &self.worker.config;
-        let guard = (self.worker.security.has_acl() || config.max_subscriptions > 0).then(|| {
-            let acl = auth.client_acl(username.as_deref(), &client_id);
-            Box::new(Guard::new(username.clone(), acl, generation))
-        });
-        if let (Some(g), Some(w)) = (&guard, &c.will) {
-            if !g.can_write_will(&w.topic) {
-                self.worker.counters.security(SecurityEvent::NotAuthorized);
-                return self.refuse(
-                    ConnectReturnCode::NotAuthorized,
-                    &client_id,
-                    "the ACL does not allow publishing to the will topic",
-                    ctx,
-                );
-            }
-        }
-        let info = ConnectInfo {
-            client_id: client_id.clone(),
-            clean_session: c.clean_session,
-            protocol: c.protocol,
-            will: c.will.clone(),
-            username: username.clone(),
-            peer: self.peer,
-        };
-        let (tx, rx) = oneshot::channel();
-        self.worker.store.do_send(ConnectRequest {
-            target: self.target(ctx),
-            info,
-            reply: tx,
-        });
-        let wait = tokio::time::timeout(config.commit_timeout(), rx);
-        ctx.wait(
-            actix::fut::wrap_future::<_, Self>(wait).map(move |res, act, ctx| match res {
-                Ok(Ok(ConnectOutcome::Accepted {
-                    session_present,
-                    epoch,
-                    key,
-                    resume,
-                })) => {
-                    let accepted = Admitted {
-                        client_id,
-                        username,
-                        guard,
-                        session_present,
-                        epoch,
-                        key,
-                    };
-                    act.on_accepted(c, accepted, *resume, ctx);
-                }
-                Ok(Ok(ConnectOutcome::NotAuthorized)) => {
-                    act.worker.counters.security(SecurityEvent::NotAuthorized);
-                    act.refuse(
-                        ConnectReturnCode::NotAuthorized,
-                        &client_id,
-                        "the session belongs to another user (bind_session_to_user)",
-                        ctx,
-                    );
-                }
-                _ => {
-                    let name = client_id.to_string();
-                    warn!(client_id = %name, peer = %act.peer, "client {name} refused with CONNACK 3: the replicated state refused the session or did not commit it within commit_timeout_secs (no leader or no quorum?)");
-                    act.write_connack(false, ConnectReturnCode::ServerUnavailable, &name);
-                    act.session = None;
-                    act.close(
-                        CloseReason::Refused(ConnectReturnCode::ServerUnavailable),
-                        ctx,
-                    );
-                }
-            }),
-        );
-    }
-
-    fn on_accepted(
-        &mut self,
-        c: Connect,
-        a: Admitted,
-        resume: starling_state::Resume,
-        ctx: &mut Context<Self>,
-    ) {
-        let Admitted {
-            client_id,
-            username,
-            mut guard,
-            session_present,
-            epoch,
-            key,
-        } = a;
-        let persistent = !c.clean_session;
-        if let Some(g) = guard.as_deref_mut() {
-            // A resumed session's subscriptions are read under this client's ACL (whoever
-            // created them).
-            for (filter, _) in &resume.subscriptions {
-                let coverage = g.classify(filter);
-                g.subscribed(filter.clone(), coverage);
-            }
-        }
-        self.session = Some(Box::new(ClientSession {
-            client_id: client_id.clone(),
-            protocol: c.protocol,
-            keep_alive: c.keep_alive,
-            persistent,
-            released: false,
-            will: c.will.map(Box::new),
-            epoch,
-            key,
-            flow: None,
-            traffic: None,
-            filters: Vec::new(),
-            guard,
-        }));
-        Counters::add(&self.worker.counters.clients_connected, 1);
-        // Logged once the store accepted, so that a takeover's "already connected" line comes
-        // first, as in Mosquitto.
-        let user = username
-            .as_ref()
-            .map_or(String::new(), |u| format!(", u{u}"));
-        info!(target: MQTT_LOG, client_id = %client_id, peer = %self.peer.ip(), clean_session = c.clean_session,
-            keep_alive = c.keep_alive,
-            "New client connected from {} as {client_id} (c{}, k{}{user}).",
-            self.peer.ip(), u8::from(c.clean_session), c.keep_alive);
-        let present = session_present && c.protocol == ProtocolVersion::V3_1_1;
-        self.write_connack(present, ConnectReturnCode::Accepted, &client_id);
-        self.phase = Phase::Active;
-        if !resume.outbound.is_empty() {
-            let outbound = self.readable_durable(resume.outbound);
-            let config = &self.worker.config;
-            if let Some(Flow::Durable(f)) = self.session.as_mut().map(|s| s.flow(config)) {
-                f.extend(outbound);
-                let mut out = Vec::new();
-                f.refill(&mut out);
-                self.write_sends(out);
-            }
-        }
-        self.schedule_keepalive(ctx);
-    }
-
-    /// Keeps the persistent-session messages this client may read; the others are acknowledged
-    /// in the replicated state without being sent (they leave the session's queue).
-    fn readable_durable(&mut self, items: Vec<Outbound>) -> Vec<Outbound> {
-        self.refresh_guard();
-        let Some(s) = self.session.as_mut() else {
-            return items;
-        };
-        let Some(g) = s.guard.as_deref_mut() else {
-            return items;
-        };
-        let mut keep = Vec::with_capacity(items.len());
-        let mut denied = None;
-        let mut n = 0;
-        for o in items {
-            // A message already PUBREC'd reached the client before: let it complete.
-            if o.released || g.can_read(&o.message.topic) {
-                keep.push(o);
-                continue;
-            }
-            let kinds: &[AckKind] = match o.message.qos {
-                QoS::AtMostOnce => &[],
-                QoS::AtLeastOnce => &[AckKind::PubAck],
-                QoS::ExactlyOnce => &[AckKind::PubRec, AckKind::PubComp],
-            };
-            for kind in kinds {
-                self.worker.store.do_send(SessionRequest::Ack {
-                    client_id: s.client_id.clone(),
-                    epoch: s.epoch,
-                    seq: o.seq,
-                    kind: *kind,
-                });
-            }
-            denied = Some(o.message.topic);
-            n += 1;
-        }
-        if let Some(topic) = denied {
-            self.denied(
-                SecurityEvent::DeliveryDenied,
-                n,
-                "message not delivered: the ACL does not allow reading it",
-                &topic,
-            );
-        }
-        keep
-    }
-
-    fn schedule_keepalive(&self, ctx: &mut Context<Self>) {
-        let Some(s) = &self.session else { return };
-        if s.keep_alive == 0 {
-            return;
-        }
-        let limit = Duration::from_millis(u64::from(s.keep_alive) * 1500);
-        let due = (self.last_read + limit).saturating_duration_since(Instant::now());
-        ctx.run_later(due + Duration::from_millis(5), move |act, ctx| {
-            if act.phase != Phase::Active {
-                return;
-            }
-            if act.last_read.elapsed() >= limit {
-                act.close(CloseReason::KeepAlive, ctx);
-            } else {
-                act.schedule_keepalive(ctx);
-            }
-        });
-    }
-
-    fn on_publish(&mut self, p: Publish, ctx: &mut Context<Self>) {
-        let counters = &self.worker.counters;
-        Counters::add(&counters.publish_received[p.qos as usize], 1);
-        if self.worker.config.max_publish_rate > 0 {
-            // Every PUBLISH costs a token, refused or not.
-            self.take_publish_token(ctx);
-        }
-        self.refresh_guard();
-        let Some(s) = self.session.as_mut() else {
-            return;
-        };
-        if tracing::enabled!(target: MQTT_LOG, tracing::Level::DEBUG) {
-            debug!(target: MQTT_LOG, client_id = %s.client_id,
-                "Received PUBLISH from {} (d{}, q{}, r{}, m{}, '{}', ... ({} bytes))",
-                s.client_id, u8::from(p.dup), p.qos as u8, u8::from(p.retain), p.packet_id, p.topic, p.payload.len());
-        }
-        if let Some(limit) = topic_limit(&self.worker.config, &p.topic) {
-            return self.drop_publish(&p, Err(limit));
-        }
-        if let Some(g) = s.guard.as_deref_mut() {
-            if !g.can_write(&p.topic) {
-                return self.drop_publish(&p, Ok(()));
-            }
-        }
-        let message = AppMessage {
-            topic: p.topic,
-            payload: p.payload,
-            qos: p.qos,
-            retain: p.retain,
-        };
-        let (client_id, epoch, persistent) = (&s.client_id, s.epoch, s.persistent);
-        let t = s.traffic.get_or_insert_with(Box::default);
-        let token = match p.qos {
-            QoS::AtMostOnce => None,
-            QoS::AtLeastOnce => Some(t.acks.push(AckKind::PubAck, p.packet_id)),
-            QoS::ExactlyOnce if persistent => {
-                // Exactly once across failover: the state machine accepts the id once.
-                let token = t.acks.push(AckKind::PubRec, p.packet_id);
-                self.worker.store.do_send(SessionRequest::Publish {
-                    from: Target {
-                        conn_id: self.id,
-                        addr: ctx.address(),
-                    },
-                    token,
-                    client_id: client_id.clone(),
-                    epoch,
-                    packet_id: p.packet_id,
-                    message,
-                });
-                return self.note_inflight_in();
-            }
-            QoS::ExactlyOnce => {
-                if !t.inbound_qos2.insert(p.packet_id) {
-                    t.acks.push_done(AckKind::PubRec, p.packet_id);
-                    self.release_acks();
-                    return;
-                }
-                Some(t.acks.push(AckKind::PubRec, p.packet_id))
-            }
-        };
-        t.route.push(RoutedPublish { message, token });
-        if token.is_some() {
-            self.note_inflight_in();
-        }
-    }
-
-    /// A PUBLISH refused by a topic limit (`Err`) or the ACL (`Ok`): acknowledged as if routed
-    /// (so that the client moves on), and dropped.
-    fn drop_publish(&mut self, p: &Publish, why: Result<(), Limit>) {
-        let Some(s) = self.session.as_mut() else {
-            return;
-        };
-        let persistent = s.persistent;
-        let t = s.traffic();
-        match p.qos {
-            QoS::AtMostOnce => {}
-            QoS::AtLeastOnce => t.acks.push_done(AckKind::PubAck, p.packet_id),
-            QoS::ExactlyOnce => {
-                if !persistent {
-                    t.inbound_qos2.insert(p.packet_id);
-                }
-                t.acks.push_done(AckKind::PubRec, p.packet_id);
-            }
-        }
-        self.release_acks();
-        match why {
-            Ok(()) => {
-                if tracing::enabled!(target: MQTT_LOG, tracing::Level::DEBUG) {
-                    let name = self.name();
-                    debug!(target: MQTT_LOG, client_id = %name,
-                        "Denied PUBLISH from {name} (d{}, q{}, r{}, m{}, '{}', ... ({} bytes))",
-                        u8::from(p.dup), p.qos as u8, u8::from(p.retain), p.packet_id, p.topic, p.payload.len());
-                }
-                self.denied(
-                    SecurityEvent::PublishDenied,
-                    1,
-                    "PUBLISH dropped: the ACL does not allow writing",
-                    &p.topic,
-                );
-            }
-            Err(limit) => {
-                let what = if limit == Limit::MaxTopicLevels {
-                    "topic name with too many levels"
-                } else {
-                    "topic name too long"
-                };
-                self.limit_bit(limit, what, "PUBLISH dropped");
-            }
-        }
-    }
-
-    /// Counts and logs the moment owed acknowledgements reach `max_inflight_in` (reading stops).
-    fn note_inflight_in(&mut self) {
-        let max = self.worker.config.max_inflight_in;
-        if self.session.as_ref().is_some_and(|s| s.owed_acks() == max) {
-            self.limit_bit(
-                Limit::MaxInflightIn,
-                "unacknowledged QoS 1/2 PUBLISHes at the limit",
-                "reading paused",
-            );
-        }
-    }
-
-    /// Takes a `max_publish_rate` token; with the bucket empty, stops reading from the client
-    /// until the next token is due.
-    fn take_publish_token(&mut self, ctx: &mut Context<Self>) {
-        let config = &self.worker.config;
-        let (rate, burst) = (config.max_publish_rate, config.publish_burst);
-        let Some(s) = self.session.as_mut() else {
-            return;
-        };
-        let now = Instant::now();
-        let t = s.traffic();
-        let bucket = t
-            .bucket
-            .get_or_insert_with(|| TokenBucket::new(rate, burst, now));
-        let Some(pause) = bucket.take(now) else {
-            return;
-        };
-        t.throttled = true;
-        ctx.run_later(pause, |act, _| {
-            if let Some(t) = act.session.as_mut().and_then(|s| s.traffic.as_mut()) {
-                t.throttled = false;
-            }
-            act.wake();
-        });
-        self.limit_bit(
-            Limit::MaxPublishRate,
-            "PUBLISH rate above the limit",
-            "reading paused",
-        );
-    }
-
-    /// Sends this read pass's PUBLISHes to their shards.
-    fn flush_routes(&mut self, ctx: &mut Context<Self>) {
-        let Some(t) = self.session.as_mut().and_then(|s| s.traffic.as_mut()) else {
-            return;
-        };
-        if t.route.is_empty() {
-            return;
-        }
-        let from = Target {
-            conn_id: self.id,
-            addr: ctx.address(),
-        };
-        // This worker's own shard: a client's PUBLISHes all take the same path, which keeps
-        // their order (MQTT orders per publisher), and routing needs no thread hop.
-        let msg = Route {
-            from: Some(from),
-            publishes: std::mem::take(&mut t.route),
-        };
-        if let Err(SendError::Full(msg)) = self.worker.router.try_send(msg) {
-            // Backpressure: stop reading until the shard takes it.
-            let send = self.worker.router.send(msg);
-            ctx.wait(actix::fut::wrap_future::<_, Self>(send).map(|_, _, _| ()));
-        }
-    }
-
-    fn on_puback(&mut self, pid: u16) {
-        self.log_ack_in("PUBACK", pid);
-        let Some(s) = self.session.as_mut() else {
-            return;
-        };
-        let mut out = Vec::new();
-        let Some(flow) = s.flow.as_deref_mut() else {
-            return;
-        };
-        match flow {
-            Flow::Local(f) => {
-                if f.puback(pid) {
-                    f.refill(&mut out);
-                }
-            }
-            Flow::Durable(f) => {
-                if let AckOutcome::Commit(seq) = f.puback(pid) {
-                    self.worker.store.do_send(SessionRequest::Ack {
-                        client_id: s.client_id.clone(),
-                        epoch: s.epoch,
-                        seq,
-                        kind: AckKind::PubAck,
-                    });
-                    f.refill(&mut out);
-                }
-            }
-        }
-        self.write_sends(out);
-    }
-
-    fn on_pubrec(&mut self, pid: u16) {
-        self.log_ack_in("PUBREC", pid);
-        let Some(s) = self.session.as_mut() else {
-            return;
-        };
-        let Some(flow) = s.flow.as_deref_mut() else {
-            return;
-        };
-        match flow {
-            Flow::Local(f) => {
-                if f.pubrec(pid) {
-                    self.write_ack(PacketType::PubRel, pid);
-                }
-            }
-            Flow::Durable(f) => match f.pubrec(pid) {
-                AckOutcome::Commit(seq) => self.worker.store.do_send(SessionRequest::Ack {
-                    client_id: s.client_id.clone(),
-                    epoch: s.epoch,
-                    seq,
-                    kind: AckKind::PubRec,
-                }),
-                AckOutcome::ResendPubRel(pid) => self.write_ack(PacketType::PubRel, pid),
-                AckOutcome::Ignore => {}
-            },
-        }
-    }
-
-    fn on_pubcomp(&mut self, pid: u16) {
-        self.log_ack_in("PUBCOMP", pid);
-        let Some(s) = self.session.as_mut() else {
-            return;
-        };
-        let mut out = Vec::new();
-        let Some(flow) = s.flow.as_deref_mut() else {
-            return;
-        };
-        match flow {
-            Flow::Local(f) => {
-                if f.pubcomp(pid) {
-                    f.refill(&mut out);
-                }
-            }
-            Flow::Durable(f) => {
-                if let AckOutcome::Commit(seq) = f.pubcomp(pid) {
-                    self.worker.store.do_send(SessionRequest::Ack {
-                        client_id: s.client_id.clone(),
-                        epoch: s.epoch,
-                        seq,
-                        kind: AckKind::PubComp,
-                    });
-                    f.refill(&mut out);
-                }
-            }
-        }
-        self.write_sends(out);
-    }
-
-    fn on_pubrel(&mut self, pid: u16, ctx: &mut Context<Self>) {
-        self.log_ack_in("PUBREL", pid);
-        let Some(s) = self.session.as_mut() else {
-            return;
-        };
-        if s.persistent {
-            let token = s.traffic().acks.push(AckKind::PubComp, pid);
-            self.worker.store.do_send(SessionRequest::Release {
-                from: Target {
-                    conn_id: self.id,
-                    addr: ctx.address(),
-                },
-                token,
-                client_id: s.client_id.clone(),
-                epoch: s.epoch,
-                packet_id: pid,
-            });
-        } else {
-            // An unknown PUBREL still gets PUBCOMP.
-            let t = s.traffic();
-            t.inbound_qos2.remove(&pid);
-            t.acks.push_done(AckKind::PubComp, pid);
-            self.release_acks();
-        }
-    }
-
-    fn log_ack_in(&self, what: &str, pid: u16) {
-        if tracing::enabled!(target: MQTT_LOG, tracing::Level::DEBUG) {
-            let name = self.name();
-            debug!(target: MQTT_LOG, client_id = %name, "Received {what} from {name} (Mid: {pid})");
-        }
-    }
-
-    fn on_subscribe(&mut self, sub: &starling_codec::Subscribe, ctx: &mut Context<Self>) {
-        let target = self.target(ctx);
-        self.refresh_guard();
-        let config = self.worker.config.clone();
-        let Some(s) = self.session.as_mut() else {
-            return;
-        };
-        let name = s.client_id.clone();
-        debug!(target: MQTT_LOG, client_id = %name, "Received SUBSCRIBE from {name}");
-        let mut valid = Vec::with_capacity(sub.filters.len());
-        let mut coverages = Vec::with_capacity(sub.filters.len());
-        let mut codes: Vec<Option<SubscribeReturnCode>> = Vec::with_capacity(sub.filters.len());
-        // Refusals to count and log once the session is no longer borrowed.
-        let mut refused: Vec<(Result<Limit, ()>, Arc<str>)> = Vec::new();
-        let mut held = s.guard.as_deref().map_or(0, Guard::count);
-        for f in &sub.filters {
-            debug!(target: MQTT_LOG, client_id = %name, "\t{} (QoS {})", f.filter, f.qos as u8);
-            if topic::validate_filter(&f.filter).is_err() {
-                if s.protocol == ProtocolVersion::V3_1 {
-                    // 3.1 has no failure return code.
-                    self.close(CloseReason::Protocol("invalid topic filter"), ctx);
-                    return;
-                }
-                debug!(client_id = %name, filter = %f.filter, "invalid topic filter refused");
-                codes.push(Some(SubscribeReturnCode::Failure));
-                continue;
-            }
-            let filter = Arc::<str>::from(&*f.filter);
-            let coverage = s
-                .guard
-                .as_deref()
-                .map_or(Coverage::Full, |g| g.classify(&filter));
-            let is_new = s.guard.as_deref().is_some_and(|g| !g.has(&filter))
-                && !valid.iter().any(|(v, _)| *v == filter);
-            let refusal = if let Some(limit) = topic_limit(&config, &filter) {
-                Some(Ok(limit))
-            } else if coverage == Coverage::None {
-                Some(Err(()))
-            } else if config.max_subscriptions > 0 && is_new && held >= config.max_subscriptions {
-                Some(Ok(Limit::MaxSubscriptions))
-            } else {
-                None
-            };
-            match refusal {
-                None => {
-                    held += usize::from(is_new);
-                    valid.push((filter, f.qos));
-                    coverages.push(coverage);
-                    codes.push(None);
-                }
-                Some(r) => {
-                    refused.push((r, filter));
-                    codes.push(Some(SubscribeReturnCode::Failure));
-                }
-            }
-        }
-        let v31 = s.protocol == ProtocolVersion::V3_1;
-        for (r, filter) in &refused {
-            match r {
-                Ok(limit) => self.limit_bit(*limit, "subscription refused", "SUBACK 0x80"),
-                Err(()) => self.denied(
-                    SecurityEvent::SubscribeDenied,
-                    1,
-                    "subscription refused: the ACL allows reading nothing it matches",
-                    filter,
-                ),
-            }
-        }
-        if v31 && !refused.is_empty() {
-            // 3.1 has no failure return code.
-            return self.close(CloseReason::Denied("subscription refused"), ctx);
-        }
-        let Some(s) = self.session.as_mut() else {
-            return;
-        };
-        let (tx, rx) = oneshot::channel();
-        // 0 for a clean session outside the replicated state (single node).
-        let epoch = s.epoch;
-        self.worker.store.do_send(SubscribeRequest {
-            target,
-            client_id: name.clone(),
-            key: s.key,
-            epoch,
-            filters: valid.clone(),
-            reply: tx,
-        });
-        let packet_id = sub.packet_id;
-        let wait = tokio::time::timeout(self.worker.config.commit_timeout(), rx);
-        ctx.wait(
-            actix::fut::wrap_future::<_, Self>(wait).map(move |res, act, ctx| {
-                let (granted, retained) = match res {
-                    Ok(Ok(SubscribeOutcome::Done { granted, retained })) => (granted, retained),
-                    _ => return act.close(CloseReason::Unavailable, ctx),
-                };
-                let mut granted = granted.into_iter();
-                let return_codes: Vec<SubscribeReturnCode> = codes
-                    .into_iter()
-                    .map(|c| {
-                        c.unwrap_or_else(|| {
-                            SubscribeReturnCode::Success(granted.next().unwrap_or(QoS::AtMostOnce))
-                        })
-                    })
-                    .collect();
-                for ((filter, _), code) in valid.iter().zip(
-                    return_codes
-                        .iter()
-                        .filter(|c| **c != SubscribeReturnCode::Failure),
-                ) {
-                    debug!(target: MQTT_LOG, client_id = %name, "{name} {} {filter}", code.as_u8());
-                }
-                if let Some(s) = act.session.as_mut() {
-                    if !s.persistent {
-                        for (f, _) in &valid {
-                            if !s.filters.contains(f) {
-                                s.filters.push(f.clone());
-                            }
-                        }
-                    }
-                    if let Some(g) = s.guard.as_deref_mut() {
-                        for ((f, _), c) in valid.iter().zip(coverages) {
-                            g.subscribed(f.clone(), c);
-                        }
-                    }
-                }
-                debug!(target: MQTT_LOG, client_id = %name, "Sending SUBACK to {name}");
-                act.write_packet(&Packet::SubAck(SubAck {
-                    packet_id,
-                    return_codes,
-                }));
-                act.deliver(retained);
-            }),
-        );
-    }
-
-    fn on_unsubscribe(&mut self, u: &starling_codec::Unsubscribe, ctx: &mut Context<Self>) {
-        let Some(s) = self.session.as_mut() else {
-            return;
-        };
-        let name = s.client_id.clone();
-        debug!(target: MQTT_LOG, client_id = %name, "Received UNSUBSCRIBE from {name}");
-        let filters: Vec<Arc<str>> = u.filters.iter().map(|f| Arc::<str>::from(&**f)).collect();
-        if !s.persistent {
-            s.filters.retain(|f| !filters.contains(f));
-        }
-        if let Some(g) = s.guard.as_deref_mut() {
-            for f in &filters {
-                g.unsubscribed(f);
-            }
-        }
-        let (tx, rx) = oneshot::channel();
-        let epoch = s.epoch;
-        self.worker.store.do_send(UnsubscribeRequest {
-            client_id: name,
-            key: s.key,
-            epoch,
-            filters,
-            reply: tx,
-        });
-        let packet_id = u.packet_id;
-        let wait = tokio::time::timeout(self.worker.config.commit_timeout(), rx);
-        ctx.wait(
-            actix::fut::wrap_future::<_, Self>(wait).map(move |res, act, ctx| match res {
-                Ok(Ok(true)) => act.write_ack(PacketType::UnsubAck, packet_id),
-                _ => act.close(CloseReason::Unavailable, ctx),
-            }),
-        );
-    }
-
-    /// Non-durable deliveries (fast path, or a clean session's retained messages).
-    fn deliver(&mut self, messages: Vec<AppMessage>) {
-        if self.phase != Phase::Active {
-            return;
-        }
-        self.refresh_guard();
-        let max_wbuf = self.worker.config.max_write_buffer;
-        for m in messages {
-            let Some(s) = self.session.as_mut() else {
-                return;
-            };
-            if let Some(g) = s.guard.as_deref_mut() {
-                if !g.can_read(&m.topic) {
-                    self.denied(
-                        SecurityEvent::DeliveryDenied,
-                        1,
-                        "message not delivered: the ACL does not allow reading it",
-                        &m.topic,
-                    );
-                    continue;
-                }
-            }
-            let flow = if m.qos == QoS::AtMostOnce {
-                None
-            } else {
-                Some(s.flow(&self.worker.config))
-            };
-            match (flow, m.qos) {
-                (_, QoS::AtMostOnce) | (None | Some(Flow::Durable(_)), _) => {
-                    if self.wbuf.len() >= max_wbuf {
-                        Counters::add(&self.worker.counters.dropped_qos0, 1);
-                        self.limit_bit(
-                            Limit::MaxWriteBuffer,
-                            "write buffer full (slow consumer)",
-                            "dropping messages",
-                        );
-                        continue;
-                    }
-                    let m = if m.qos == QoS::AtMostOnce {
-                        m
-                    } else {
-                        m.with(QoS::AtMostOnce, m.retain)
-                    };
-                    self.write_publish(0, false, &m);
-                }
-                (Some(Flow::Local(f)), _) => match f.offer(m) {
-                    Offer::Send(send) => self.write_sends(vec![send]),
-                    Offer::Queued => {}
-                    Offer::Dropped(key) => {
-                        Counters::add(&self.worker.counters.dropped_queue_full, 1);
-                        let limit = Limit::from_key(key).unwrap_or(Limit::MaxQueuedMessages);
-                        self.limit_bit(limit, "session queue full", "dropping messages");
-                    }
-                },
-            }
         }
     }
 }
@@ -1483,8 +294,9 @@ impl Actor for Connection {
         Counters::add(&self.worker.counters.clients_disconnected, 1);
         let reason = self.close_reason.clone().unwrap_or(CloseReason::Eof);
         let publish_will = reason.publishes_will();
+        let closed = s.flow.closed();
         // A session in the replicated state has its will published by the state machine.
-        if !s.persistent && s.epoch == 0 && publish_will {
+        if closed.publishes_own_will && publish_will {
             if let Some(w) = &s.will {
                 let message = AppMessage {
                     topic: w.topic.clone(),
@@ -1501,130 +313,15 @@ impl Actor for Connection {
                 });
             }
         }
-        let sent_up_to = s.sent_up_to();
         self.worker.store.do_send(ConnectionClosed {
             conn_id: self.id,
-            client_id: s.client_id.clone(),
-            key: s.key,
-            epoch: if s.released { 0 } else { s.epoch },
-            persistent: s.persistent,
+            client_id: closed.client_id,
+            key: closed.key,
+            epoch: closed.epoch,
+            persistent: closed.persistent,
             publish_will,
-            sent_up_to,
-            filters: s.filters.clone(),
+            sent_up_to: closed.sent_up_to,
+            filters: s.filters,
         });
-    }
-}
-
-impl Handler<Deliver> for Connection {
-    type Result = ();
-
-    fn handle(&mut self, msg: Deliver, _: &mut Self::Context) {
-        self.deliver(msg.messages);
-    }
-}
-
-impl Handler<DurableDeliver> for Connection {
-    type Result = ();
-
-    fn handle(&mut self, msg: DurableDeliver, _: &mut Self::Context) {
-        let Some(s) = self.session.as_ref() else {
-            return;
-        };
-        if s.epoch != msg.epoch || self.phase != Phase::Active {
-            return;
-        }
-        let items = if s.guard.is_some() {
-            self.readable_durable(msg.items)
-        } else {
-            msg.items
-        };
-        let Some(s) = self.session.as_mut() else {
-            return;
-        };
-        let mut out = Vec::new();
-        if let Flow::Durable(f) = s.flow(&self.worker.config) {
-            f.extend(items);
-            f.refill(&mut out);
-        }
-        self.write_sends(out);
-        for m in msg.qos0 {
-            let allowed = self
-                .session
-                .as_mut()
-                .and_then(|s| s.guard.as_deref_mut())
-                .is_none_or(|g| g.can_read(&m.topic));
-            if allowed {
-                self.write_publish(0, false, &m);
-            } else {
-                self.denied(
-                    SecurityEvent::DeliveryDenied,
-                    1,
-                    "message not delivered: the ACL does not allow reading it",
-                    &m.topic,
-                );
-            }
-        }
-    }
-}
-
-impl Handler<ReleaseReady> for Connection {
-    type Result = ();
-
-    fn handle(&mut self, msg: ReleaseReady, _: &mut Self::Context) {
-        let Some(s) = self.session.as_mut() else {
-            return;
-        };
-        if s.epoch != msg.epoch {
-            return;
-        }
-        let Some(Flow::Durable(f)) = s.flow.as_deref_mut() else {
-            return;
-        };
-        let pids: Vec<u16> = msg
-            .seqs
-            .iter()
-            .filter_map(|seq| f.release_ready(*seq))
-            .collect();
-        for pid in pids {
-            self.write_ack(PacketType::PubRel, pid);
-        }
-    }
-}
-
-impl Handler<Acked> for Connection {
-    type Result = ();
-
-    fn handle(&mut self, msg: Acked, ctx: &mut Self::Context) {
-        if msg.refused {
-            return self.close(CloseReason::Unavailable, ctx);
-        }
-        let Some(s) = self.session.as_mut() else {
-            return;
-        };
-        let was_paused = s.owed_acks() >= self.worker.config.max_inflight_in;
-        let Some(traffic) = s.traffic.as_mut() else {
-            return;
-        };
-        for t in msg.tokens {
-            traffic.acks.complete(t);
-        }
-        self.release_acks();
-        if was_paused && !self.read_paused() {
-            self.wake();
-        }
-    }
-}
-
-impl Handler<Kick> for Connection {
-    type Result = ();
-
-    fn handle(&mut self, msg: Kick, ctx: &mut Self::Context) {
-        self.closed_waiters.extend(msg.closed);
-        let reason = match msg.reason {
-            KickReason::TakenOver => CloseReason::TakenOver,
-            KickReason::SessionRemoved => CloseReason::SessionRemoved,
-            KickReason::Shutdown => CloseReason::Shutdown,
-        };
-        self.close(reason, ctx);
     }
 }

@@ -14,9 +14,11 @@ use rustc_hash::FxHashMap;
 use starling_codec::QoS;
 use starling_state::{Message as AppMessage, Outbound};
 
-/// What to write after a change of the flow.
+use crate::metrics::Limit;
+
+/// A packet the flow asks the connection to write.
 #[derive(Debug, PartialEq, Eq)]
-pub(crate) enum Send {
+pub enum Outgoing {
     /// PUBLISH `message` with `packet_id` (DUP as given).
     Publish {
         /// Packet id.
@@ -30,15 +32,18 @@ pub(crate) enum Send {
     PubRel(u16),
 }
 
-/// Result of offering a message to a clean session's flow.
+/// Result of offering a message for delivery.
 #[derive(Debug, PartialEq, Eq)]
-pub(crate) enum Offer {
+pub enum Offer {
+    /// Write it at QoS 0 now, as given (subject to the write buffer's limit): a QoS 0 message,
+    /// or a persistent session's non-durable one. A clean session's window never returns it.
+    AtMostOnce(AppMessage),
     /// Write it now.
-    Send(Send),
+    Send(Outgoing),
     /// Queued behind the window.
     Queued,
-    /// Queue full: dropped. The config key of the limit that bit.
-    Dropped(&'static str),
+    /// Queue full: dropped. The limit that bit.
+    Dropped(Limit),
 }
 
 struct LocalInflight {
@@ -81,7 +86,7 @@ impl LocalOutbound {
         }
     }
 
-    fn start(&mut self, message: AppMessage) -> Send {
+    fn start(&mut self, message: AppMessage) -> Outgoing {
         let packet_id = self.alloc_pid();
         self.inflight.insert(
             packet_id,
@@ -90,7 +95,7 @@ impl LocalOutbound {
                 released: false,
             },
         );
-        Send::Publish {
+        Outgoing::Publish {
             packet_id,
             dup: false,
             message,
@@ -101,14 +106,14 @@ impl LocalOutbound {
     pub(crate) fn offer(&mut self, message: AppMessage) -> Offer {
         let cost = message.cost();
         if self.held_bytes + cost > self.max_queued_bytes {
-            return Offer::Dropped("max_queued_bytes");
+            return Offer::Dropped(Limit::MaxQueuedBytes);
         }
         if self.inflight.len() < self.window && self.queue.is_empty() {
             self.held_bytes += cost;
             return Offer::Send(self.start(message));
         }
         if self.queue.len() >= self.max_queued {
-            return Offer::Dropped("max_queued_messages");
+            return Offer::Dropped(Limit::MaxQueuedMessages);
         }
         self.held_bytes += cost;
         self.queue.push_back(message);
@@ -122,7 +127,7 @@ impl LocalOutbound {
     }
 
     /// Messages that fit the window now.
-    pub(crate) fn refill(&mut self, out: &mut Vec<Send>) {
+    pub(crate) fn refill(&mut self, out: &mut Vec<Outgoing>) {
         while self.inflight.len() < self.window {
             let Some(m) = self.queue.pop_front() else {
                 break;
@@ -223,7 +228,7 @@ impl DurableOutbound {
     }
 
     /// Starts what fits the window.
-    pub(crate) fn refill(&mut self, out: &mut Vec<Send>) {
+    pub(crate) fn refill(&mut self, out: &mut Vec<Outgoing>) {
         while self.inflight.len() < self.window {
             let Some(next) = self.pending.front() else {
                 break;
@@ -256,9 +261,9 @@ impl DurableOutbound {
                 },
             );
             out.push(if o.released {
-                Send::PubRel(o.packet_id)
+                Outgoing::PubRel(o.packet_id)
             } else {
-                Send::Publish {
+                Outgoing::Publish {
                     packet_id: o.packet_id,
                     dup: o.dup,
                     message: o.message,
@@ -336,10 +341,10 @@ mod tests {
         }
     }
 
-    fn pid(s: &Send) -> u16 {
+    fn pid(s: &Outgoing) -> u16 {
         match s {
-            Send::Publish { packet_id, .. } => *packet_id,
-            Send::PubRel(p) => *p,
+            Outgoing::Publish { packet_id, .. } => *packet_id,
+            Outgoing::PubRel(p) => *p,
         }
     }
 
@@ -348,15 +353,21 @@ mod tests {
         let mut o = LocalOutbound::new(2, 10, 1 << 20);
         let a = o.offer(m(QoS::AtLeastOnce, "a"));
         let b = o.offer(m(QoS::ExactlyOnce, "b"));
-        assert!(matches!(a, Offer::Send(Send::Publish { packet_id: 1, .. })));
-        assert!(matches!(b, Offer::Send(Send::Publish { packet_id: 2, .. })));
+        assert!(matches!(
+            a,
+            Offer::Send(Outgoing::Publish { packet_id: 1, .. })
+        ));
+        assert!(matches!(
+            b,
+            Offer::Send(Outgoing::Publish { packet_id: 2, .. })
+        ));
         assert_eq!(o.offer(m(QoS::AtLeastOnce, "c")), Offer::Queued);
         assert!(o.puback(1));
         assert!(!o.puback(1), "a second PUBACK completes nothing");
         let mut out = Vec::new();
         o.refill(&mut out);
         assert_eq!(out.len(), 1);
-        assert!(matches!(&out[0], Send::Publish { message, .. } if message.payload == "c"));
+        assert!(matches!(&out[0], Outgoing::Publish { message, .. } if message.payload == "c"));
         assert!(!o.pubcomp(2), "PUBCOMP before PUBREC is ignored");
         assert!(o.pubrec(2));
         assert!(o.pubrec(2), "repeated PUBREC gets PUBREL again");
@@ -371,7 +382,7 @@ mod tests {
         assert_eq!(o.offer(m(QoS::AtLeastOnce, "b")), Offer::Queued);
         assert_eq!(
             o.offer(m(QoS::AtLeastOnce, "c")),
-            Offer::Dropped("max_queued_messages")
+            Offer::Dropped(Limit::MaxQueuedMessages)
         );
     }
 
@@ -384,7 +395,7 @@ mod tests {
         assert_eq!(o.offer(m(QoS::AtLeastOnce, "b")), Offer::Queued);
         assert_eq!(
             o.offer(m(QoS::AtLeastOnce, "c")),
-            Offer::Dropped("max_queued_bytes")
+            Offer::Dropped(Limit::MaxQueuedBytes)
         );
         // Completing the one in flight frees its bytes.
         assert!(o.puback(1));
@@ -423,8 +434,8 @@ mod tests {
         ]);
         let mut out = Vec::new();
         o.refill(&mut out);
-        assert_eq!(out[0], Send::PubRel(1));
-        assert!(matches!(out[1], Send::Publish { packet_id: 2, .. }));
+        assert_eq!(out[0], Outgoing::PubRel(1));
+        assert!(matches!(out[1], Outgoing::Publish { packet_id: 2, .. }));
         assert_eq!(o.pubcomp(1), AckOutcome::Commit(1));
         assert_eq!(o.puback(2), AckOutcome::Commit(2));
         assert_eq!(o.max_sent_seq(), 2);
@@ -448,7 +459,7 @@ mod tests {
         assert_eq!(o.pubcomp(5), AckOutcome::Commit(5));
         out.clear();
         o.refill(&mut out);
-        assert!(matches!(out[0], Send::Publish { packet_id: 6, .. }));
+        assert!(matches!(out[0], Outgoing::Publish { packet_id: 6, .. }));
     }
 
     #[test]

@@ -1,0 +1,116 @@
+//! Packet writers: everything the connection sends is encoded into its write buffer here, with
+//! the Mosquitto-format debug line of each packet (and of each acknowledgement received).
+//!
+//! `#[PerformanceCriticalPath]`: [`Connection::write_publish`] runs per delivery.
+
+use starling_codec::encode::{encode_ack, encode_publish};
+use starling_codec::{ConnAck, ConnectReturnCode, Packet, PacketType};
+use starling_state::Message as AppMessage;
+use tracing::debug;
+
+use super::{Connection, Outgoing, Phase, MQTT_LOG};
+use crate::metrics::Counters;
+
+impl Connection {
+    /// Encodes any packet (while closing, only CONNACK).
+    pub(super) fn write_packet(&mut self, packet: &Packet) {
+        if self.phase == Phase::Closing && !matches!(packet, Packet::ConnAck(_)) {
+            return;
+        }
+        if packet.encode(&mut self.wbuf).is_ok() {
+            Counters::add(&self.worker.counters.packets_sent, 1);
+            self.wake();
+        }
+    }
+
+    /// CONNACK, with its Mosquitto line.
+    pub(super) fn write_connack(
+        &mut self,
+        session_present: bool,
+        code: ConnectReturnCode,
+        name: &str,
+    ) {
+        debug!(target: MQTT_LOG, client_id = %name, "Sending CONNACK to {name} ({})", code as u8);
+        self.write_packet(&Packet::ConnAck(ConnAck {
+            session_present,
+            code,
+        }));
+    }
+
+    /// PUBACK / PUBREC / PUBREL / PUBCOMP / UNSUBACK, with its Mosquitto line.
+    pub(super) fn write_ack(&mut self, kind: PacketType, packet_id: u16) {
+        if self.phase == Phase::Closing {
+            return;
+        }
+        encode_ack(&mut self.wbuf, kind, packet_id);
+        Counters::add(&self.worker.counters.packets_sent, 1);
+        if tracing::enabled!(target: MQTT_LOG, tracing::Level::DEBUG) {
+            let name = self.name();
+            let what = match kind {
+                PacketType::PubAck => "PUBACK",
+                PacketType::PubRec => "PUBREC",
+                PacketType::PubRel => "PUBREL",
+                PacketType::PubComp => "PUBCOMP",
+                _ => "UNSUBACK",
+            };
+            if kind == PacketType::UnsubAck {
+                debug!(target: MQTT_LOG, client_id = %name, "Sending UNSUBACK to {name}");
+            } else {
+                debug!(target: MQTT_LOG, client_id = %name, "Sending {what} to {name} (Mid: {packet_id})");
+            }
+        }
+        self.wake();
+    }
+
+    /// PUBLISH, counted by QoS, with its Mosquitto line.
+    pub(super) fn write_publish(&mut self, packet_id: u16, dup: bool, m: &AppMessage) {
+        if self.phase == Phase::Closing {
+            return;
+        }
+        if encode_publish(
+            &mut self.wbuf,
+            dup,
+            m.qos,
+            m.retain,
+            &m.topic,
+            packet_id,
+            &m.payload,
+        )
+        .is_err()
+        {
+            return;
+        }
+        let c = &self.worker.counters;
+        Counters::add(&c.publish_sent[m.qos as usize], 1);
+        Counters::add(&c.packets_sent, 1);
+        if tracing::enabled!(target: MQTT_LOG, tracing::Level::DEBUG) {
+            let name = self.name();
+            debug!(target: MQTT_LOG, client_id = %name,
+                "Sending PUBLISH to {name} (d{}, q{}, r{}, m{packet_id}, '{}', ... ({} bytes))",
+                u8::from(dup), m.qos as u8, u8::from(m.retain), m.topic, m.payload.len());
+        }
+        self.wake();
+    }
+
+    /// Writes what the flow asked for.
+    pub(super) fn write_outgoing(&mut self, sends: Vec<Outgoing>) {
+        for s in sends {
+            match s {
+                Outgoing::Publish {
+                    packet_id,
+                    dup,
+                    message,
+                } => self.write_publish(packet_id, dup, &message),
+                Outgoing::PubRel(pid) => self.write_ack(PacketType::PubRel, pid),
+            }
+        }
+    }
+
+    /// The Mosquitto line of an acknowledgement received.
+    pub(super) fn log_ack_in(&self, what: &str, pid: u16) {
+        if tracing::enabled!(target: MQTT_LOG, tracing::Level::DEBUG) {
+            let name = self.name();
+            debug!(target: MQTT_LOG, client_id = %name, "Received {what} from {name} (Mid: {pid})");
+        }
+    }
+}
