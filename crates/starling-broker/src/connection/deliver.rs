@@ -50,7 +50,7 @@ impl Connection {
                     }
                     self.write_publish(0, false, &m);
                 }
-                Offer::Send(o) => self.write_outgoing(vec![o]),
+                Offer::Send(o) => self.write_outgoing([o]),
                 Offer::Queued => {}
                 Offer::Dropped(limit) => {
                     Counters::add(&self.worker.counters.dropped_queue_full, 1);
