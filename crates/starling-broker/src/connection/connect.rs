@@ -286,13 +286,12 @@ impl Connection {
                 g.subscribed(filter.clone(), coverage);
             }
         }
-        let limits = FlowLimits::from_config(&self.worker.config);
         self.session = Some(Box::new(ClientSession {
-            flow: ClientFlow::new(client_id.clone(), persistent, epoch, key, limits),
+            flow: ClientFlow::new(client_id.clone(), persistent, epoch, key),
             protocol: c.protocol,
             keep_alive: c.keep_alive,
             will: c.will.map(Box::new),
-            filters: Vec::new(),
+            filters: None,
             guard,
             rates: None,
         }));
@@ -313,7 +312,8 @@ impl Connection {
             let outbound = self.readable_durable(resume.outbound);
             let mut out = Vec::new();
             if let Some(s) = self.session.as_mut() {
-                s.flow.resume(outbound, &mut out);
+                let limits = FlowLimits::from_config(&self.worker.config);
+                s.flow.resume(outbound, &limits, &mut out);
             }
             self.write_outgoing(out);
         }

@@ -9,7 +9,7 @@ use actix::prelude::*;
 use starling_codec::PacketType;
 use starling_state::{Message as AppMessage, Outbound};
 
-use super::{ClientFlow, Connection, Offer, Phase};
+use super::{ClientFlow, Connection, FlowLimits, Offer, Phase};
 use crate::messages::{AckKind, Deliver, DurableDeliver, ReleaseReady, SessionRequest};
 use crate::metrics::{Counters, Limit, SecurityEvent};
 
@@ -21,6 +21,7 @@ impl Connection {
         }
         self.refresh_guard();
         let max_wbuf = self.worker.config.max_write_buffer;
+        let limits = FlowLimits::from_config(&self.worker.config);
         for m in messages {
             let Some(s) = self.session.as_mut() else {
                 return;
@@ -36,7 +37,7 @@ impl Connection {
                     continue;
                 }
             }
-            match s.flow.offer(m) {
+            match s.flow.offer(m, &limits) {
                 Offer::AtMostOnce(m) => {
                     if self.wbuf.len() >= max_wbuf {
                         Counters::add(&self.worker.counters.dropped_qos0, 1);
@@ -49,7 +50,7 @@ impl Connection {
                     }
                     self.write_publish(0, false, &m);
                 }
-                Offer::Send(o) => self.write_outgoing(vec![o]),
+                Offer::Send(o) => self.write_outgoing([o]),
                 Offer::Queued => {}
                 Offer::Dropped(limit) => {
                     Counters::add(&self.worker.counters.dropped_queue_full, 1);
@@ -160,7 +161,8 @@ impl Handler<DurableDeliver> for Connection {
             return;
         };
         let mut out = Vec::new();
-        s.flow.durable_deliver(items, &mut out);
+        let limits = FlowLimits::from_config(&self.worker.config);
+        s.flow.durable_deliver(items, &limits, &mut out);
         self.write_outgoing(out);
         for m in msg.qos0 {
             let allowed = self

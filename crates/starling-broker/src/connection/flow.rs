@@ -171,8 +171,6 @@ pub struct ClientFlow {
     epoch: u64,
     /// Subscriber key in the router index.
     key: u64,
-    /// Limits for the outbound flow, created on first use.
-    limits: FlowLimits,
     /// Outbound QoS 1/2 flow, created with the first message.
     outbound: Option<Box<OutboundFlow>>,
     /// Inbound state, created with the first PUBLISH or PUBREL.
@@ -181,20 +179,13 @@ pub struct ClientFlow {
 
 impl ClientFlow {
     /// The flow of a session accepted by the store.
-    pub fn new(
-        client_id: ByteString,
-        persistent: bool,
-        epoch: u64,
-        key: u64,
-        limits: FlowLimits,
-    ) -> ClientFlow {
+    pub fn new(client_id: ByteString, persistent: bool, epoch: u64, key: u64) -> ClientFlow {
         ClientFlow {
             client_id,
             persistent,
             released: false,
             epoch,
             key,
-            limits,
             outbound: None,
             inbound: None,
         }
@@ -224,8 +215,9 @@ impl ClientFlow {
         self.inbound.get_or_insert_with(Box::default)
     }
 
-    fn outbound(&mut self) -> &mut OutboundFlow {
-        let (persistent, l) = (self.persistent, self.limits);
+    /// The outbound flow, created with `l` on first use.
+    fn outbound(&mut self, l: &FlowLimits) -> &mut OutboundFlow {
+        let persistent = self.persistent;
         self.outbound.get_or_insert_with(|| {
             Box::new(if persistent {
                 OutboundFlow::Durable(DurableOutbound::new(l.max_inflight))
@@ -337,15 +329,16 @@ impl ClientFlow {
 
     /// A message for non-durable delivery (fast path, a clean session's retained messages):
     /// QoS 0 (and a persistent session's QoS 1/2, which the store delivers itself when they
-    /// must be durable) is written at QoS 0; a clean session's QoS 1/2 enters its flow.
-    pub fn offer(&mut self, message: AppMessage) -> Offer {
+    /// must be durable) is written at QoS 0; a clean session's QoS 1/2 enters its flow (created
+    /// with `limits` by the first one).
+    pub fn offer(&mut self, message: AppMessage, limits: &FlowLimits) -> Offer {
         if message.qos == QoS::AtMostOnce {
             return Offer::AtMostOnce(message);
         }
         if self.persistent {
             return Offer::AtMostOnce(message.with(QoS::AtMostOnce, message.retain));
         }
-        match self.outbound() {
+        match self.outbound(limits) {
             OutboundFlow::Local(f) => f.offer(message),
             OutboundFlow::Durable(_) => Offer::AtMostOnce(message),
         }
@@ -353,17 +346,28 @@ impl ClientFlow {
 
     /// A resumed persistent session's outbound messages (from CONNECT): PUBREL for those the
     /// client acknowledged with PUBREC, PUBLISH for the rest, as far as the window allows.
-    pub fn resume(&mut self, outbound: Vec<Outbound>, out: &mut Vec<Outgoing>) {
-        self.durable_deliver(outbound, out);
+    pub fn resume(
+        &mut self,
+        outbound: Vec<Outbound>,
+        limits: &FlowLimits,
+        out: &mut Vec<Outgoing>,
+    ) {
+        self.durable_deliver(outbound, limits, out);
     }
 
     /// A persistent session's messages from the store, in sequence order (the caller drops
-    /// those of another epoch): what fits the window goes to `out`. Ignored by a clean session.
-    pub fn durable_deliver(&mut self, items: Vec<Outbound>, out: &mut Vec<Outgoing>) {
+    /// those of another epoch): what fits the window (`limits.max_inflight`, fixed by the
+    /// first call) goes to `out`. Ignored by a clean session.
+    pub fn durable_deliver(
+        &mut self,
+        items: Vec<Outbound>,
+        limits: &FlowLimits,
+        out: &mut Vec<Outgoing>,
+    ) {
         if !self.persistent {
             return;
         }
-        if let OutboundFlow::Durable(f) = self.outbound() {
+        if let OutboundFlow::Durable(f) = self.outbound(limits) {
             f.extend(items);
             f.refill(out);
         }
@@ -516,15 +520,18 @@ mod tests {
     };
 
     fn clean() -> ClientFlow {
-        ClientFlow::new("c".into(), false, 0, 1, LIMITS)
+        ClientFlow::new("c".into(), false, 0, 1)
     }
 
-    fn persistent(window: usize) -> ClientFlow {
-        let limits = FlowLimits {
-            max_inflight: window,
+    fn persistent() -> ClientFlow {
+        ClientFlow::new("p".into(), true, 3, 2)
+    }
+
+    fn window(n: usize) -> FlowLimits {
+        FlowLimits {
+            max_inflight: n,
             ..LIMITS
-        };
-        ClientFlow::new("p".into(), true, 3, 2, limits)
+        }
     }
 
     fn m(qos: QoS, retain: bool) -> AppMessage {
@@ -561,7 +568,7 @@ mod tests {
 
     #[test]
     fn persistent_qos2_goes_to_the_store_and_pubrec_waits_for_its_token() {
-        let mut f = persistent(10);
+        let mut f = persistent();
         let i = f.on_publish(9, m(QoS::ExactlyOnce, false));
         let Inbound::Store {
             token, packet_id, ..
@@ -622,7 +629,7 @@ mod tests {
 
     #[test]
     fn persistent_pubrel_goes_to_the_store() {
-        let mut f = persistent(10);
+        let mut f = persistent();
         let Release::Store { token } = f.on_pubrel(5) else {
             panic!("a persistent session's PUBREL is committed first");
         };
@@ -703,7 +710,7 @@ mod tests {
 
     #[test]
     fn resumed_session_sends_pubrel_for_released_and_dup_publish_for_the_rest() {
-        let mut f = persistent(10);
+        let mut f = persistent();
         let mut out = Vec::new();
         f.resume(
             vec![
@@ -711,6 +718,7 @@ mod tests {
                 item(2, QoS::AtLeastOnce, true, false),
                 item(3, QoS::ExactlyOnce, true, false),
             ],
+            &LIMITS,
             &mut out,
         );
         assert_eq!(out.len(), 3);
@@ -750,9 +758,13 @@ mod tests {
 
     #[test]
     fn pubrel_to_the_client_waits_for_release_ready() {
-        let mut f = persistent(10);
+        let mut f = persistent();
         let mut out = Vec::new();
-        f.durable_deliver(vec![item(5, QoS::ExactlyOnce, false, false)], &mut out);
+        f.durable_deliver(
+            vec![item(5, QoS::ExactlyOnce, false, false)],
+            &LIMITS,
+            &mut out,
+        );
         assert!(matches!(out[0], Outgoing::Publish { packet_id: 5, .. }));
         out.clear();
         assert_eq!(
@@ -785,7 +797,7 @@ mod tests {
 
     #[test]
     fn sent_up_to_is_the_highest_sequence_written() {
-        let mut f = persistent(2);
+        let mut f = persistent();
         assert_eq!(f.sent_up_to(), 0);
         let mut out = Vec::new();
         f.durable_deliver(
@@ -794,6 +806,7 @@ mod tests {
                 item(5, QoS::AtLeastOnce, false, false),
                 item(6, QoS::AtLeastOnce, false, false),
             ],
+            &window(2),
             &mut out,
         );
         assert_eq!(out.len(), 2, "window of two");
@@ -809,19 +822,19 @@ mod tests {
     fn clean_offer_uses_the_local_flow_and_persistent_downgrades() {
         let mut c = clean();
         assert!(matches!(
-            c.offer(m(QoS::AtLeastOnce, false)),
+            c.offer(m(QoS::AtLeastOnce, false), &LIMITS),
             Offer::Send(Outgoing::Publish { packet_id: 1, .. })
         ));
         let mut out = Vec::new();
         assert_eq!(c.on_pubrec(1, &mut out), None, "QoS 1 in flight: ignored");
         assert_eq!(c.on_puback(1, &mut out), None);
         assert!(matches!(
-            c.offer(m(QoS::AtMostOnce, true)),
+            c.offer(m(QoS::AtMostOnce, true), &LIMITS),
             Offer::AtMostOnce(AppMessage { retain: true, .. })
         ));
-        let mut p = persistent(10);
+        let mut p = persistent();
         assert!(matches!(
-            p.offer(m(QoS::ExactlyOnce, true)),
+            p.offer(m(QoS::ExactlyOnce, true), &LIMITS),
             Offer::AtMostOnce(AppMessage {
                 qos: QoS::AtMostOnce,
                 retain: true,
@@ -834,7 +847,7 @@ mod tests {
     #[test]
     fn clean_pubrec_gets_pubrel_at_once() {
         let mut c = clean();
-        c.offer(m(QoS::ExactlyOnce, false));
+        c.offer(m(QoS::ExactlyOnce, false), &LIMITS);
         let mut out = Vec::new();
         assert_eq!(c.on_pubrec(1, &mut out), None);
         assert_eq!(out, vec![Outgoing::PubRel(1)]);
@@ -865,7 +878,7 @@ mod tests {
 
     #[test]
     fn close_reports_epoch_zero_once_released() {
-        let mut p = persistent(10);
+        let mut p = persistent();
         let c = p.closed();
         assert_eq!(
             (c.epoch, c.persistent, c.publishes_own_will),

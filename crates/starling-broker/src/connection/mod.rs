@@ -98,8 +98,11 @@ struct ClientSession {
     /// The will, published by this connection on an abnormal close when the session is not in
     /// the replicated state (which otherwise publishes it).
     will: Option<Box<LastWill>>,
-    /// Clean sessions: filters subscribed (to remove on close).
-    filters: Vec<Arc<str>>,
+    /// Clean sessions: filters subscribed (to remove from the router on close). Behind a thin
+    /// pointer, allocated when the client first subscribes: an idle connection keeps 8 bytes
+    /// here instead of a `Vec`'s 24, which holds this struct at 112 bytes.
+    #[allow(clippy::box_collection)]
+    filters: Option<Box<Vec<Arc<str>>>>,
     /// ACL and subscription bookkeeping; only with an ACL file or `max_subscriptions`.
     guard: Option<Box<Guard>>,
     /// Publish rate and log-line rate state, created when first needed.
@@ -321,7 +324,7 @@ impl Actor for Connection {
             persistent: closed.persistent,
             publish_will,
             sent_up_to: closed.sent_up_to,
-            filters: s.filters,
+            filters: s.filters.map_or_else(Vec::new, |f| *f),
         });
     }
 }

@@ -135,10 +135,11 @@ impl Connection {
                     debug!(target: MQTT_LOG, client_id = %name, "{name} {} {filter}", code.as_u8());
                 }
                 if let Some(s) = act.session.as_mut() {
-                    if !s.flow.is_persistent() {
+                    if !s.flow.is_persistent() && !valid.is_empty() {
+                        let filters = s.filters.get_or_insert_with(Box::default);
                         for (f, _) in &valid {
-                            if !s.filters.contains(f) {
-                                s.filters.push(f.clone());
+                            if !filters.contains(f) {
+                                filters.push(f.clone());
                             }
                         }
                     }
@@ -166,8 +167,8 @@ impl Connection {
         let name = s.flow.client_id().clone();
         debug!(target: MQTT_LOG, client_id = %name, "Received UNSUBSCRIBE from {name}");
         let filters: Vec<Arc<str>> = u.filters.iter().map(|f| Arc::<str>::from(&**f)).collect();
-        if !s.flow.is_persistent() {
-            s.filters.retain(|f| !filters.contains(f));
+        if let Some(held) = s.filters.as_deref_mut() {
+            held.retain(|f| !filters.contains(f));
         }
         if let Some(g) = s.guard.as_deref_mut() {
             for f in &filters {

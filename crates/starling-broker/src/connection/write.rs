@@ -93,7 +93,7 @@ impl Connection {
     }
 
     /// Writes what the flow asked for.
-    pub(super) fn write_outgoing(&mut self, sends: Vec<Outgoing>) {
+    pub(super) fn write_outgoing(&mut self, sends: impl IntoIterator<Item = Outgoing>) {
         for s in sends {
             match s {
                 Outgoing::Publish {
