@@ -791,6 +791,13 @@ impl RaftCore {
                     self.finish_conf_waiters(
                         |c| matches!(c, MemberChange::Remove { id: i } if *i == id),
                     );
+                    // A removed node hears no more of the log: the sessions it served are
+                    // released by the others (offline, wills published), as for a node that
+                    // went silent. The leader proposes it; the others' proposals are no-ops.
+                    if id != self.settings.id && self.raw.raft.state == StateRole::Leader {
+                        info!(node = id, "node removed: its sessions go offline");
+                        self.emit(LogEvent::PeerDown { node: id }, out);
+                    }
                 }
             }
         }

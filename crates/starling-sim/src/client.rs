@@ -1,0 +1,653 @@
+//! Simulated strict MQTT clients: they follow the protocol to the letter, keep their session
+//! state across connections (persistent sessions), fail over to other nodes on their own, and
+//! record every packet that matters in the [`History`](crate::history::History).
+//!
+//! A client is a state machine: the world hands it packets, connection losses and its turn to
+//! act; it answers with [`ClientOut`]s (open a connection, send a packet, close, abandon).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use bytes::Bytes;
+use bytestring::ByteString;
+use starling_codec::{
+    ConnectReturnCode, LastWill, Packet, ProtocolVersion, Publish, QoS, Subscribe,
+    SubscribeFilter, SubscribeReturnCode,
+};
+
+use crate::history::{Ev, History, MsgId};
+use crate::rng::SimRng;
+
+/// Index of a client in the world.
+pub type ClientIdx = usize;
+
+/// What a client publishes.
+#[derive(Clone, Debug)]
+pub struct PublishSpec {
+    /// Topics it picks from.
+    pub topics: Vec<String>,
+    /// QoS levels it picks from.
+    pub qos: Vec<QoS>,
+    /// Publish with RETAIN (on its own topic `r/<client>`, one at a time).
+    pub retain: bool,
+    /// Messages it publishes before it stops.
+    pub quota: u64,
+    /// Unacknowledged publishes it keeps in flight at most.
+    pub window: usize,
+}
+
+/// Who a client is and what it does.
+#[derive(Clone, Debug)]
+pub struct ClientSpec {
+    /// Client id.
+    pub name: String,
+    /// Clean session.
+    pub clean: bool,
+    /// Filters it subscribes to (a clean session on every connection, a persistent one once).
+    pub subscriptions: Vec<(String, QoS)>,
+    /// What it publishes, if anything.
+    pub publishes: Option<PublishSpec>,
+    /// Its connections carry a will (`will/<client>`, QoS 2, payload naming the connection).
+    pub will: bool,
+}
+
+/// What a client asks the world to do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ClientOut {
+    /// Open a new connection (generation `gen`) to a node the world picks.
+    Open {
+        /// The connection's generation.
+        gen: u64,
+    },
+    /// Send a packet on the current connection.
+    Send(Packet),
+    /// Close the current connection (after a DISCONNECT it sent).
+    Close,
+    /// Stop using the current connection without closing it: the broker only learns of it when
+    /// the session is taken over (a half-open connection).
+    Abandon,
+}
+
+/// An outgoing PUBLISH not yet completed.
+#[derive(Clone, Debug)]
+struct Pending {
+    /// Which message.
+    msg: MsgId,
+    /// Topic.
+    topic: String,
+    /// QoS.
+    qos: QoS,
+    /// RETAIN.
+    retain: bool,
+    /// QoS 2: PUBREC received, PUBREL is what is owed.
+    released: bool,
+}
+
+/// Where the client's connection is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    /// No connection; may open one.
+    Down,
+    /// CONNECT sent, waiting for CONNACK.
+    Connecting,
+    /// Connected.
+    Up,
+    /// DISCONNECT sent, closing.
+    Leaving,
+}
+
+/// A simulated strict client.
+pub struct SimClient {
+    /// Its index.
+    pub idx: ClientIdx,
+    /// Who it is.
+    pub spec: ClientSpec,
+    /// Current connection generation (0: never connected).
+    gen: u64,
+    /// Where the connection is.
+    phase: Phase,
+    /// When the current connection attempt began (ms), for a stuck CONNECT.
+    since: u64,
+    /// A CONNACK 0 was received once: a persistent client's later CONNACKs must say its
+    /// session is present.
+    had_session: bool,
+    /// A persistent client's subscriptions were acknowledged once (they live in its session).
+    subscribed: bool,
+    /// This connection's SUBSCRIBE, waiting for its SUBACK.
+    sub_pid: Option<u16>,
+    /// This connection's subscriptions are acknowledged.
+    subacked: bool,
+    /// Last packet id handed out.
+    next_pid: u16,
+    /// Outgoing PUBLISHes not completed, by packet id (kept across connections when persistent).
+    outgoing: BTreeMap<u16, Pending>,
+    /// Inbound QoS 2 packet ids received and not yet released (kept across connections when
+    /// persistent): a PUBLISH with such an id is a duplicate, not delivered again.
+    inbound_q2: BTreeSet<u16>,
+    /// Next message sequence number.
+    next_seq: u64,
+    /// Stop publishing new messages; finish what is outstanding.
+    finishing: bool,
+}
+
+impl SimClient {
+    /// A client that has not connected yet.
+    pub fn new(idx: ClientIdx, spec: ClientSpec) -> SimClient {
+        SimClient {
+            idx,
+            spec,
+            gen: 0,
+            phase: Phase::Down,
+            since: 0,
+            had_session: false,
+            subscribed: false,
+            sub_pid: None,
+            subacked: false,
+            next_pid: 0,
+            outgoing: BTreeMap::new(),
+            inbound_q2: BTreeSet::new(),
+            next_seq: 0,
+            finishing: false,
+        }
+    }
+
+    /// The current connection generation.
+    pub fn gen(&self) -> u64 {
+        self.gen
+    }
+
+    /// Connected (CONNACK 0 received on the current connection).
+    pub fn is_up(&self) -> bool {
+        self.phase == Phase::Up
+    }
+
+    /// In the middle of a QoS 2 flow: a PUBREL owed or awaited on either side.
+    pub fn mid_qos2(&self) -> bool {
+        self.phase == Phase::Up
+            && (self.outgoing.values().any(|p| p.qos == QoS::ExactlyOnce)
+                || !self.inbound_q2.is_empty())
+    }
+
+    /// Messages published so far.
+    pub fn published(&self) -> u64 {
+        self.next_seq
+    }
+
+    /// From now on publish nothing new; complete what is outstanding.
+    pub fn finish(&mut self) {
+        self.finishing = true;
+    }
+
+    /// Nothing is outstanding: connected, subscriptions acknowledged, every publish completed.
+    pub fn settled(&self) -> bool {
+        self.phase == Phase::Up
+            && self.outgoing.is_empty()
+            && (self.spec.subscriptions.is_empty() || self.subacked || self.subscribed)
+    }
+
+    /// What is outstanding, for a report.
+    pub fn describe(&self) -> String {
+        format!(
+            "{} ({}): phase {:?} gen {}, {} publishes outstanding {:?}, subscribed {}",
+            self.spec.name,
+            if self.spec.clean { "clean" } else { "persistent" },
+            self.phase,
+            self.gen,
+            self.outgoing.len(),
+            self.outgoing.values().map(|p| p.msg).collect::<Vec<_>>(),
+            self.subacked || self.subscribed
+        )
+    }
+
+    fn alloc_pid(&mut self) -> u16 {
+        loop {
+            self.next_pid = self.next_pid.wrapping_add(1);
+            if self.next_pid != 0
+                && !self.outgoing.contains_key(&self.next_pid)
+                && self.sub_pid != Some(self.next_pid)
+            {
+                return self.next_pid;
+            }
+        }
+    }
+
+    fn connect_packet(&self) -> Packet {
+        let will = self.spec.will.then(|| LastWill {
+            topic: ByteString::from(format!("will/{}", self.spec.name)),
+            payload: Bytes::from(format!("will:{}:{}", self.idx, self.gen)),
+            qos: QoS::ExactlyOnce,
+            retain: false,
+        });
+        Packet::Connect(Box::new(starling_codec::Connect {
+            protocol: ProtocolVersion::V3_1_1,
+            clean_session: self.spec.clean,
+            keep_alive: 0,
+            client_id: ByteString::from(self.spec.name.as_str()),
+            will,
+            username: None,
+            password: None,
+        }))
+    }
+
+    /// The client's turn to act (the world calls it every few hundred simulated ms).
+    pub fn step(&mut self, now: u64, rng: &mut SimRng, h: &mut History) -> Vec<ClientOut> {
+        let mut out = Vec::new();
+        match self.phase {
+            Phase::Down => {
+                self.gen += 1;
+                self.phase = Phase::Connecting;
+                self.since = now;
+                h.push(
+                    now,
+                    Ev::Connecting {
+                        client: self.idx,
+                        gen: self.gen,
+                    },
+                );
+                out.push(ClientOut::Open { gen: self.gen });
+                out.push(ClientOut::Send(self.connect_packet()));
+            }
+            Phase::Connecting | Phase::Leaving => {
+                // A node that accepted the socket but never answers (it died, or no leader):
+                // give up on it after a while, as a real client's timeout would.
+                if now.saturating_sub(self.since) > 8_000 {
+                    self.lost(now, h);
+                    out.push(ClientOut::Abandon);
+                }
+            }
+            Phase::Up => {
+                if !self.finishing {
+                    let r = rng.below(1000);
+                    if r < 8 {
+                        return self.leave(now, h);
+                    }
+                    if r < 14 {
+                        // Half-open: the broker learns of it from the takeover by the next
+                        // connection.
+                        h.push(
+                            now,
+                            Ev::Abandoned {
+                                client: self.idx,
+                                gen: self.gen,
+                            },
+                        );
+                        self.lost(now, h);
+                        return vec![ClientOut::Abandon];
+                    }
+                }
+                self.publish_more(now, rng, h, &mut out);
+            }
+        }
+        out
+    }
+
+    /// Sends DISCONNECT and closes.
+    fn leave(&mut self, now: u64, h: &mut History) -> Vec<ClientOut> {
+        h.push(
+            now,
+            Ev::Disconnecting {
+                client: self.idx,
+                gen: self.gen,
+            },
+        );
+        self.phase = Phase::Leaving;
+        self.since = now;
+        vec![ClientOut::Send(Packet::Disconnect), ClientOut::Close]
+    }
+
+    fn publish_more(&mut self, now: u64, rng: &mut SimRng, h: &mut History, out: &mut Vec<ClientOut>) {
+        let Some(spec) = self.spec.publishes.clone() else {
+            return;
+        };
+        if self.finishing || self.next_seq >= spec.quota {
+            return;
+        }
+        if !self.spec.subscriptions.is_empty() && !(self.subacked || self.subscribed) {
+            return;
+        }
+        let window = if spec.retain { 1 } else { spec.window };
+        let in_flight = self.outgoing.len();
+        if in_flight >= window {
+            return;
+        }
+        let n = 1 + rng.below((window - in_flight) as u64) as usize;
+        for _ in 0..n {
+            if self.next_seq >= spec.quota {
+                break;
+            }
+            self.next_seq += 1;
+            let msg = MsgId {
+                client: self.idx,
+                seq: self.next_seq,
+            };
+            let topic = if spec.retain {
+                format!("r/{}", self.spec.name)
+            } else {
+                spec.topics[rng.below(spec.topics.len() as u64) as usize].clone()
+            };
+            let qos = spec.qos[rng.below(spec.qos.len() as u64) as usize];
+            h.push(
+                now,
+                Ev::Published {
+                    msg,
+                    topic: topic.clone(),
+                    qos,
+                    retain: spec.retain,
+                    gen: self.gen,
+                },
+            );
+            let packet_id = if qos == QoS::AtMostOnce {
+                0
+            } else {
+                let pid = self.alloc_pid();
+                self.outgoing.insert(
+                    pid,
+                    Pending {
+                        msg,
+                        topic: topic.clone(),
+                        qos,
+                        retain: spec.retain,
+                        released: false,
+                    },
+                );
+                pid
+            };
+            out.push(ClientOut::Send(Packet::Publish(Publish {
+                dup: false,
+                qos,
+                retain: spec.retain,
+                topic: topic.into(),
+                packet_id,
+                payload: msg.payload(),
+            })));
+        }
+    }
+
+    fn subscribe(&mut self, out: &mut Vec<ClientOut>) {
+        if self.spec.subscriptions.is_empty() || (!self.spec.clean && self.subscribed) {
+            return;
+        }
+        let pid = self.alloc_pid();
+        self.sub_pid = Some(pid);
+        out.push(ClientOut::Send(Packet::Subscribe(Subscribe {
+            packet_id: pid,
+            filters: self
+                .spec
+                .subscriptions
+                .iter()
+                .map(|(f, q)| SubscribeFilter {
+                    filter: f.as_str().into(),
+                    qos: *q,
+                })
+                .collect(),
+        })));
+    }
+
+    /// The connection opened for `gen` could not be opened (node down).
+    pub fn open_failed(&mut self, gen: u64, now: u64, h: &mut History) {
+        if gen == self.gen && self.phase == Phase::Connecting {
+            h.push(
+                now,
+                Ev::Refused {
+                    client: self.idx,
+                    gen,
+                    code: None,
+                },
+            );
+            self.phase = Phase::Down;
+        }
+    }
+
+    /// The connection `gen` is gone (closed by the broker, or its node died).
+    pub fn connection_lost(&mut self, gen: u64, now: u64, h: &mut History) {
+        if gen != self.gen || self.phase == Phase::Down {
+            return;
+        }
+        if self.phase == Phase::Leaving {
+            self.phase = Phase::Down;
+            return;
+        }
+        self.lost(now, h);
+    }
+
+    fn lost(&mut self, now: u64, h: &mut History) {
+        h.push(
+            now,
+            Ev::Lost {
+                client: self.idx,
+                gen: self.gen,
+            },
+        );
+        self.phase = Phase::Down;
+        self.sub_pid = None;
+        self.subacked = false;
+    }
+
+    /// A packet from the broker on connection `gen`.
+    pub fn on_packet(&mut self, gen: u64, packet: Packet, now: u64, h: &mut History) -> Vec<ClientOut> {
+        let mut out = Vec::new();
+        if gen != self.gen || matches!(self.phase, Phase::Down) {
+            return out;
+        }
+        match packet {
+            Packet::ConnAck(a) => {
+                if self.phase != Phase::Connecting {
+                    h.violation(now, format!("client {}: CONNACK twice", self.spec.name));
+                    return out;
+                }
+                if a.code != ConnectReturnCode::Accepted {
+                    h.push(
+                        now,
+                        Ev::Refused {
+                            client: self.idx,
+                            gen,
+                            code: Some(a.code as u8),
+                        },
+                    );
+                    self.phase = Phase::Down;
+                    out.push(ClientOut::Abandon);
+                    return out;
+                }
+                h.push(
+                    now,
+                    Ev::Connected {
+                        client: self.idx,
+                        gen,
+                        present: a.session_present,
+                    },
+                );
+                self.phase = Phase::Up;
+                if self.spec.clean {
+                    // A new session: nothing of the previous one is kept.
+                    self.outgoing.clear();
+                    self.inbound_q2.clear();
+                } else {
+                    if self.had_session && !a.session_present {
+                        h.push(
+                            now,
+                            Ev::SessionLost {
+                                client: self.idx,
+                                gen,
+                            },
+                        );
+                        h.violation(
+                            now,
+                            format!("client {}: persistent session lost (CONNACK without session present)", self.spec.name),
+                        );
+                        self.subscribed = false;
+                        self.inbound_q2.clear();
+                    }
+                    self.had_session = true;
+                    // Resume: every unacknowledged PUBLISH again (DUP), PUBREL for the released.
+                    let resend: Vec<(u16, Pending)> =
+                        self.outgoing.iter().map(|(p, m)| (*p, m.clone())).collect();
+                    for (pid, p) in resend {
+                        if p.released {
+                            out.push(ClientOut::Send(Packet::PubRel(pid)));
+                        } else {
+                            h.push(now, Ev::Resent { msg: p.msg, gen });
+                            out.push(ClientOut::Send(Packet::Publish(Publish {
+                                dup: true,
+                                qos: p.qos,
+                                retain: p.retain,
+                                topic: p.topic.clone().into(),
+                                packet_id: pid,
+                                payload: p.msg.payload(),
+                            })));
+                        }
+                    }
+                }
+                self.subscribe(&mut out);
+            }
+            Packet::SubAck(a) => {
+                if self.sub_pid != Some(a.packet_id) {
+                    return out;
+                }
+                self.sub_pid = None;
+                self.subacked = true;
+                self.subscribed = true;
+                for ((filter, _), code) in self.spec.subscriptions.iter().zip(&a.return_codes) {
+                    match code {
+                        SubscribeReturnCode::Success(q) => h.push(
+                            now,
+                            Ev::Subscribed {
+                                client: self.idx,
+                                gen,
+                                filter: filter.clone(),
+                                qos: *q,
+                            },
+                        ),
+                        SubscribeReturnCode::Failure => h.violation(
+                            now,
+                            format!("client {}: subscription {filter} refused", self.spec.name),
+                        ),
+                    }
+                }
+            }
+            Packet::Publish(p) => self.on_publish(gen, p, now, h, &mut out),
+            Packet::PubRel(pid) => {
+                self.inbound_q2.remove(&pid);
+                out.push(ClientOut::Send(Packet::PubComp(pid)));
+            }
+            Packet::PubAck(pid) => {
+                if let Some(p) = self.outgoing.get(&pid) {
+                    if p.qos == QoS::AtLeastOnce {
+                        h.push(now, Ev::Completed { msg: p.msg });
+                        self.outgoing.remove(&pid);
+                    }
+                }
+            }
+            Packet::PubRec(pid) => {
+                if let Some(p) = self.outgoing.get_mut(&pid) {
+                    if p.qos == QoS::ExactlyOnce {
+                        p.released = true;
+                        out.push(ClientOut::Send(Packet::PubRel(pid)));
+                    }
+                }
+            }
+            Packet::PubComp(pid) => {
+                if let Some(p) = self.outgoing.get(&pid) {
+                    if p.released {
+                        h.push(now, Ev::Completed { msg: p.msg });
+                        self.outgoing.remove(&pid);
+                    }
+                }
+            }
+            other => h.violation(
+                now,
+                format!("client {}: unexpected packet {other:?}", self.spec.name),
+            ),
+        }
+        out
+    }
+
+    fn on_publish(&mut self, gen: u64, p: Publish, now: u64, h: &mut History, out: &mut Vec<ClientOut>) {
+        let what = MsgId::parse(&p.payload);
+        let record = |h: &mut History| match what {
+            Some(Parsed::Message(msg)) => h.push(
+                now,
+                Ev::Delivered {
+                    client: self.idx,
+                    gen,
+                    msg,
+                    qos: p.qos,
+                    dup: p.dup,
+                    retain: p.retain,
+                    topic: p.topic.to_string(),
+                },
+            ),
+            Some(Parsed::Will { client, gen: will_gen }) => h.push(
+                now,
+                Ev::WillDelivered {
+                    client: self.idx,
+                    of: client,
+                    of_gen: will_gen,
+                },
+            ),
+            None => h.violation(
+                now,
+                format!("client {}: unknown payload {:?}", self.spec.name, p.payload),
+            ),
+        };
+        match p.qos {
+            QoS::AtMostOnce => record(h),
+            QoS::AtLeastOnce => {
+                record(h);
+                out.push(ClientOut::Send(Packet::PubAck(p.packet_id)));
+            }
+            QoS::ExactlyOnce => {
+                if self.inbound_q2.insert(p.packet_id) {
+                    record(h);
+                } else {
+                    h.push(
+                        now,
+                        Ev::DuplicateSuppressed {
+                            client: self.idx,
+                            gen,
+                            packet_id: p.packet_id,
+                        },
+                    );
+                }
+                out.push(ClientOut::Send(Packet::PubRec(p.packet_id)));
+            }
+        }
+    }
+}
+
+/// What a payload names.
+pub(crate) enum Parsed {
+    /// A published message.
+    Message(MsgId),
+    /// The will of a client's connection.
+    Will {
+        /// The client.
+        client: ClientIdx,
+        /// Its connection.
+        gen: u64,
+    },
+}
+
+impl MsgId {
+    /// The payload that names this message.
+    pub fn payload(&self) -> Bytes {
+        Bytes::from(format!("m:{}:{}", self.client, self.seq))
+    }
+
+    pub(crate) fn parse(payload: &[u8]) -> Option<Parsed> {
+        let s = std::str::from_utf8(payload).ok()?;
+        let mut parts = s.split(':');
+        let kind = parts.next()?;
+        let a: u64 = parts.next()?.parse().ok()?;
+        let b: u64 = parts.next()?.parse().ok()?;
+        match kind {
+            "m" => Some(Parsed::Message(MsgId {
+                client: a as usize,
+                seq: b,
+            })),
+            "will" => Some(Parsed::Will {
+                client: a as usize,
+                gen: b,
+            }),
+            _ => None,
+        }
+    }
+}
