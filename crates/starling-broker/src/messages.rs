@@ -416,6 +416,9 @@ pub enum KickReason {
     SessionRemoved,
     /// The broker is shutting down.
     Shutdown,
+    /// This node fell behind and replaced its state with a snapshot: what its connections knew
+    /// of their sessions is stale, so they close and their clients resume from the state.
+    StateReplaced,
 }
 
 /// Store → connection: close.

@@ -36,6 +36,8 @@ pub(crate) enum CloseReason {
     TakenOver,
     /// The session was discarded by another connection.
     SessionRemoved,
+    /// This node replaced its state with a snapshot (it had fallen behind).
+    StateReplaced,
     /// CONNACK with a refusal code was sent.
     Refused(ConnectReturnCode),
     /// A commit did not happen in time.
@@ -86,6 +88,9 @@ impl Connection {
             }
             CloseReason::SessionRemoved => {
                 info!(client_id = %name, "client {name} disconnected: its session was removed")
+            }
+            CloseReason::StateReplaced => {
+                info!(client_id = %name, "client {name} disconnected: this node caught up by installing a snapshot; the client resumes its session")
             }
             CloseReason::Refused(code) => {
                 debug!(client_id = %name, code = *code as u8, "closed after CONNACK refusal")
@@ -192,6 +197,7 @@ impl Handler<Kick> for Connection {
             KickReason::TakenOver => CloseReason::TakenOver,
             KickReason::SessionRemoved => CloseReason::SessionRemoved,
             KickReason::Shutdown => CloseReason::Shutdown,
+            KickReason::StateReplaced => CloseReason::StateReplaced,
         };
         self.close(reason, ctx);
     }
