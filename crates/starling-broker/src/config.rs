@@ -227,6 +227,48 @@ impl Default for BrokerConfig {
     }
 }
 
+/// The queue limits in force for every connection of the node: the replicated ones (see
+/// [`StateConfig`]), which the session store publishes here when they change, so that clean
+/// sessions' local queues and every session's in-flight window follow the cluster's values and
+/// not a node's local configuration.
+#[derive(Debug)]
+pub struct SharedLimits {
+    max_queued_messages: std::sync::atomic::AtomicUsize,
+    max_inflight: std::sync::atomic::AtomicUsize,
+    max_queued_bytes: std::sync::atomic::AtomicUsize,
+}
+
+impl SharedLimits {
+    /// Limits starting at `l`.
+    pub fn new(l: &StateConfig) -> SharedLimits {
+        use std::sync::atomic::AtomicUsize;
+        SharedLimits {
+            max_queued_messages: AtomicUsize::new(l.max_queued_messages),
+            max_inflight: AtomicUsize::new(l.max_inflight),
+            max_queued_bytes: AtomicUsize::new(l.max_queued_bytes),
+        }
+    }
+
+    /// Publishes new limits.
+    pub fn set(&self, l: &StateConfig) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.max_queued_messages
+            .store(l.max_queued_messages, Relaxed);
+        self.max_inflight.store(l.max_inflight, Relaxed);
+        self.max_queued_bytes.store(l.max_queued_bytes, Relaxed);
+    }
+
+    /// The limits in force.
+    pub fn get(&self) -> StateConfig {
+        use std::sync::atomic::Ordering::Relaxed;
+        StateConfig {
+            max_queued_messages: self.max_queued_messages.load(Relaxed),
+            max_inflight: self.max_inflight.load(Relaxed),
+            max_queued_bytes: self.max_queued_bytes.load(Relaxed),
+        }
+    }
+}
+
 /// A setting is out of range.
 #[derive(Debug, thiserror::Error)]
 #[error("invalid setting {key}: {reason}")]

@@ -52,6 +52,8 @@ use router::RouterShard;
 /// What every connection on one worker shares.
 pub struct Worker {
     pub(crate) config: Arc<BrokerConfig>,
+    /// The replicated queue limits in force (the store keeps them current).
+    pub(crate) limits: Arc<config::SharedLimits>,
     /// The router shard running on this worker's thread: it routes the PUBLISHes of this
     /// worker's connections, without a thread hop.
     pub(crate) router: Addr<RouterShard>,
@@ -192,6 +194,7 @@ impl Broker {
             }
         );
         let config = Arc::new(config);
+        let limits = Arc::new(config::SharedLimits::new(&config.state_config()));
         let n = config.worker_count();
         let worker_arbiters: Vec<Arbiter> = (0..n).map(|_| Arbiter::new()).collect();
         let store_arbiter = Arbiter::new();
@@ -199,7 +202,7 @@ impl Broker {
         // The store starts first; it gets its routers (and starts replaying the log) with `Init`.
         let (ready_tx, ready_rx) = oneshot::channel();
         let store = {
-            let config = config.clone();
+            let (config, limits) = (config.clone(), limits.clone());
             SessionStore::start_in_arbiter(&store_arbiter.handle(), move |_| {
                 SessionStore::new(
                     node_id,
@@ -209,6 +212,7 @@ impl Broker {
                     track_clean,
                     max_entry_bytes,
                     n,
+                    limits,
                 )
             })
         };
@@ -238,6 +242,7 @@ impl Broker {
             .map(|(i, a)| {
                 let w = Worker {
                     config: config.clone(),
+                    limits: limits.clone(),
                     router: routers[i].clone(),
                     store: store.clone(),
                     counters: metrics.block(),

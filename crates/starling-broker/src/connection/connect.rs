@@ -312,7 +312,7 @@ impl Connection {
             let outbound = self.readable_durable(resume.outbound);
             let mut out = Vec::new();
             if let Some(s) = self.session.as_mut() {
-                let limits = FlowLimits::from_config(&self.worker.config);
+                let limits = FlowLimits::from_shared(&self.worker.limits);
                 s.flow.resume(outbound, &limits, &mut out);
             }
             self.write_outgoing(out);

@@ -21,7 +21,7 @@ impl Connection {
         }
         self.refresh_guard();
         let max_wbuf = self.worker.config.max_write_buffer;
-        let limits = FlowLimits::from_config(&self.worker.config);
+        let limits = FlowLimits::from_shared(&self.worker.limits);
         for m in messages {
             let Some(s) = self.session.as_mut() else {
                 return;
@@ -161,7 +161,7 @@ impl Handler<DurableDeliver> for Connection {
             return;
         };
         let mut out = Vec::new();
-        let limits = FlowLimits::from_config(&self.worker.config);
+        let limits = FlowLimits::from_shared(&self.worker.limits);
         s.flow.durable_deliver(items, &limits, &mut out);
         self.write_outgoing(out);
         for m in msg.qos0 {

@@ -43,7 +43,7 @@ use starling_state::{Message as AppMessage, Outbound};
 use super::acks::PendingAcks;
 use super::outbound::{AckOutcome, DurableOutbound, LocalOutbound};
 pub use super::outbound::{Offer, Outgoing};
-use crate::config::BrokerConfig;
+use crate::config::SharedLimits;
 use crate::messages::{AckKind, RoutedPublish};
 
 /// The outbound limits of a session's flow.
@@ -58,12 +58,13 @@ pub struct FlowLimits {
 }
 
 impl FlowLimits {
-    /// The limits a broker configuration sets.
-    pub fn from_config(config: &BrokerConfig) -> FlowLimits {
+    /// The limits in force (the replicated ones: see [`SharedLimits`]).
+    pub fn from_shared(limits: &SharedLimits) -> FlowLimits {
+        let l = limits.get();
         FlowLimits {
-            max_inflight: config.max_inflight,
-            max_queued_messages: config.max_queued_messages,
-            max_queued_bytes: config.max_queued_bytes,
+            max_inflight: l.max_inflight,
+            max_queued_messages: l.max_queued_messages,
+            max_queued_bytes: l.max_queued_bytes,
         }
     }
 }
