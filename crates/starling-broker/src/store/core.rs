@@ -81,7 +81,8 @@ pub mod mutations {
     pub enum Mutation {
         /// The router index is not rebuilt when the state is replaced or recovered.
         NoRouteRebuild,
-        /// A restarted node's `NodeDown` is proposed once; a failure is not retried.
+        /// A restarted node's `NodeDown` is proposed once; a failure is not retried, and the
+        /// reconciliation does not release the sessions it leaves behind.
         NodeDownOnce,
         /// The state machine applies each node's local limits instead of the replicated ones.
         LocalLimits,
@@ -113,7 +114,7 @@ pub mod mutations {
 macro_rules! mutated {
     ($m:ident) => {{
         #[cfg(feature = "mutations")]
-        let on = mutations::on(mutations::Mutation::$m);
+        let on = $crate::store::mutations::on($crate::store::mutations::Mutation::$m);
         #[cfg(not(feature = "mutations"))]
         let on = false;
         on
@@ -185,6 +186,8 @@ pub struct StoreCore<C = Addr<Connection>> {
     pub(crate) check_every: u64,
     /// The limits this node's configuration asks for (the replicated ones are in the state).
     pub(crate) local_limits: StateConfig,
+    /// Where the replicated limits are published for the connections (derived from the state).
+    pub(crate) shared_limits: Arc<crate::config::SharedLimits>,
     /// The clock, set by the caller before each input.
     pub(crate) now: Instant,
     /// Wall clock (ms since the Unix epoch), set with `now`: entry timestamps, session expiry.
@@ -196,7 +199,8 @@ pub struct StoreCore<C = Addr<Connection>> {
 impl<C: Clone> StoreCore<C> {
     /// A store for node `node_id` over `log`, with `shards` router shards. `ready` fires once the
     /// log has been replayed. `incarnation` identifies this process's requests (random per
-    /// start). `max_entry_bytes` bounds one log entry.
+    /// start). `max_entry_bytes` bounds one log entry. `shared_limits` is where the replicated
+    /// limits are published for the connections.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         node_id: u64,
@@ -208,11 +212,13 @@ impl<C: Clone> StoreCore<C> {
         incarnation: u64,
         max_entry_bytes: usize,
         now: Instant,
+        shared_limits: Arc<crate::config::SharedLimits>,
     ) -> StoreCore<C> {
         StoreCore {
             node_id,
             state: State::default(),
             local_limits: config.state_config(),
+            shared_limits,
             config,
             log,
             shards: shards.max(1),
@@ -380,9 +386,16 @@ impl<C: Clone> StoreCore<C> {
     pub(crate) fn fail_waiter(&mut self, w: Waiter<C>) {
         match w {
             Waiter::Connect {
-                reply, client_id, ..
+                reply,
+                client_id,
+                target,
+                ..
             } => {
                 self.connect_done(&client_id);
+                // The connection closes without a session, and tells nobody: forget it here,
+                // or a late commit of its CONNECT would find it registered and take it for
+                // live (its session would stay recorded as served by it for good).
+                self.remove_client(&client_id, target.conn_id);
                 let _ = reply.send(ConnectOutcome::Unavailable);
             }
             Waiter::Subscribe { reply, .. } => {
@@ -499,6 +512,13 @@ impl<C: Clone> StoreCore<C> {
                 // Entries proposed here and covered by the snapshot never reach the decoded
                 // cache's consumer: drop what the snapshot covers.
                 self.decoded.clear();
+                if self.recovered {
+                    // What live connections hold was derived from the state the snapshot
+                    // replaces, and the effects of the entries it covers (deliveries, releases,
+                    // fast-path messages) never happened here: they close, and their clients
+                    // resume from the new state (persistent sessions) or start again (clean).
+                    self.close_all(KickReason::StateReplaced);
+                }
                 self.after_state_replaced();
             }
             Err(e) => {
@@ -726,6 +746,7 @@ impl<C: Clone> StoreCore<C> {
     }
 
     pub(crate) fn propose_closing(&mut self, client_id: ByteString, epoch: u64, c: Closing) {
+        tracing::debug!(client_id = %client_id, epoch, publish_will = c.publish_will, "proposing the end of a connection");
         self.closing.insert(
             (client_id.clone(), epoch),
             Closing {
@@ -1089,7 +1110,12 @@ impl<C: Clone> StoreCore<C> {
 
     /// Closes every client (graceful shutdown).
     pub fn begin_shutdown(&mut self) {
-        let all: Vec<Target<C>> = self
+        self.close_all(KickReason::Shutdown);
+    }
+
+    /// Closes every client of this node.
+    fn close_all(&mut self, reason: KickReason) {
+        let mut all: Vec<Target<C>> = self
             .clients
             .values()
             .map(|c| Target {
@@ -1097,8 +1123,15 @@ impl<C: Clone> StoreCore<C> {
                 addr: c.addr.clone(),
             })
             .collect();
+        all.sort_by_key(|t| t.conn_id);
+        if !all.is_empty() && reason == KickReason::StateReplaced {
+            info!(
+                clients = all.len(),
+                "state replaced by a snapshot: this node's clients are disconnected and resume"
+            );
+        }
         for t in all {
-            self.send_conn(t, ConnMessage::Kick(KickReason::Shutdown));
+            self.send_conn(t, ConnMessage::Kick(reason));
         }
     }
 

@@ -28,6 +28,7 @@ use crate::messages::*;
 impl<C: Clone> StoreCore<C> {
     /// Everything derived from the state, rebuilt after it was replaced or recovered.
     pub(super) fn after_state_replaced(&mut self) {
+        self.shared_limits.set(self.state.config());
         if mutated!(NoRouteRebuild) {
             return;
         }
@@ -197,8 +198,10 @@ impl<C: Clone> StoreCore<C> {
                 orphans.push((ByteString::from(&*c.client_id), c.epoch));
             }
         }
-        // Not while this node's own NodeDown is pending: it takes them all at once.
-        if self.self_down == super::core::SelfDown::Done {
+        // Not while this node's own NodeDown is pending: it takes them all at once. (The
+        // broken variant that proposes that NodeDown once leaves them too, as the code that
+        // had the bug did.)
+        if self.self_down == super::core::SelfDown::Done && !mutated!(NodeDownOnce) {
             orphans.sort_unstable();
             for (client_id, epoch) in orphans {
                 if !self.closing.contains_key(&(client_id.clone(), epoch)) {

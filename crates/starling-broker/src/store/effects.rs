@@ -274,6 +274,7 @@ impl<C: Clone> StoreCore<C> {
                 }
             }
             Effect::LimitsChanged { limits } => {
+                self.shared_limits.set(&limits);
                 info!(
                     max_queued_messages = limits.max_queued_messages,
                     max_inflight = limits.max_inflight,
@@ -329,6 +330,7 @@ impl<C: Clone> StoreCore<C> {
                     resume,
                 } = result
                 else {
+                    self.remove_client(&client_id, target.conn_id);
                     let _ = reply.send(ConnectOutcome::Unavailable);
                     return;
                 };

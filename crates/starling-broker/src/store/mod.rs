@@ -62,7 +62,9 @@ pub struct SessionStore {
 
 impl SessionStore {
     /// A store for node `node_id` over `log` with `shards` router shards. `ready` fires once
-    /// the log has been replayed. `max_entry_bytes` bounds one log entry.
+    /// the log has been replayed. `max_entry_bytes` bounds one log entry. `limits` is where the
+    /// replicated queue limits are published for the connections.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         node_id: u64,
         config: Arc<BrokerConfig>,
@@ -71,6 +73,7 @@ impl SessionStore {
         track_clean: bool,
         max_entry_bytes: usize,
         shards: usize,
+        limits: Arc<crate::config::SharedLimits>,
     ) -> SessionStore {
         let incarnation = rand::random::<u64>() | 1;
         let core = StoreCore::new(
@@ -83,6 +86,7 @@ impl SessionStore {
             incarnation,
             max_entry_bytes,
             Instant::now(),
+            limits,
         );
         SessionStore {
             core,

@@ -66,6 +66,7 @@ impl Node {
         let log = TestLog::default();
         let (tx, ready) = oneshot::channel();
         let t0 = Instant::now();
+        let limits = Arc::new(crate::config::SharedLimits::new(&config.state_config()));
         let mut core = StoreCore::new(
             node_id,
             Arc::new(config),
@@ -76,6 +77,7 @@ impl Node {
             7,
             1 << 20,
             t0,
+            limits,
         );
         core.set_check_every(0);
         Node {
@@ -556,4 +558,31 @@ fn a_durable_publish_larger_than_an_entry_is_refused_for_its_publisher_alone() {
 fn session_keys_have_the_session_bit() {
     let mut n = Node::new(1, true, BrokerConfig::default());
     assert_ne!(n.core.key_of("a") & SESSION_KEY, 0);
+}
+
+#[test]
+fn a_connect_that_failed_and_commits_late_leaves_no_session_behind() {
+    let mut n = Node::new(1, true, BrokerConfig::default());
+    n.at(0);
+    n.core.on_log_event(LogEvent::Recovered);
+    n.pump();
+    let mut rx = n.connect("late", 7, false);
+    n.pump();
+    let proposed = n.log.take();
+    assert_eq!(proposed.len(), 1);
+    // The leader changes before the commit: the CONNECT fails, its connection closes without
+    // a session (and so without telling the store).
+    n.core.on_log_event(LogEvent::LeaderChanged {
+        leader: Some(2),
+        term: 3,
+    });
+    n.pump();
+    assert!(matches!(rx.try_recv(), Ok(ConnectOutcome::Unavailable)));
+    // The new leader commits the entry all the same: the session is released, not left
+    // recorded as served by the connection that gave up.
+    n.commit(proposed);
+    let d = disconnects(&n.log.take());
+    assert_eq!(d.len(), 1, "the session is disconnected");
+    assert_eq!(d[0].client_id, "late");
+    n.check().unwrap();
 }
