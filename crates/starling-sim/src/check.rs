@@ -71,11 +71,6 @@ pub fn end_of_run(
             .entry(applied)
             .or_default()
             .push((n.id, n.store.state().digest()));
-        if let Err(e) = n.derived_differences() {
-            violations.push(format!("node {}: derived index differs from its rebuild: {e}", n.id));
-        } else {
-            s.coverage.derived_checks += 1;
-        }
     }
     for (index, ds) in &digests {
         if ds.windows(2).any(|w| w[0].1 != w[1].1) {
@@ -115,10 +110,15 @@ pub fn end_of_run(
             }
         }
         // The retained message of each retaining client is its last one.
-        for c in clients.iter().filter(|c| c.spec.publishes.as_ref().is_some_and(|p| p.retain)) {
+        for c in clients
+            .iter()
+            .filter(|c| c.spec.publishes.as_ref().is_some_and(|p| p.retain))
+        {
             let topic_name = format!("r/{}", c.spec.name);
             let mut found = None;
-            state.retained().for_each_matching(&topic_name, |m| found = Some(m.payload.clone()));
+            state
+                .retained()
+                .for_each_matching(&topic_name, |m| found = Some(m.payload.clone()));
             let want = MsgId {
                 client: c.idx,
                 seq: c.published(),
@@ -166,9 +166,12 @@ pub fn history(
     let mut ended_at: BTreeMap<(ClientIdx, u64), u64> = BTreeMap::new();
     let mut disconnecting: BTreeSet<(ClientIdx, u64)> = BTreeSet::new();
     let mut opened_on: BTreeMap<(ClientIdx, u64), u64> = BTreeMap::new();
-    let mut wills: BTreeMap<(ClientIdx, u64), u64> = BTreeMap::new();
-    // Faults by node (0: the network), with their time.
+    // Will deliveries per (subscriber, whose, which connection).
+    let mut wills: BTreeMap<(ClientIdx, ClientIdx, u64), u64> = BTreeMap::new();
+    // Faults by node (0: the network), with their time; and when the network was faulty.
     let mut faults: Vec<(u64, u64)> = Vec::new();
+    let mut faulty_net: Vec<(u64, u64)> = Vec::new();
+    let mut net_fault_since: Option<u64> = None;
     let mut last = 0;
     for (at, ev) in &h.events {
         last = *at;
@@ -225,8 +228,27 @@ pub fn history(
                 disconnecting.insert((*client, *gen));
                 ended_at.entry((*client, *gen)).or_insert(*at);
             }
-            Ev::WillDelivered { of, of_gen, .. } => *wills.entry((*of, *of_gen)).or_default() += 1,
+            Ev::WillDelivered {
+                client,
+                of,
+                of_gen,
+                qos,
+            } => {
+                // QoS 1 copies may repeat; a QoS 2 one comes once.
+                let n = wills.entry((*client, *of, *of_gen)).or_default();
+                if *qos == QoS::ExactlyOnce {
+                    *n += 1;
+                }
+            }
             Ev::Node { node, what } => {
+                if what.starts_with("FAULT flaky") || what.starts_with("FAULT isolate") {
+                    net_fault_since.get_or_insert(*at);
+                }
+                if what.starts_with("network healed") || what.starts_with("quiet") {
+                    if let Some(since) = net_fault_since.take() {
+                        faulty_net.push((since, *at));
+                    }
+                }
                 if what.starts_with("FAULT")
                     || what.starts_with("crashed")
                     || what.starts_with("started")
@@ -239,6 +261,9 @@ pub fn history(
             _ => {}
         }
     }
+    if let Some(since) = net_fault_since {
+        faulty_net.push((since, last));
+    }
     let mut report = |v: String, c: &[ClientIdx], m: &[MsgId]| {
         violations.push(v);
         involved_clients.extend(c);
@@ -250,7 +275,10 @@ pub fn history(
         for (_, msg, qos, retain, _) in ds {
             if !published.contains_key(msg) {
                 report(
-                    format!("{} received {msg}, which nobody published", name(clients, *client)),
+                    format!(
+                        "{} received {msg}, which nobody published",
+                        name(clients, *client)
+                    ),
                     &[*client],
                     &[*msg],
                 );
@@ -262,7 +290,10 @@ pub fn history(
         for (msg, n) in q2 {
             if n > 1 {
                 report(
-                    format!("{} received QoS 2 message {msg} {n} times", name(clients, *client)),
+                    format!(
+                        "{} received QoS 2 message {msg} {n} times",
+                        name(clients, *client)
+                    ),
                     &[*client, msg.client],
                     &[msg],
                 );
@@ -285,10 +316,15 @@ pub fn history(
         {
             continue;
         }
-        let window_end = ended_at.get(&(sub.client, sub.gen)).copied().unwrap_or(last);
+        let window_end = ended_at
+            .get(&(sub.client, sub.gen))
+            .copied()
+            .unwrap_or(last);
         let sub_node = opened_on.get(&(sub.client, sub.gen)).copied();
         for (msg, (topic_name, qos, sent, pub_gen)) in &published {
-            let Some(done) = completed.get(msg) else { continue };
+            let Some(done) = completed.get(msg) else {
+                continue;
+            };
             if *qos == QoS::AtMostOnce
                 || sub.qos == QoS::AtMostOnce
                 || *sent <= sub.at + PROPAGATION_MS
@@ -305,7 +341,9 @@ pub fn history(
                     *at + 1_000 >= *sent
                         && *at <= *done + DELIVERY_MS
                         && (*node == 0 || Some(*node) == pub_node || Some(*node) == sub_node)
-                });
+                }) || faulty_net
+                    .iter()
+                    .any(|(from, to)| *from <= *done + DELIVERY_MS && *to + 1_000 >= *sent);
                 if touched {
                     continue;
                 }
@@ -329,16 +367,18 @@ pub fn history(
             }
         }
     }
-    // Order: per publisher and topic, first deliveries in publishing order.
+    // Order: per publisher, topic and QoS (MQTT-4.6.0-6), first deliveries in publishing order.
     for (client, ds) in &delivered {
         let mut seen: BTreeSet<MsgId> = BTreeSet::new();
-        let mut last_seq: BTreeMap<(ClientIdx, String), u64> = BTreeMap::new();
+        let mut last_seq: BTreeMap<(ClientIdx, String, QoS), u64> = BTreeMap::new();
         for (_, msg, _, retain, _) in ds {
             if *retain || !seen.insert(*msg) {
                 continue;
             }
-            let Some((topic_name, ..)) = published.get(msg) else { continue };
-            let key = (msg.client, topic_name.clone());
+            let Some((topic_name, qos, ..)) = published.get(msg) else {
+                continue;
+            };
+            let key = (msg.client, topic_name.clone(), *qos);
             let prev = last_seq.get(&key).copied().unwrap_or(0);
             if msg.seq < prev && !resent.contains(msg) {
                 report(
@@ -355,24 +395,34 @@ pub fn history(
         }
     }
     // Wills.
-    let will_subscriber = clients.iter().any(|c| c.spec.subscriptions.iter().any(|(f, _)| f == "will/#"));
-    for ((client, gen), n) in &wills {
+    // The will subscriber's first SUBACK: wills of connections that ended before it (and the
+    // propagation time) may not reach it.
+    let will_sub_at = subs
+        .iter()
+        .filter(|s| s.filter == "will/#")
+        .map(|s| s.at)
+        .min();
+    for ((sub, client, gen), n) in &wills {
         if *n > 1 {
             report(
-                format!("the will of {} #{gen} was delivered {n} times", name(clients, *client)),
-                &[*client],
+                format!(
+                    "{} received the will of {} #{gen} {n} times",
+                    name(clients, *sub),
+                    name(clients, *client)
+                ),
+                &[*sub, *client],
                 &[],
             );
         }
     }
-    if will_subscriber {
+    if let Some(will_sub_at) = will_sub_at {
         for c in clients.iter().filter(|c| c.spec.will) {
             for gen in 1..=c.gen() {
-                let due = h_ended(h, c.idx, gen);
+                let due = h.ended.get(&(c.idx, gen)).copied();
                 if connected.contains(&(c.idx, gen))
                     && !disconnecting.contains(&(c.idx, gen))
-                    && due == Some(true)
-                    && !wills.contains_key(&(c.idx, gen))
+                    && due.is_some_and(|(due, at)| due && at > will_sub_at + PROPAGATION_MS)
+                    && !wills.keys().any(|(_, of, g)| *of == c.idx && *g == gen)
                 {
                     report(
                         format!("the will of {} #{gen} was never delivered", c.spec.name),
@@ -387,11 +437,6 @@ pub fn history(
         involved_clients.into_iter().collect(),
         involved_msgs.into_iter().collect(),
     )
-}
-
-/// How the broker side of (client, gen) ended, from the history's connection lines.
-fn h_ended(h: &History, client: ClientIdx, gen: u64) -> Option<bool> {
-    h.ended.get(&(client, gen)).copied()
 }
 
 fn name(clients: &[SimClient], c: ClientIdx) -> &str {

@@ -10,8 +10,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use bytes::Bytes;
 use bytestring::ByteString;
 use starling_codec::{
-    ConnectReturnCode, LastWill, Packet, ProtocolVersion, Publish, QoS, Subscribe,
-    SubscribeFilter, SubscribeReturnCode,
+    ConnectReturnCode, LastWill, Packet, ProtocolVersion, Publish, QoS, Subscribe, SubscribeFilter,
+    SubscribeReturnCode,
 };
 
 use crate::history::{Ev, History, MsgId};
@@ -48,7 +48,13 @@ pub struct ClientSpec {
     pub publishes: Option<PublishSpec>,
     /// Its connections carry a will (`will/<client>`, QoS 2, payload naming the connection).
     pub will: bool,
+    /// When it dies (ms): from then on it sends nothing, answers nothing, never reconnects; its
+    /// broker finds out by the keep-alive (a device that lost power).
+    pub dies_at: Option<u64>,
 }
+
+/// The keep-alive every client asks for, seconds.
+pub const KEEP_ALIVE_SECS: u16 = 5;
 
 /// What a client asks the world to do.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -93,6 +99,8 @@ enum Phase {
     Up,
     /// DISCONNECT sent, closing.
     Leaving,
+    /// Dead: does nothing any more.
+    Dead,
 }
 
 /// A simulated strict client.
@@ -127,6 +135,8 @@ pub struct SimClient {
     next_seq: u64,
     /// Stop publishing new messages; finish what is outstanding.
     finishing: bool,
+    /// When it last sent a packet (ms): a PINGREQ keeps an idle connection alive.
+    last_sent: u64,
 }
 
 impl SimClient {
@@ -147,7 +157,27 @@ impl SimClient {
             inbound_q2: BTreeSet::new(),
             next_seq: 0,
             finishing: false,
+            last_sent: 0,
         }
+    }
+
+    /// Dies now (it shared its node's power supply, say).
+    pub fn die(&mut self, now: u64, h: &mut History) {
+        if self.phase != Phase::Dead {
+            h.push(
+                now,
+                Ev::Node {
+                    node: 0,
+                    what: format!("client {} dies with its node", self.spec.name),
+                },
+            );
+            self.phase = Phase::Dead;
+        }
+    }
+
+    /// Dead (it died: nothing more is expected of it).
+    pub fn is_dead(&self) -> bool {
+        self.phase == Phase::Dead
     }
 
     /// The current connection generation.
@@ -179,9 +209,10 @@ impl SimClient {
 
     /// Nothing is outstanding: connected, subscriptions acknowledged, every publish completed.
     pub fn settled(&self) -> bool {
-        self.phase == Phase::Up
-            && self.outgoing.is_empty()
-            && (self.spec.subscriptions.is_empty() || self.subacked || self.subscribed)
+        self.phase == Phase::Dead
+            || self.phase == Phase::Up
+                && self.outgoing.is_empty()
+                && (self.spec.subscriptions.is_empty() || self.subacked || self.subscribed)
     }
 
     /// What is outstanding, for a report.
@@ -189,7 +220,11 @@ impl SimClient {
         format!(
             "{} ({}): phase {:?} gen {}, {} publishes outstanding {:?}, subscribed {}",
             self.spec.name,
-            if self.spec.clean { "clean" } else { "persistent" },
+            if self.spec.clean {
+                "clean"
+            } else {
+                "persistent"
+            },
             self.phase,
             self.gen,
             self.outgoing.len(),
@@ -220,7 +255,7 @@ impl SimClient {
         Packet::Connect(Box::new(starling_codec::Connect {
             protocol: ProtocolVersion::V3_1_1,
             clean_session: self.spec.clean,
-            keep_alive: 0,
+            keep_alive: KEEP_ALIVE_SECS,
             client_id: ByteString::from(self.spec.name.as_str()),
             will,
             username: None,
@@ -231,7 +266,24 @@ impl SimClient {
     /// The client's turn to act (the world calls it every few hundred simulated ms).
     pub fn step(&mut self, now: u64, rng: &mut SimRng, h: &mut History) -> Vec<ClientOut> {
         let mut out = Vec::new();
+        if self.spec.dies_at.is_some_and(|t| now >= t) && self.phase != Phase::Dead {
+            h.push(
+                now,
+                Ev::Node {
+                    node: 0,
+                    what: format!(
+                        "client {} dies (connection #{} left as it is)",
+                        self.spec.name, self.gen
+                    ),
+                },
+            );
+            self.phase = Phase::Dead;
+            return vec![ClientOut::Abandon];
+        }
+        let out_len =
+            |o: &Vec<ClientOut>| o.iter().filter(|x| matches!(x, ClientOut::Send(_))).count();
         match self.phase {
+            Phase::Dead => {}
             Phase::Down => {
                 self.gen += 1;
                 self.phase = Phase::Connecting;
@@ -275,7 +327,15 @@ impl SimClient {
                     }
                 }
                 self.publish_more(now, rng, h, &mut out);
+                if out_len(&out) == 0
+                    && now.saturating_sub(self.last_sent) >= u64::from(KEEP_ALIVE_SECS) * 400
+                {
+                    out.push(ClientOut::Send(Packet::PingReq));
+                }
             }
+        }
+        if out_len(&out) > 0 {
+            self.last_sent = now;
         }
         out
     }
@@ -294,7 +354,13 @@ impl SimClient {
         vec![ClientOut::Send(Packet::Disconnect), ClientOut::Close]
     }
 
-    fn publish_more(&mut self, now: u64, rng: &mut SimRng, h: &mut History, out: &mut Vec<ClientOut>) {
+    fn publish_more(
+        &mut self,
+        now: u64,
+        rng: &mut SimRng,
+        h: &mut History,
+        out: &mut Vec<ClientOut>,
+    ) {
         let Some(spec) = self.spec.publishes.clone() else {
             return;
         };
@@ -423,16 +489,39 @@ impl SimClient {
     }
 
     /// A packet from the broker on connection `gen`.
-    pub fn on_packet(&mut self, gen: u64, packet: Packet, now: u64, h: &mut History) -> Vec<ClientOut> {
+    pub fn on_packet(
+        &mut self,
+        gen: u64,
+        packet: Packet,
+        now: u64,
+        h: &mut History,
+    ) -> Vec<ClientOut> {
         let mut out = Vec::new();
-        if gen != self.gen || matches!(self.phase, Phase::Down) {
+        if gen != self.gen || matches!(self.phase, Phase::Down | Phase::Dead) {
             return out;
         }
+        if let Some(o) = self.on_packet_inner(gen, packet, now, h, &mut out) {
+            return o;
+        }
+        if !out.is_empty() {
+            self.last_sent = now;
+        }
+        out
+    }
+
+    fn on_packet_inner(
+        &mut self,
+        gen: u64,
+        packet: Packet,
+        now: u64,
+        h: &mut History,
+        out: &mut Vec<ClientOut>,
+    ) -> Option<Vec<ClientOut>> {
         match packet {
             Packet::ConnAck(a) => {
                 if self.phase != Phase::Connecting {
                     h.violation(now, format!("client {}: CONNACK twice", self.spec.name));
-                    return out;
+                    return None;
                 }
                 if a.code != ConnectReturnCode::Accepted {
                     h.push(
@@ -445,7 +534,7 @@ impl SimClient {
                     );
                     self.phase = Phase::Down;
                     out.push(ClientOut::Abandon);
-                    return out;
+                    return None;
                 }
                 h.push(
                     now,
@@ -496,11 +585,11 @@ impl SimClient {
                         }
                     }
                 }
-                self.subscribe(&mut out);
+                self.subscribe(out);
             }
             Packet::SubAck(a) => {
                 if self.sub_pid != Some(a.packet_id) {
-                    return out;
+                    return None;
                 }
                 self.sub_pid = None;
                 self.subacked = true;
@@ -523,7 +612,8 @@ impl SimClient {
                     }
                 }
             }
-            Packet::Publish(p) => self.on_publish(gen, p, now, h, &mut out),
+            Packet::Publish(p) => self.on_publish(gen, p, now, h, out),
+            Packet::PingResp => {}
             Packet::PubRel(pid) => {
                 self.inbound_q2.remove(&pid);
                 out.push(ClientOut::Send(Packet::PubComp(pid)));
@@ -557,10 +647,17 @@ impl SimClient {
                 format!("client {}: unexpected packet {other:?}", self.spec.name),
             ),
         }
-        out
+        None
     }
 
-    fn on_publish(&mut self, gen: u64, p: Publish, now: u64, h: &mut History, out: &mut Vec<ClientOut>) {
+    fn on_publish(
+        &mut self,
+        gen: u64,
+        p: Publish,
+        now: u64,
+        h: &mut History,
+        out: &mut Vec<ClientOut>,
+    ) {
         let what = MsgId::parse(&p.payload);
         let record = |h: &mut History| match what {
             Some(Parsed::Message(msg)) => h.push(
@@ -575,12 +672,16 @@ impl SimClient {
                     topic: p.topic.to_string(),
                 },
             ),
-            Some(Parsed::Will { client, gen: will_gen }) => h.push(
+            Some(Parsed::Will {
+                client,
+                gen: will_gen,
+            }) => h.push(
                 now,
                 Ev::WillDelivered {
                     client: self.idx,
                     of: client,
                     of_gen: will_gen,
+                    qos: p.qos,
                 },
             ),
             None => h.violation(

@@ -10,9 +10,7 @@
 use std::collections::VecDeque;
 
 use bytestring::ByteString;
-use starling_broker::connection::{
-    ClientFlow, FlowLimits, Inbound, Offer, Outgoing, Release,
-};
+use starling_broker::connection::{ClientFlow, FlowLimits, Inbound, Offer, Outgoing, Release};
 use starling_broker::messages::{
     AckKind, ConnectInfo, ConnectOutcome, ConnectRequest, ConnectionClosed, KickReason, Route,
     RoutedPublish, SessionRequest, SubscribeOutcome, SubscribeRequest, Target,
@@ -37,6 +35,8 @@ pub enum ConnInput {
     Store(ConnMessage),
     /// The router completed these tokens.
     Acked(Vec<u64>),
+    /// The client closed its socket (read after everything it sent before).
+    Eof,
 }
 
 /// What a connection asks its node to do.
@@ -52,6 +52,8 @@ pub struct ConnOut {
     pub closed: Option<Closed>,
     /// It now waits for an answer of the store (the node polls it).
     pub waits: bool,
+    /// Its session was accepted: the keep-alive timer starts.
+    pub accepted: bool,
 }
 
 /// A request from a connection to the store.
@@ -116,6 +118,10 @@ pub struct SimConn {
     closed: bool,
     /// Counts waits, so that a timer of an earlier wait does not end a later one.
     wait_seq: u64,
+    /// The CONNECT's keep-alive, seconds (0: none).
+    pub keep_alive: u16,
+    /// When the last packet arrived (µs of simulated time).
+    pub last_read: u64,
 }
 
 fn target(conn_id: u64) -> Target<()> {
@@ -137,7 +143,23 @@ impl SimConn {
             held: VecDeque::new(),
             closed: false,
             wait_seq: 0,
+            keep_alive: 0,
+            last_read: 0,
         }
+    }
+
+    /// The keep-alive timer fired at `now`: silent for 1.5 x keep-alive closes the connection
+    /// (a will is due), as the actor does. Returns when to check again, if at all.
+    pub fn keep_alive_due(&mut self, now: u64, out: &mut ConnOut) -> Option<u64> {
+        if self.closed || self.keep_alive == 0 || self.flow.is_none() {
+            return None;
+        }
+        let limit = u64::from(self.keep_alive) * 1_500_000;
+        if now >= self.last_read + limit {
+            self.close("keep-alive exceeded", true, out);
+            return None;
+        }
+        Some(self.last_read + limit)
     }
 
     /// The number of the current (or last) wait.
@@ -189,7 +211,11 @@ impl SimConn {
                     self.refuse(ConnectReturnCode::ServerUnavailable, out)
                 }
             },
-            Wait::Subscribe { mut rx, packet_id, n } => match rx.try_recv() {
+            Wait::Subscribe {
+                mut rx,
+                packet_id,
+                n,
+            } => match rx.try_recv() {
                 Ok(SubscribeOutcome::Done { granted, retained }) => {
                     let mut granted = granted.into_iter();
                     let return_codes = (0..n)
@@ -250,6 +276,7 @@ impl SimConn {
         match input {
             ConnInput::Packet(p) => self.on_packet(p, out),
             ConnInput::Deliver(messages) => self.deliver(messages, out),
+            ConnInput::Eof => self.close("end of stream", true, out),
             ConnInput::Acked(tokens) => {
                 if let Some(f) = self.flow.as_mut() {
                     f.complete(tokens);
@@ -263,7 +290,7 @@ impl SimConn {
                         return;
                     }
                     let mut sends = Vec::new();
-                    f.durable_deliver(d.items, &mut sends);
+                    f.durable_deliver(d.items, &self.limits, &mut sends);
                     write_outgoing(sends, out);
                     for m in d.qos0 {
                         out.to_client.push(publish(0, false, &m));
@@ -292,6 +319,7 @@ impl SimConn {
                         KickReason::TakenOver => ("taken over", true),
                         KickReason::SessionRemoved => ("session removed", true),
                         KickReason::Shutdown => ("shutdown", false),
+                        KickReason::StateReplaced => ("state replaced by a snapshot", true),
                     };
                     self.close(why, will, out);
                 }
@@ -304,6 +332,7 @@ impl SimConn {
             Packet::Connect(c) if !self.connected => {
                 self.connected = true;
                 self.will = c.will.clone();
+                self.keep_alive = c.keep_alive;
                 let (tx, rx) = oneshot::channel();
                 out.to_store.push(StoreRequest::Connect(ConnectRequest {
                     target: target(self.id),
@@ -340,6 +369,7 @@ impl SimConn {
                     Release::Complete => release_acks(f, out),
                 }
             }
+            Packet::PingReq => out.to_client.push(Packet::PingResp),
             Packet::PubAck(pid) => self.on_ack(AckKind::PubAck, pid, out),
             Packet::PubRec(pid) => self.on_ack(AckKind::PubRec, pid, out),
             Packet::PubComp(pid) => self.on_ack(AckKind::PubComp, pid, out),
@@ -432,12 +462,13 @@ impl SimConn {
             AckKind::PubComp => f.on_pubcomp(pid, &mut sends),
         };
         if let Some(c) = commit {
-            out.to_store.push(StoreRequest::Session(SessionRequest::Ack {
-                client_id: f.client_id().clone(),
-                epoch: f.epoch(),
-                seq: c.seq,
-                kind: c.kind,
-            }));
+            out.to_store
+                .push(StoreRequest::Session(SessionRequest::Ack {
+                    client_id: f.client_id().clone(),
+                    epoch: f.epoch(),
+                    seq: c.seq,
+                    kind: c.kind,
+                }));
         }
         write_outgoing(sends, out);
     }
@@ -451,16 +482,17 @@ impl SimConn {
                 resume,
             } => {
                 let id: ByteString = c.client_id.clone();
-                let mut flow = ClientFlow::new(id, !c.clean_session, epoch, key, self.limits);
+                let mut flow = ClientFlow::new(id, !c.clean_session, epoch, key);
                 let present = session_present && c.protocol == ProtocolVersion::V3_1_1;
                 out.to_client.push(Packet::ConnAck(ConnAck {
                     session_present: present,
                     code: ConnectReturnCode::Accepted,
                 }));
                 let mut sends = Vec::new();
-                flow.resume(resume.outbound, &mut sends);
+                flow.resume(resume.outbound, &self.limits, &mut sends);
                 write_outgoing(sends, out);
                 self.flow = Some(flow);
+                out.accepted = true;
             }
             ConnectOutcome::NotAuthorized => self.refuse(ConnectReturnCode::NotAuthorized, out),
             ConnectOutcome::Unavailable => self.refuse(ConnectReturnCode::ServerUnavailable, out),
@@ -480,7 +512,7 @@ impl SimConn {
     fn deliver(&mut self, messages: Vec<AppMessage>, out: &mut ConnOut) {
         let Some(f) = self.flow.as_mut() else { return };
         for m in messages {
-            match f.offer(m) {
+            match f.offer(m, &self.limits) {
                 Offer::AtMostOnce(m) => out.to_client.push(publish(0, false, &m)),
                 Offer::Send(o) => write_outgoing(vec![o], out),
                 Offer::Queued | Offer::Dropped(_) => {}

@@ -158,6 +158,8 @@ pub enum Ev {
         of: ClientIdx,
         /// Of which connection.
         of_gen: u64,
+        /// QoS received (a QoS 1 copy may come twice).
+        qos: QoS,
     },
     /// Something happened to a node or the network (faults, restarts, snapshots, leaders).
     Node {
@@ -175,8 +177,9 @@ pub struct History {
     pub events: Vec<(u64, Ev)>,
     /// Violations, with their time.
     pub violations: Vec<(u64, String)>,
-    /// How each client connection ended on the broker's side: whether its will was due.
-    pub ended: std::collections::BTreeMap<(ClientIdx, u64), bool>,
+    /// How each client connection ended on the broker's side: whether its will was due, and
+    /// when (ms).
+    pub ended: std::collections::BTreeMap<(ClientIdx, u64), (bool, u64)>,
 }
 
 impl History {
@@ -208,12 +211,10 @@ impl History {
         for (at, ev) in &self.events {
             let relevant = match ev {
                 Ev::Node { .. } => true,
-                Ev::Published { msg, .. }
-                | Ev::Resent { msg, .. }
-                | Ev::Completed { msg } => msgs.contains(msg) || clients.contains(&msg.client),
-                Ev::Delivered { client, msg, .. } => {
-                    msgs.contains(msg) || clients.contains(client)
+                Ev::Published { msg, .. } | Ev::Resent { msg, .. } | Ev::Completed { msg } => {
+                    msgs.contains(msg) || clients.contains(&msg.client)
                 }
+                Ev::Delivered { client, msg, .. } => msgs.contains(msg) || clients.contains(client),
                 Ev::Connecting { client, .. }
                 | Ev::Opened { client, .. }
                 | Ev::Connected { client, .. }
@@ -302,10 +303,21 @@ pub fn describe(ev: &Ev, names: &[String]) -> String {
             client,
             gen,
             packet_id,
-        } => format!("{} #{gen} duplicate QoS 2 id {packet_id} not delivered again", n(*client)),
-        Ev::WillDelivered { client, of, of_gen } => {
-            format!("{} received the will of {} #{of_gen}", n(*client), n(*of))
-        }
+        } => format!(
+            "{} #{gen} duplicate QoS 2 id {packet_id} not delivered again",
+            n(*client)
+        ),
+        Ev::WillDelivered {
+            client,
+            of,
+            of_gen,
+            qos,
+        } => format!(
+            "{} received the will of {} #{of_gen} q{}",
+            n(*client),
+            n(*of),
+            *qos as u8
+        ),
         Ev::Node { node, what } => {
             if *node == 0 {
                 format!("-- {what}")

@@ -39,3 +39,42 @@ pub fn run(opts: Options) -> Report {
     let _ = starling_state::hashing::fix_seed(0x5EED);
     World::new(opts).run()
 }
+
+/// The bugs this simulator must find, put back on purpose (the `mutations` feature; never in
+/// the binary). Each is a known bug of the replicated core.
+#[cfg(feature = "mutations")]
+pub mod mutations {
+    use starling_broker::store::mutations as store;
+    use starling_cluster::raft::mutations as raft;
+
+    /// A broken variant.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub enum Mutation {
+        /// The router index is not rebuilt when the state is replaced or recovered.
+        NoRouteRebuild,
+        /// A failed snapshot transfer is not reported to raft-rs.
+        UnreportedSnapshot,
+        /// A restarted node's own `NodeDown` is proposed once and not retried.
+        NodeDownOnce,
+        /// The state machine applies each node's local limits instead of the replicated ones.
+        LocalLimits,
+    }
+
+    /// All of them.
+    pub const ALL: [Mutation; 4] = [
+        Mutation::NoRouteRebuild,
+        Mutation::UnreportedSnapshot,
+        Mutation::NodeDownOnce,
+        Mutation::LocalLimits,
+    ];
+
+    /// Switches `m` on or off for the whole process.
+    pub fn set(m: Mutation, on: bool) {
+        match m {
+            Mutation::NoRouteRebuild => store::set(store::Mutation::NoRouteRebuild, on),
+            Mutation::UnreportedSnapshot => raft::set(raft::Mutation::UnreportedSnapshot, on),
+            Mutation::NodeDownOnce => store::set(store::Mutation::NodeDownOnce, on),
+            Mutation::LocalLimits => store::set(store::Mutation::LocalLimits, on),
+        }
+    }
+}

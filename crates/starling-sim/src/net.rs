@@ -1,11 +1,13 @@
 //! The simulated network between nodes: latency, partitions, and (while a flaky phase lasts)
 //! drops, duplicates and reordering.
 //!
-//! Which faults apply to which messages follows what the real transport can do. The peer
-//! streams run over TCP: a message is never duplicated or overtaken by a later one on the same
-//! stream, but a broken stream loses what it held. So fast-path forwards are only delayed or
-//! dropped; Raft messages and snapshot chunks (whose protocols tolerate anything) are also
-//! duplicated and reordered, which widens the search.
+//! Which faults apply to which messages follows what the real transport can do and what the
+//! protocols tolerate. The peer streams run over TCP: a message is never duplicated or
+//! overtaken by a later one on the same stream, but a broken stream loses what it held. So
+//! fast-path forwards, and proposals a follower forwards to the leader (`MsgPropose`, which
+//! raft-rs appends as often as it receives them), are only delayed or dropped; the other Raft
+//! messages and snapshot chunks, whose protocols tolerate anything, are also duplicated and
+//! reordered, which widens the search.
 
 use std::collections::BTreeSet;
 
@@ -40,7 +42,11 @@ impl NetMsg {
     }
 
     fn tolerates_disorder(&self) -> bool {
-        !matches!(self, NetMsg::Forward(_))
+        match self {
+            NetMsg::Forward(_) => false,
+            NetMsg::Raft(m) => m.get_msg_type() != raft::eraftpb::MessageType::MsgPropose,
+            NetMsg::Chunk(_) | NetMsg::ChunkAck(_) => true,
+        }
     }
 }
 
@@ -121,7 +127,12 @@ impl Network {
             return None;
         }
         let base = rng.range(150, 1_500);
-        let delay = base + if self.jitter > 0 { rng.below(self.jitter) } else { 0 };
+        let delay = base
+            + if self.jitter > 0 {
+                rng.below(self.jitter)
+            } else {
+                0
+            };
         let disorder = msg.tolerates_disorder();
         let mut deliveries = vec![delay];
         if disorder && self.duplicate > 0 && rng.chance(self.duplicate) {

@@ -13,12 +13,14 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use raft::eraftpb::{Message as RaftMessage, MessageType};
-use starling_broker::config::BrokerConfig;
+use starling_broker::config::{BrokerConfig, SharedLimits};
 use starling_broker::connection::FlowLimits;
 use starling_broker::messages::{
-    ConnectRequest, DurableItem, KickReason, Route, RouteTargetId, Target,
+    ConnectRequest, DurableItem, KickReason, Route, RouteTargetId, RouteUpdate, Target,
 };
-use starling_broker::replication::{LogEvent, LogStartError, LogStatus, ProposeError, ReplicatedLog};
+use starling_broker::replication::{
+    LogEvent, LogStartError, LogStatus, ProposeError, ReplicatedLog,
+};
 use starling_broker::router::{shard_of, Outbox, RouteTable};
 use starling_broker::store::output::{ConnMessage, ShardMessage};
 use starling_broker::StoreCore;
@@ -62,8 +64,6 @@ pub enum Local {
     Conn(ConnInput),
     /// A connection's awaited answer may be there (the store answered on a oneshot).
     Wake,
-    /// The client closed its socket.
-    Eof,
 }
 
 /// What the session store handles.
@@ -125,6 +125,8 @@ pub enum Timer {
     ConnTimeout(u64, u64),
     /// A takeover's wait for the old connection timed out.
     Takeover(u64),
+    /// A connection's keep-alive check.
+    KeepAlive(u64),
 }
 
 /// The store's port to the Raft node: what the store's log calls become.
@@ -195,6 +197,9 @@ pub struct Coverage {
     pub partitions: u64,
     /// Changes of the replicated limits.
     pub limit_changes: u64,
+    /// Proposals of a restarted node refused because no leader appeared within its startup
+    /// hold (its own `NodeDown` among them: then proposed again).
+    pub startup_refusals: u64,
     /// Leader changes seen.
     pub leader_changes: u64,
     /// Derived-index checks passed.
@@ -239,6 +244,8 @@ pub struct SimNode {
     next_wait: u64,
     /// Configuration of this node (may differ from the others').
     pub config: Arc<BrokerConfig>,
+    /// The replicated limits as the store publishes them for connections.
+    limits: Arc<SharedLimits>,
     /// The leader this node last saw.
     pub leader: u64,
 }
@@ -315,6 +322,7 @@ impl SimNode {
         let port = LogPort::default();
         let (tx, ready) = oneshot::channel();
         let shards = 2;
+        let limits = Arc::new(SharedLimits::new(&config.state_config()));
         let mut store = StoreCore::new(
             id,
             config.clone(),
@@ -325,6 +333,7 @@ impl SimNode {
             s.rng.next_u64() | 1,
             cluster.max_entry_bytes,
             s.instant(),
+            limits.clone(),
         );
         store.set_check_every(0);
         let mut node = SimNode {
@@ -345,6 +354,7 @@ impl SimNode {
             takeovers: BTreeMap::new(),
             next_wait: 0,
             config,
+            limits,
             leader: 0,
         };
         // The store attaches (`Init`): the Raft node hands it the stored snapshot and replays.
@@ -371,7 +381,7 @@ impl SimNode {
     pub fn accept(&mut self, client: ClientIdx, gen: u64) -> u64 {
         self.next_conn += 1;
         let id = self.next_conn;
-        let limits = FlowLimits::from_config(&self.config);
+        let limits = FlowLimits::from_shared(&self.limits);
         self.conns.insert(id, SimConn::new(id, client, gen, limits));
         id
     }
@@ -426,6 +436,14 @@ impl SimNode {
         }
     }
 
+    /// Sends what the store output outside its mailbox (a check the world asked for).
+    ///
+    /// # Errors
+    /// The store stopped.
+    pub fn flush_output(&mut self, s: &mut Sched) -> Result<(), Fatal> {
+        self.after_store(s)
+    }
+
     /// Performs what a call into the Raft node outside its mailbox asked for (a membership
     /// change proposed by the world's admin operation).
     ///
@@ -468,15 +486,36 @@ impl SimNode {
             s.disk_submit(self.id, self.inc, seq, batch);
         }
         for ev in out.events {
-            if let LogEvent::Restore { index, .. } = &ev {
-                s.history.node(s.ms(), self.id, format!("state restored from a snapshot at {index}"));
+            match &ev {
+                LogEvent::Restore { index, .. } => s.history.node(
+                    s.ms(),
+                    self.id,
+                    format!("state restored from a snapshot at {index}"),
+                ),
+                LogEvent::Rejected { reason, .. } => {
+                    if reason.contains("since the start") {
+                        s.coverage.startup_refusals += 1;
+                    }
+                    s.history
+                        .node(s.ms(), self.id, format!("proposal refused: {reason}"))
+                }
+                _ => {}
             }
-            s.local(self.id, self.inc, Actor::Raft, Actor::Store, Local::Store(StoreInput::Log(ev)));
+            s.local(
+                self.id,
+                self.inc,
+                Actor::Raft,
+                Actor::Store,
+                Local::Store(StoreInput::Log(ev)),
+            );
         }
         let status = self.raft.status();
         if status.leader != self.leader && status.leader != 0 {
-            s.history
-                .node(s.ms(), self.id, format!("leader is node {} (term {})", status.leader, status.term));
+            s.history.node(
+                s.ms(),
+                self.id,
+                format!("leader is node {} (term {})", status.leader, status.term),
+            );
             s.coverage.leader_changes += 1;
         }
         self.leader = status.leader;
@@ -500,37 +539,49 @@ impl SimNode {
             // A newer snapshot for the same peer replaces the one in flight, which ends here.
             let _ = self.raft_input(RaftInput::SnapshotSent(old.id(), false), s);
         }
-        self.transfers
-            .insert(id.to, SnapshotTransfer::new(id, data, settings, s.instant()));
+        self.transfers.insert(
+            id.to,
+            SnapshotTransfer::new(id, data, settings, s.instant()),
+        );
+        s.transfers_started.push((self.id, id.to));
         self.drive_transfer(id.to, s);
     }
 
-    /// Moves a transfer on: sends its next chunk, sets its timer, or reports its end.
+    /// Moves a transfer on: sends its next chunk and sets the timer of its answer, sets its
+    /// pause timer, or reports its end (as the transport's transfer task does).
     pub fn drive_transfer(&mut self, to: u64, s: &mut Sched) {
-        let Some(t) = self.transfers.get_mut(&to) else {
-            return;
-        };
-        match t.next(s.instant()) {
-            Next::Send(chunk) => s.net_send(self.id, to, NetMsg::Chunk(chunk)),
-            Next::WaitUntil(at) => {
-                let delay = at.saturating_duration_since(s.instant()).as_micros() as u64;
-                s.timer(self.id, self.inc, delay.max(1), Timer::Transfer(to));
-            }
-            Next::Done(outcome) => {
-                let id = t.id();
-                self.transfers.remove(&to);
-                let finished = outcome == Outcome::Finished;
-                if !finished {
-                    s.coverage.snapshot_failures += 1;
-                    s.history.node(s.ms(), self.id, format!("snapshot transfer to node {to} failed: {outcome:?}"));
+        loop {
+            let Some(t) = self.transfers.get_mut(&to) else {
+                return;
+            };
+            match t.next(s.instant()) {
+                Next::Send(chunk) => s.net_send(self.id, to, NetMsg::Chunk(chunk)),
+                Next::WaitUntil(at) => {
+                    let delay = at.saturating_duration_since(s.instant()).as_micros() as u64;
+                    s.timer(self.id, self.inc, delay.max(1), Timer::Transfer(to));
+                    return;
                 }
-                s.local(
-                    self.id,
-                    self.inc,
-                    Actor::Raft,
-                    Actor::Raft,
-                    Local::Raft(RaftInput::SnapshotSent(id, finished)),
-                );
+                Next::Done(outcome) => {
+                    let id = t.id();
+                    self.transfers.remove(&to);
+                    let finished = outcome == Outcome::Finished;
+                    if !finished {
+                        s.coverage.snapshot_failures += 1;
+                        s.history.node(
+                            s.ms(),
+                            self.id,
+                            format!("snapshot transfer to node {to} failed: {outcome:?}"),
+                        );
+                    }
+                    s.local(
+                        self.id,
+                        self.inc,
+                        Actor::Raft,
+                        Actor::Raft,
+                        Local::Raft(RaftInput::SnapshotSent(id, finished)),
+                    );
+                    return;
+                }
             }
         }
     }
@@ -563,7 +614,11 @@ impl SimNode {
                         match r {
                             Ok(()) => {
                                 s.coverage.snapshots_installed += 1;
-                                s.history.node(s.ms(), self.id, format!("snapshot at {} received from node {from}", id.index));
+                                s.history.node(
+                                    s.ms(),
+                                    self.id,
+                                    format!("snapshot at {} received from node {from}", id.index),
+                                );
                                 Ok(())
                             }
                             Err(e) => Err(e.to_string()),
@@ -597,7 +652,9 @@ impl SimNode {
                 let recovered = matches!(ev, LogEvent::Recovered);
                 let restore = matches!(ev, LogEvent::Restore { .. });
                 self.store.on_log_event(ev);
-                if recovered || restore {
+                if (recovered || restore) && s.derived_checks {
+                    // After the store's output of this event: the check follows the rebuild.
+                    self.after_store(s)?;
                     self.check_derived(s);
                 }
                 if recovered {
@@ -640,31 +697,23 @@ impl SimNode {
     }
 
     /// Checks the indices the store derives from the state against a rebuild (after restores,
-    /// recoveries, and every few hundred entries).
+    /// recoveries, every few hundred entries, and at the end): the store's own at once, the
+    /// router shards' through the check message the store sends them, which reaches each shard
+    /// after every update sent before it (as in the broker).
     pub fn check_derived(&mut self, s: &mut Sched) {
-        if let Err(e) = self.derived_differences() {
-            s.history.violation(
+        // With a reply channel the store reports instead of stopping the process; the shards'
+        // answers are read where the shards handle the check (`router_input`).
+        let (tx, _rx) = tokio::sync::mpsc::channel(1);
+        match self.store.check_derived(Some(tx)) {
+            Err(e) => s.history.violation(
                 s.ms(),
-                format!("node {}: derived index differs from its rebuild: {e}", self.id),
-            );
-        } else {
-            s.coverage.derived_checks += 1;
+                format!(
+                    "node {}: derived index differs from its rebuild: store: {e}",
+                    self.id
+                ),
+            ),
+            Ok(()) => s.coverage.derived_checks += 1,
         }
-    }
-
-    /// The store's own check, then each router shard's subscriptions against the expected ones
-    /// (the shards here are checked as the store's check message would reach them, all pending
-    /// updates first).
-    pub fn derived_differences(&mut self) -> Result<(), String> {
-        self.store.check_derived(None).map_err(|e| format!("store: {e}"))?;
-        // The check message the store queued for the shards is dropped here: the expected
-        // routes are compared once every update in flight has been applied (see `drain`).
-        let _ = self.store.take_output();
-        let expected = self.store.expected_routes();
-        for (i, r) in self.routers.iter().enumerate() {
-            r.check(&expected).map_err(|e| format!("router shard {i}: {e}"))?;
-        }
-        Ok(())
     }
 
     /// Performs what the store asked for.
@@ -678,7 +727,13 @@ impl SimNode {
             .map(|(id, _)| *id)
             .collect();
         for id in waiting {
-            s.local(self.id, self.inc, Actor::Store, Actor::Conn(id), Local::Wake);
+            s.local(
+                self.id,
+                self.inc,
+                Actor::Store,
+                Actor::Conn(id),
+                Local::Wake,
+            );
         }
         for m in out.shards {
             match m {
@@ -698,7 +753,10 @@ impl SimNode {
                     self.inc,
                     Actor::Store,
                     Actor::Router(shard),
-                    Local::Router(RouterInput::Store(ShardMessage::FastPath { shard, messages })),
+                    Local::Router(RouterInput::Store(ShardMessage::FastPath {
+                        shard,
+                        messages,
+                    })),
                 ),
             }
         }
@@ -727,14 +785,25 @@ impl SimNode {
             s.timer(self.id, self.inc, timeout, Timer::Takeover(wait));
         }
         if out.stop {
-            return Err(Fatal("the session store stopped (its state cannot be restored)".into()));
+            return Err(Fatal(
+                "the session store stopped (its state cannot be restored)".into(),
+            ));
         }
         let (proposals, snapshots) = {
             let mut p = self.port.lock();
-            (std::mem::take(&mut p.proposals), std::mem::take(&mut p.snapshots))
+            (
+                std::mem::take(&mut p.proposals),
+                std::mem::take(&mut p.snapshots),
+            )
         };
         for data in proposals {
-            s.local(self.id, self.inc, Actor::Store, Actor::Raft, Local::Raft(RaftInput::Propose(data)));
+            s.local(
+                self.id,
+                self.inc,
+                Actor::Store,
+                Actor::Raft,
+                Local::Raft(RaftInput::Propose(data)),
+            );
         }
         for (index, data) in snapshots {
             s.coverage.snapshots_taken += 1;
@@ -785,23 +854,47 @@ impl SimNode {
         let mut out = Outbox::default();
         let mut from = None;
         match input {
+            RouterInput::Store(ShardMessage::Update(RouteUpdate::Check { entries, .. })) => {
+                match self.routers[shard].check(&entries) {
+                    Err(e) => s.history.violation(
+                        s.ms(),
+                        format!(
+                            "node {}: derived index differs from its rebuild: router shard {shard}: {e}",
+                            self.id
+                        ),
+                    ),
+                    Ok(()) => s.coverage.derived_checks += 1,
+                }
+                return;
+            }
             RouterInput::Store(ShardMessage::Update(u)) => {
                 self.routers[shard].update(u);
                 return;
             }
             RouterInput::Store(ShardMessage::FastPath { messages, .. })
-            | RouterInput::Forwarded(messages) => self.routers[shard].route_local(messages, &mut out),
+            | RouterInput::Forwarded(messages) => {
+                self.routers[shard].route_local(messages, &mut out)
+            }
             RouterInput::Route(r) => {
                 from = r.from.clone();
                 self.routers[shard].route_batch(r.from.as_ref(), r.publishes, &mut out);
             }
         }
         let me = Actor::Router(shard);
-        let mut by_conn: Vec<(u64, Vec<AppMessage>)> =
-            out.by_conn.into_iter().map(|(id, (_, m))| (id, m)).collect();
+        let mut by_conn: Vec<(u64, Vec<AppMessage>)> = out
+            .by_conn
+            .into_iter()
+            .map(|(id, (_, m))| (id, m))
+            .collect();
         by_conn.sort_by_key(|(id, _)| *id);
         for (conn, messages) in by_conn {
-            s.local(self.id, self.inc, me, Actor::Conn(conn), Local::Conn(ConnInput::Deliver(messages)));
+            s.local(
+                self.id,
+                self.inc,
+                me,
+                Actor::Conn(conn),
+                Local::Conn(ConnInput::Deliver(messages)),
+            );
         }
         let mut by_node: Vec<(u64, Vec<AppMessage>)> = out.by_node.into_iter().collect();
         by_node.sort_by_key(|(n, _)| *n);
@@ -809,10 +902,22 @@ impl SimNode {
             s.net_send(self.id, node, NetMsg::Forward(messages));
         }
         if !out.durable.is_empty() {
-            s.local(self.id, self.inc, me, Actor::Store, Local::Store(StoreInput::Durable(out.durable)));
+            s.local(
+                self.id,
+                self.inc,
+                me,
+                Actor::Store,
+                Local::Store(StoreInput::Durable(out.durable)),
+            );
         }
         if let (Some(from), false) = (from, out.acked.is_empty()) {
-            s.local(self.id, self.inc, me, Actor::Conn(from.conn_id), Local::Conn(ConnInput::Acked(out.acked)));
+            s.local(
+                self.id,
+                self.inc,
+                me,
+                Actor::Conn(from.conn_id),
+                Local::Conn(ConnInput::Acked(out.acked)),
+            );
         }
     }
 
@@ -847,12 +952,32 @@ impl SimNode {
         let Some(c) = self.conns.get_mut(&conn) else {
             return;
         };
+        if matches!(input, Some(ConnInput::Packet(_))) {
+            c.last_read = s.now;
+        }
         let mut out = ConnOut::default();
         match input {
             Some(i) => c.input(i, &mut out),
             None => {
                 c.poll(&mut out);
             }
+        }
+        self.after_conn(conn, out, s);
+    }
+
+    /// A connection's keep-alive timer.
+    pub fn keep_alive(&mut self, conn: u64, s: &mut Sched) {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        let mut out = ConnOut::default();
+        if let Some(at) = c.keep_alive_due(s.now, &mut out) {
+            s.timer(
+                self.id,
+                self.inc,
+                at.saturating_sub(s.now) + 5_000,
+                Timer::KeepAlive(conn),
+            );
         }
         self.after_conn(conn, out, s);
     }
@@ -870,17 +995,6 @@ impl SimNode {
         self.after_conn(conn, out, s);
     }
 
-    /// The client closed its socket (after DISCONNECT, or abandoning it): what the actor does
-    /// at end of stream.
-    pub fn client_closed(&mut self, conn: u64, s: &mut Sched) {
-        let Some(c) = self.conns.get_mut(&conn) else {
-            return;
-        };
-        let mut out = ConnOut::default();
-        c.close("end of stream", true, &mut out);
-        self.after_conn(conn, out, s);
-    }
-
     fn after_conn(&mut self, conn: u64, out: ConnOut, s: &mut Sched) {
         let Some(c) = self.conns.get(&conn) else {
             return;
@@ -892,10 +1006,26 @@ impl SimNode {
         }
         let shard = (conn % self.routers.len() as u64) as usize;
         for r in out.to_router {
-            s.local(self.id, self.inc, me, Actor::Router(shard), Local::Router(RouterInput::Route(r)));
+            s.local(
+                self.id,
+                self.inc,
+                me,
+                Actor::Router(shard),
+                Local::Router(RouterInput::Route(r)),
+            );
         }
         for r in out.to_store {
-            s.local(self.id, self.inc, me, Actor::Store, Local::Store(StoreInput::Request(r)));
+            s.local(
+                self.id,
+                self.inc,
+                me,
+                Actor::Store,
+                Local::Store(StoreInput::Request(r)),
+            );
+        }
+        if out.accepted && c.keep_alive > 0 {
+            let limit = u64::from(c.keep_alive) * 1_500_000;
+            s.timer(self.id, self.inc, limit + 5_000, Timer::KeepAlive(conn));
         }
         if out.waits {
             let wait = c.wait_seq();

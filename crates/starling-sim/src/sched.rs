@@ -11,7 +11,6 @@ use std::time::Duration;
 use starling_codec::Packet;
 use tokio::time::Instant;
 
-
 use starling_storage::WriteBatch;
 
 use crate::client::ClientIdx;
@@ -98,8 +97,10 @@ pub enum WorldEvent {
     ShutdownStep(u64),
     /// The fault phase ends: heal everything, let clients finish.
     Quiet,
-    /// The run ends.
+    /// The run's last checks.
     End,
+    /// The run ends.
+    Final,
 }
 
 /// The queue, the clock, the random source, the network and the history: what every part of
@@ -127,6 +128,10 @@ pub struct Sched {
     pub coverage: Coverage,
     /// Client names, for the history.
     pub names: Vec<String>,
+    /// Check the indices derived from the state (see `Options::derived_checks`).
+    pub derived_checks: bool,
+    /// Snapshot transfers started since the world last looked: (from, to).
+    pub transfers_started: Vec<(u64, u64)>,
     /// Every node's disk (it outlives the node's processes).
     pub disks: BTreeMap<u64, SimDisk>,
 }
@@ -161,6 +166,8 @@ impl Sched {
             steps: 0,
             coverage: Coverage::default(),
             names: Vec::new(),
+            derived_checks: true,
+            transfers_started: Vec::new(),
             disks: BTreeMap::new(),
         }
     }
@@ -172,7 +179,11 @@ impl Sched {
 
     /// The broker side of a client's connection ended; `will_due` if its will must come.
     pub fn ended(&mut self, client: ClientIdx, gen: u64, will_due: bool) {
-        self.history.ended.entry((client, gen)).or_insert(will_due);
+        let at = self.ms();
+        self.history
+            .ended
+            .entry((client, gen))
+            .or_insert((will_due, at));
     }
 
     /// A storage write of node `node`'s process `inc`, durable after a simulated fsync.

@@ -23,7 +23,9 @@ use crate::conn::ConnInput;
 use crate::disk::SimDisk;
 use crate::history::{Ev, MsgId};
 use crate::net::{NetMsg, Network};
-use crate::node::{Actor, ClusterSettings, Coverage, Fatal, Local, RaftInput, SimNode, StoreInput, Timer};
+use crate::node::{
+    Actor, ClusterSettings, Coverage, Fatal, Local, RaftInput, SimNode, StoreInput, Timer,
+};
 use crate::sched::{Chan, ClientInput, Event, Micros, Sched, WorldEvent};
 
 /// What a run is made of.
@@ -41,6 +43,10 @@ pub struct Options {
     pub min_messages: u64,
     /// Stop after this many events (a run that loops).
     pub max_steps: u64,
+    /// Compare the indices derived from the state with a rebuild (after restores, recoveries,
+    /// every few hundred entries and at the end). Off, only the history and the final state
+    /// judge the run (a bug must then show as a lost or duplicated message, a stuck node...).
+    pub derived_checks: bool,
 }
 
 impl Options {
@@ -53,6 +59,7 @@ impl Options {
             min_faults: 6,
             min_messages: 150,
             max_steps: 20_000_000,
+            derived_checks: true,
         }
     }
 }
@@ -123,18 +130,21 @@ enum Fault {
     CrashAll,
     Graceful,
     Isolate,
+    IsolateMidSnapshot,
     Flaky,
     Membership,
     Limits,
 }
 
-const FAULTS: [Fault; 9] = [
+/// Every fault kind.
+const FAULTS: [Fault; 10] = [
     Fault::Crash,
     Fault::CrashLeader,
     Fault::CrashMidQos2,
     Fault::CrashAll,
     Fault::Graceful,
     Fault::Isolate,
+    Fault::IsolateMidSnapshot,
     Fault::Flaky,
     Fault::Membership,
     Fault::Limits,
@@ -156,8 +166,13 @@ pub struct World {
     digests: BTreeMap<u64, (u64, u64)>,
     /// Applied entries per node since its last derived-index check.
     since_check: BTreeMap<u64, u64>,
+    /// Isolate the receiver of the next snapshot transfer that starts (armed by a fault).
+    isolate_next_transfer: bool,
+    /// The fault kinds this run draws from (a random subset: some runs crash nodes, others only
+    /// cut the network, and so on).
+    kinds: Vec<Fault>,
     /// A membership change in progress: the reply to wait for.
-    member_change: Option<(MemberChange, oneshot::Receiver<Result<(), String>>)>,
+    member_change: Option<(MemberChange, oneshot::Receiver<Result<(), String>>, Micros)>,
 }
 
 const TICK_MS: u64 = 100;
@@ -166,6 +181,7 @@ impl World {
     /// A world for `opts`.
     pub fn new(opts: Options) -> World {
         let mut s = Sched::new(opts.seed, Network::default());
+        s.derived_checks = opts.derived_checks;
         let cluster = ClusterSettings {
             all: vec![1, 2, 3, 4],
             founders: vec![1, 2, 3],
@@ -199,6 +215,17 @@ impl World {
                 },
             );
         }
+        let mut kinds: Vec<Fault> = FAULTS
+            .iter()
+            .copied()
+            .filter(|_| s.rng.chance(600))
+            .collect();
+        while kinds.len() < 2 {
+            let k = s.rng.pick(&FAULTS);
+            if !kinds.contains(&k) {
+                kinds.push(k);
+            }
+        }
         let clients = workload(&mut s);
         s.names = clients.iter().map(|c| c.spec.name.clone()).collect();
         World {
@@ -213,6 +240,8 @@ impl World {
             ended: false,
             digests: BTreeMap::new(),
             since_check: BTreeMap::new(),
+            isolate_next_transfer: false,
+            kinds,
             member_change: None,
         }
     }
@@ -245,11 +274,33 @@ impl World {
             }
             let Some(ev) = self.s.pop() else { break };
             self.handle(ev);
+            if !self.s.transfers_started.is_empty() {
+                let started = std::mem::take(&mut self.s.transfers_started);
+                if self.isolate_next_transfer && !self.quiet {
+                    if let Some((from, to)) = started.first().copied() {
+                        self.isolate_next_transfer = false;
+                        self.isolate(to, &format!("receiver of node {from}'s snapshot"));
+                    }
+                }
+            }
+            if self.member_change.is_some() {
+                // A removed node is stopped as soon as its removal applies (it would keep
+                // serving clients without ever hearing of the cluster again).
+                self.advance_membership();
+            }
         }
         self.finish()
     }
 
     fn handle(&mut self, ev: Event) {
+        let node = match &ev {
+            Event::Local { node, .. } | Event::Timer { node, .. } | Event::Disk { node, .. } => {
+                *node
+            }
+            Event::Net { to, .. } => *to,
+            _ => 0,
+        };
+        let _span = tracing::info_span!("sim", t = self.s.now / 1000, node).entered();
         match ev {
             Event::Local { node, inc, to, msg } => self.local(node, inc, to, msg),
             Event::Timer { node, inc, timer } => self.timer(node, inc, timer),
@@ -265,14 +316,19 @@ impl World {
     }
 
     fn local(&mut self, id: u64, inc: u64, to: Actor, msg: Local) {
-        let Some(slot) = self.slots.get_mut(&id) else { return };
+        let Some(slot) = self.slots.get_mut(&id) else {
+            return;
+        };
         let Some(node) = slot.node.as_mut().filter(|n| n.inc == inc) else {
             return;
         };
         let s = &mut self.s;
         let r = match (to, msg) {
             (Actor::Store, Local::Store(input)) => {
-                let committed = matches!(input, StoreInput::Log(starling_broker::LogEvent::Committed(_)));
+                let committed = matches!(
+                    input,
+                    StoreInput::Log(starling_broker::LogEvent::Committed(_))
+                );
                 let before = node.store.state().applied_index();
                 let r = node.store_input(input, s);
                 if committed && r.is_ok() {
@@ -284,7 +340,7 @@ impl World {
                         *n = 0;
                     }
                     check_digest(&mut self.digests, node, s, after);
-                    if check {
+                    if check && s.derived_checks {
                         node.check_derived(s);
                     }
                 }
@@ -303,10 +359,6 @@ impl World {
                 node.conn_input(c, None, s);
                 Ok(())
             }
-            (Actor::Conn(c), Local::Eof) => {
-                node.client_closed(c, s);
-                Ok(())
-            }
             _ => Ok(()),
         };
         if let Err(Fatal(why)) = r {
@@ -319,7 +371,9 @@ impl World {
 
     fn timer(&mut self, id: u64, inc: u64, timer: Timer) {
         let tick = TICK_MS * 1000;
-        let Some(node) = node_in(&mut self.slots, id, inc) else { return };
+        let Some(node) = node_in(&mut self.slots, id, inc) else {
+            return;
+        };
         let s = &mut self.s;
         let r = match timer {
             Timer::RaftTick | Timer::RaftReady => node.raft_timer(timer, s, tick),
@@ -332,6 +386,10 @@ impl World {
             }
             Timer::ConnTimeout(conn, wait) => {
                 node.conn_timeout(conn, wait, s);
+                Ok(())
+            }
+            Timer::KeepAlive(conn) => {
+                node.keep_alive(conn, s);
                 Ok(())
             }
         };
@@ -379,7 +437,9 @@ impl World {
         let done = self.s.disks.get_mut(&id).and_then(SimDisk::complete);
         match done {
             Some(Ok(seq)) => {
-                let Some(node) = node_in(&mut self.slots, id, inc) else { return };
+                let Some(node) = node_in(&mut self.slots, id, inc) else {
+                    return;
+                };
                 let s = &mut self.s;
                 if let Err(Fatal(why)) = node.raft_input(RaftInput::Persisted(seq), s) {
                     self.s
@@ -403,7 +463,9 @@ impl World {
     fn client(&mut self, c: ClientIdx, input: ClientInput) {
         let now = self.s.ms();
         let outs = match input {
-            ClientInput::Packet(gen, p) => self.clients[c].on_packet(gen, p, now, &mut self.s.history),
+            ClientInput::Packet(gen, p) => {
+                self.clients[c].on_packet(gen, p, now, &mut self.s.history)
+            }
             ClientInput::Lost(gen) => {
                 self.links.remove(&(c, gen));
                 self.clients[c].connection_lost(gen, now, &mut self.s.history);
@@ -436,10 +498,7 @@ impl World {
         match o {
             ClientOut::Open { gen } => {
                 let id = self.s.rng.pick(&self.cluster.all);
-                let up = self.slots[&id]
-                    .node
-                    .as_ref()
-                    .is_some_and(|n| n.serving)
+                let up = self.slots[&id].node.as_ref().is_some_and(|n| n.serving)
                     && self.slots[&id].stopping.is_none()
                     && self.s.net.client_reachable(id);
                 if up {
@@ -493,7 +552,7 @@ impl World {
                             node,
                             inc,
                             to: Actor::Conn(conn),
-                            msg: Local::Eof,
+                            msg: Local::Conn(ConnInput::Eof),
                         },
                     );
                 }
@@ -517,11 +576,21 @@ impl World {
         let config = slot.config.clone();
         let bootstrap = !slot.joining;
         let disk = self.s.disks.remove(&id).expect("a disk");
-        let r = SimNode::start(id, inc, &disk, &self.cluster, config, bootstrap, &mut self.s);
+        let r = SimNode::start(
+            id,
+            inc,
+            &disk,
+            &self.cluster,
+            config,
+            bootstrap,
+            &mut self.s,
+        );
         self.s.disks.insert(id, disk);
         match r {
             Ok(node) => {
-                self.s.history.node(self.s.ms(), id, format!("started (process {inc})"));
+                self.s
+                    .history
+                    .node(self.s.ms(), id, format!("started (process {inc})"));
                 self.slots.get_mut(&id).expect("a node").node = Some(node);
             }
             Err(e) => {
@@ -532,7 +601,9 @@ impl World {
 
     /// kill -9: the process and what it had not made durable are gone.
     fn crash(&mut self, id: u64, why: &str) {
-        let Some(slot) = self.slots.get_mut(&id) else { return };
+        let Some(slot) = self.slots.get_mut(&id) else {
+            return;
+        };
         let Some(node) = slot.node.take() else { return };
         slot.stopping = None;
         let lost = self.s.disks.get_mut(&id).map_or(0, SimDisk::crash);
@@ -542,16 +613,32 @@ impl World {
             id,
             format!("crashed ({why}; {lost} writes not yet durable lost)"),
         );
+        // Devices connected to it may go down with it and never come back: the cluster must
+        // then take their sessions offline and publish their wills on its own.
+        let victims: Vec<ClientIdx> = self
+            .links
+            .iter()
+            .filter(|(_, (n, inc, _))| *n == id && *inc == node.inc)
+            .map(|((c, _), _)| *c)
+            .filter(|c| self.clients[*c].spec.name.starts_with("device"))
+            .collect();
+        for c in victims {
+            if self.s.rng.chance(500) {
+                self.clients[c].die(self.s.ms(), &mut self.s.history);
+            }
+        }
         self.drop_connections(id, &node, true);
     }
 
     /// The node's process is gone: its clients' connections break.
     fn drop_connections(&mut self, id: u64, node: &SimNode, will_due: bool) {
-        self.drop_links(id, node.inc, will_due);
+        self.drop_links(id, node.inc, Some(will_due));
     }
 
-    /// The clients of node `id`'s process `inc` lose their connections.
-    fn drop_links(&mut self, id: u64, inc: u64, will_due: bool) {
+    /// The clients of node `id`'s process `inc` lose their connections. `will_due`: the broker
+    /// side ends with them (the process is gone: wills are due); `None`: only the clients lose
+    /// them (a partition), and the broker decides when it learns of it.
+    fn drop_links(&mut self, id: u64, inc: u64, will_due: Option<bool>) {
         let links: Vec<(ClientIdx, u64)> = self
             .links
             .iter()
@@ -560,7 +647,9 @@ impl World {
             .collect();
         for (c, gen) in links {
             self.links.remove(&(c, gen));
-            self.s.ended(c, gen, will_due);
+            if let Some(due) = will_due {
+                self.s.ended(c, gen, due);
+            }
             self.s.client_lost(c, gen);
         }
     }
@@ -585,10 +674,13 @@ impl World {
     }
 
     fn leader(&self) -> Option<u64> {
-        self.slots.values().filter_map(|s| s.node.as_ref()).find_map(|n| {
-            let st = n.raft.status();
-            (st.role == "leader").then_some(n.id)
-        })
+        self.slots
+            .values()
+            .filter_map(|s| s.node.as_ref())
+            .find_map(|n| {
+                let st = n.raft.status();
+                (st.role == "leader").then_some(n.id)
+            })
     }
 
     // ---- the world's schedule ----
@@ -618,8 +710,7 @@ impl World {
                     || self.published() < self.opts.min_messages
                 {
                     // Not enough happened yet: keep going a little.
-                    self.s
-                        .after(2_000_000, Event::World(WorldEvent::Quiet));
+                    self.s.after(2_000_000, Event::World(WorldEvent::Quiet));
                     return;
                 }
                 self.quiet = true;
@@ -639,12 +730,27 @@ impl World {
                 for c in &mut self.clients {
                     c.finish();
                 }
-                self.s.after(
-                    self.opts.quiet_ms * 1000,
-                    Event::World(WorldEvent::End),
-                );
+                self.s
+                    .after(self.opts.quiet_ms * 1000, Event::World(WorldEvent::End));
             }
-            WorldEvent::End => self.ended = true,
+            WorldEvent::End => {
+                // The last checks of the derived indices travel like the others; the run ends
+                // once they arrived.
+                let ids: Vec<u64> = if self.s.derived_checks {
+                    self.slots.keys().copied().collect()
+                } else {
+                    Vec::new()
+                };
+                for id in ids {
+                    let inc = self.slots[&id].inc;
+                    if let Some(node) = node_in(&mut self.slots, id, inc) {
+                        node.check_derived(&mut self.s);
+                        let _ = node.flush_output(&mut self.s);
+                    }
+                }
+                self.s.after(200_000, Event::World(WorldEvent::Final));
+            }
+            WorldEvent::Final => self.ended = true,
         }
     }
 
@@ -657,7 +763,7 @@ impl World {
         if self.advance_membership() {
             return;
         }
-        let kind = self.s.rng.pick(&FAULTS);
+        let kind = self.s.rng.pick(&self.kinds);
         let running = self.running();
         let ms = self.s.ms();
         let text = match kind {
@@ -680,8 +786,16 @@ impl World {
                 for id in running.clone() {
                     self.crash(id, "killed with all");
                 }
+                // They come back together, or one by one (a node may then be alone, without a
+                // leader, for longer than its startup hold).
+                let together = self.s.rng.chance(500);
                 let d = self.s.rng.range(200_000, 3_000_000);
                 for id in running.clone() {
+                    let d = if together {
+                        d
+                    } else {
+                        self.s.rng.range(200_000, 9_000_000)
+                    };
                     self.s.after(d, Event::World(WorldEvent::Restart(id)));
                 }
                 format!("crash of every node {running:?}")
@@ -704,18 +818,16 @@ impl World {
                 if running.is_empty() {
                     return;
                 }
-                let victim = self.leader().filter(|_| self.s.rng.chance(500)).unwrap_or_else(|| self.s.rng.pick(&running));
-                let all = self.cluster.all.clone();
-                self.s.net.isolate(victim, &all);
-                self.s.net.isolate_clients(victim);
-                // Its clients lose their connections as the network goes (the node keeps them
-                // half-open until their sessions are taken over).
-                let inc = self.slots[&victim].inc;
-                self.drop_links(victim, inc, true);
-                self.s.coverage.partitions += 1;
-                let d = self.s.rng.range(1_500_000, 8_000_000);
-                self.s.after(d, Event::World(WorldEvent::Heal));
-                format!("isolate node {victim}")
+                let victim = self
+                    .leader()
+                    .filter(|_| self.s.rng.chance(500))
+                    .unwrap_or_else(|| self.s.rng.pick(&running));
+                self.isolate(victim, "");
+                return;
+            }
+            Fault::IsolateMidSnapshot => {
+                self.isolate_next_transfer = true;
+                "isolate the receiver of the next snapshot transfer".to_string()
             }
             Fault::Flaky => {
                 self.s.net.drop = self.s.rng.range(20, 200);
@@ -758,7 +870,31 @@ impl World {
             }
         };
         self.s.history.node(ms, 0, format!("FAULT {text}"));
-        self.faults.push(format!("{:.3}s {text}", ms as f64 / 1000.0));
+        self.faults
+            .push(format!("{:.3}s {text}", ms as f64 / 1000.0));
+    }
+
+    /// Cuts `victim` off from the other nodes and the clients for a while.
+    fn isolate(&mut self, victim: u64, why: &str) {
+        let all = self.cluster.all.clone();
+        self.s.net.isolate(victim, &all);
+        self.s.net.isolate_clients(victim);
+        // Its clients lose their connections as the network goes (the node keeps them
+        // half-open until their sessions are taken over, or their keep-alive runs out).
+        let inc = self.slots[&victim].inc;
+        self.drop_links(victim, inc, None);
+        self.s.coverage.partitions += 1;
+        let d = self.s.rng.range(1_500_000, 8_000_000);
+        self.s.after(d, Event::World(WorldEvent::Heal));
+        let text = if why.is_empty() {
+            format!("isolate node {victim}")
+        } else {
+            format!("isolate node {victim} ({why})")
+        };
+        let ms = self.s.ms();
+        self.s.history.node(ms, 0, format!("FAULT {text}"));
+        self.faults
+            .push(format!("{:.3}s {text}", ms as f64 / 1000.0));
     }
 
     /// The node through which some client is in the middle of a QoS 2 flow, if any.
@@ -817,64 +953,90 @@ impl World {
             node.raft.change_members(change.clone(), tx, now, &mut out);
             let s = &mut self.s;
             if let Err(Fatal(why)) = node.raft_output(out, s) {
-                self.s.history.violation(self.s.ms(), format!("node {leader} stopped: {why}"));
+                self.s
+                    .history
+                    .violation(self.s.ms(), format!("node {leader} stopped: {why}"));
             }
         }
-        self.s.history.node(self.s.ms(), 0, format!("membership change proposed: {change:?}"));
-        self.member_change = Some((change, rx));
+        self.s.history.node(
+            self.s.ms(),
+            0,
+            format!("membership change proposed: {change:?}"),
+        );
+        self.member_change = Some((change, rx, self.s.now));
         true
     }
 
-    /// Finishes a membership change whose reply came; true while one is pending.
+    /// Follows a membership change: once the leader's configuration shows it (or its proposer
+    /// answered), the world acts on it — a removed node is stopped and its disk wiped (it may be
+    /// added again later), an added one counts as a member. A change that does not show within
+    /// fifteen seconds is given up (an added node that never joined is stopped). True while one
+    /// is pending.
     fn advance_membership(&mut self) -> bool {
-        let Some((change, mut rx)) = self.member_change.take() else {
+        let Some((change, mut rx, since)) = self.member_change.take() else {
             return false;
         };
-        match rx.try_recv() {
-            Err(oneshot::error::TryRecvError::Empty) => {
-                self.member_change = Some((change, rx));
-                true
-            }
-            Ok(Ok(())) => {
-                self.s.coverage.membership_changes += 1;
-                self.s.history.node(self.s.ms(), 0, format!("membership change applied: {change:?}"));
-                match change {
-                    MemberChange::Add { id, .. } => {
-                        let slot = self.slots.get_mut(&id).expect("a node");
-                        slot.member = true;
-                        slot.joining = false;
-                    }
-                    MemberChange::Remove { id } => {
-                        // It leaves for good: stopped, its disk wiped; it may join again later.
-                        self.crash(id, "removed from the cluster");
-                        if let Some(d) = self.s.disks.get_mut(&id) {
-                            d.wipe();
-                        }
-                        let slot = self.slots.get_mut(&id).expect("a node");
-                        slot.member = false;
-                        slot.joining = false;
-                    }
+        let answered = !matches!(rx.try_recv(), Err(oneshot::error::TryRecvError::Empty));
+        let voters = self.leader().map(|l| {
+            self.slots[&l]
+                .node
+                .as_ref()
+                .map(|n| n.raft.status().voters)
+                .unwrap_or_default()
+        });
+        let applied = match (&change, &voters) {
+            (MemberChange::Add { id, .. }, Some(v)) => v.contains(id),
+            (MemberChange::Remove { id }, Some(v)) => !v.contains(id),
+            _ => false,
+        };
+        if !applied {
+            if answered || self.s.now < since + 15_000_000 {
+                // Not visible yet (or the proposer is gone): keep watching.
+                if self.s.now < since + 15_000_000 {
+                    self.member_change = Some((change, rx, since));
+                    return true;
                 }
-                false
             }
-            other => {
-                let why = match other {
-                    Ok(Err(e)) => e,
-                    _ => "no answer".into(),
-                };
-                self.s.history.node(self.s.ms(), 0, format!("membership change not applied: {why}"));
-                if let MemberChange::Add { id, .. } = change {
-                    // The spare goes back to waiting (stopped).
-                    if !self.slots[&id].member {
-                        self.crash(id, "not added");
-                        if let Some(d) = self.s.disks.get_mut(&id) {
-                            d.wipe();
-                        }
+            self.s.history.node(
+                self.s.ms(),
+                0,
+                format!("membership change not applied: {change:?}"),
+            );
+            if let MemberChange::Add { id, .. } = change {
+                if !self.slots[&id].member {
+                    self.crash(id, "not added");
+                    if let Some(d) = self.s.disks.get_mut(&id) {
+                        d.wipe();
                     }
+                    self.slots.get_mut(&id).expect("a node").joining = false;
                 }
-                false
+            }
+            return false;
+        }
+        self.s.coverage.membership_changes += 1;
+        self.s.history.node(
+            self.s.ms(),
+            0,
+            format!("membership change applied: {change:?}"),
+        );
+        match change {
+            MemberChange::Add { id, .. } => {
+                let slot = self.slots.get_mut(&id).expect("a node");
+                slot.member = true;
+                slot.joining = false;
+            }
+            MemberChange::Remove { id } => {
+                // It leaves for good: stopped, its disk wiped; it may join again later.
+                self.crash(id, "removed from the cluster");
+                if let Some(d) = self.s.disks.get_mut(&id) {
+                    d.wipe();
+                }
+                let slot = self.slots.get_mut(&id).expect("a node");
+                slot.member = false;
+                slot.joining = false;
             }
         }
+        false
     }
 
     fn shutdown_step(&mut self, id: u64) {
@@ -887,20 +1049,32 @@ impl World {
             Stopping::Transfer(deadline) => {
                 let leads = self.leader() == Some(id);
                 if leads && now < deadline {
-                    self.s.local(id, inc, Actor::Raft, Actor::Raft, Local::Raft(RaftInput::TransferLeadership));
-                    self.s.after(500_000, Event::World(WorldEvent::ShutdownStep(id)));
+                    self.s.local(
+                        id,
+                        inc,
+                        Actor::Raft,
+                        Actor::Raft,
+                        Local::Raft(RaftInput::TransferLeadership),
+                    );
+                    self.s
+                        .after(500_000, Event::World(WorldEvent::ShutdownStep(id)));
                     return;
                 }
                 // Clients closed (`Shutdown`), then wait until the store is quiet.
-                let Some(node) = node_in(&mut self.slots, id, inc) else { return };
+                let Some(node) = node_in(&mut self.slots, id, inc) else {
+                    return;
+                };
                 let s = &mut self.s;
                 node.begin_shutdown(s);
                 Stopping::Drain(now + 5_000_000)
             }
             Stopping::Drain(deadline) => {
-                let Some(node) = node_in(&mut self.slots, id, inc) else { return };
+                let Some(node) = node_in(&mut self.slots, id, inc) else {
+                    return;
+                };
                 if !node.store.quiet() && now < deadline {
-                    self.s.after(20_000, Event::World(WorldEvent::ShutdownStep(id)));
+                    self.s
+                        .after(20_000, Event::World(WorldEvent::ShutdownStep(id)));
                     return;
                 }
                 let s = &mut self.s;
@@ -910,7 +1084,8 @@ impl World {
             Stopping::Finish(n) => {
                 let pending = self.s.disks.get(&id).map_or(0, SimDisk::pending);
                 if pending > 0 && n < 100 {
-                    self.s.after(20_000, Event::World(WorldEvent::ShutdownStep(id)));
+                    self.s
+                        .after(20_000, Event::World(WorldEvent::ShutdownStep(id)));
                     if let Some(slot) = self.slots.get_mut(&id) {
                         slot.stopping = Some(Stopping::Finish(n + 1));
                     }
@@ -931,7 +1106,8 @@ impl World {
         if let Some(slot) = self.slots.get_mut(&id) {
             slot.stopping = Some(next);
         }
-        self.s.after(20_000, Event::World(WorldEvent::ShutdownStep(id)));
+        self.s
+            .after(20_000, Event::World(WorldEvent::ShutdownStep(id)));
     }
 
     // ---- the end ----
@@ -961,7 +1137,18 @@ impl World {
             coverage: self.s.coverage.clone(),
             faults: self.faults,
             messages,
-            operations: self.s.history.events.iter().filter(|(_, e)| matches!(e, Ev::Published { .. } | Ev::Subscribed { .. } | Ev::Connecting { .. })).count() as u64,
+            operations: self
+                .s
+                .history
+                .events
+                .iter()
+                .filter(|(_, e)| {
+                    matches!(
+                        e,
+                        Ev::Published { .. } | Ev::Subscribed { .. } | Ev::Connecting { .. }
+                    )
+                })
+                .count() as u64,
             steps: self.s.steps,
             sim_ms: self.s.ms(),
             history,
@@ -979,7 +1166,12 @@ fn node_in(slots: &mut BTreeMap<u64, Slot>, id: u64, inc: u64) -> Option<&mut Si
 
 /// Records the digest of `node`'s state at `index`, or compares it with the one recorded by
 /// the first node that reached that index.
-fn check_digest(digests: &mut BTreeMap<u64, (u64, u64)>, node: &SimNode, s: &mut Sched, index: u64) {
+fn check_digest(
+    digests: &mut BTreeMap<u64, (u64, u64)>,
+    node: &SimNode,
+    s: &mut Sched,
+    index: u64,
+) {
     let known = digests.get(&index).copied();
     if known.is_none() && index % 8 != 0 {
         return;
@@ -1031,6 +1223,7 @@ fn workload(s: &mut Sched) -> Vec<SimClient> {
                 window: s.rng.range(1, 6) as usize,
             }),
             will: s.rng.chance(500),
+            dies_at: None,
         });
     }
     let filters = ["t/#", "t/+", "t/1", "t/2", "#"];
@@ -1041,6 +1234,7 @@ fn workload(s: &mut Sched) -> Vec<SimClient> {
             subscriptions: vec![(s.rng.pick(&filters).to_string(), q(s.rng.range(1, 2)))],
             publishes: None,
             will: s.rng.chance(500),
+            dies_at: None,
         });
     }
     for i in 0..2 {
@@ -1050,6 +1244,7 @@ fn workload(s: &mut Sched) -> Vec<SimClient> {
             subscriptions: vec![(s.rng.pick(&filters).to_string(), q(s.rng.range(1, 2)))],
             publishes: None,
             will: s.rng.chance(500),
+            dies_at: None,
         });
     }
     specs.push(ClientSpec {
@@ -1064,6 +1259,7 @@ fn workload(s: &mut Sched) -> Vec<SimClient> {
             window: 1,
         }),
         will: false,
+        dies_at: None,
     });
     specs.push(ClientSpec {
         name: "wills".into(),
@@ -1071,7 +1267,19 @@ fn workload(s: &mut Sched) -> Vec<SimClient> {
         subscriptions: vec![("will/#".into(), QoS::ExactlyOnce)],
         publishes: None,
         will: false,
+        dies_at: None,
     });
+    // Devices with wills that die at some point (their brokers learn of it by the keep-alive).
+    for i in 0..3 {
+        specs.push(ClientSpec {
+            name: format!("device-{i}"),
+            clean: i == 2,
+            subscriptions: Vec::new(),
+            publishes: None,
+            will: true,
+            dies_at: s.rng.chance(800).then(|| s.rng.range(3_000, 35_000)),
+        });
+    }
     specs
         .into_iter()
         .enumerate()
@@ -1081,5 +1289,8 @@ fn workload(s: &mut Sched) -> Vec<SimClient> {
 
 /// A message's id, for the checker's report.
 pub fn msg_ids(v: &[MsgId]) -> String {
-    v.iter().map(ToString::to_string).collect::<Vec<_>>().join(" ")
+    v.iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(" ")
 }
