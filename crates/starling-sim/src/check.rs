@@ -137,6 +137,9 @@ pub fn end_of_run(
     }
 }
 
+/// A delivery: (connection, message, QoS, RETAIN, time).
+type Delivery = (u64, MsgId, QoS, bool, u64);
+
 /// What the history says of one subscription.
 struct Sub {
     client: ClientIdx,
@@ -160,7 +163,7 @@ pub fn history(
     let mut resent: BTreeSet<MsgId> = BTreeSet::new();
     let mut subs: Vec<Sub> = Vec::new();
     // Per client: deliveries (gen, msg, qos, retain, at).
-    let mut delivered: BTreeMap<ClientIdx, Vec<(u64, MsgId, QoS, bool, u64)>> = BTreeMap::new();
+    let mut delivered: BTreeMap<ClientIdx, Vec<Delivery>> = BTreeMap::new();
     // Per (client, gen): connected, ended at.
     let mut connected: BTreeSet<(ClientIdx, u64)> = BTreeSet::new();
     let mut ended_at: BTreeMap<(ClientIdx, u64), u64> = BTreeMap::new();

@@ -367,7 +367,7 @@ impl SimClient {
         if self.finishing || self.next_seq >= spec.quota {
             return;
         }
-        if !self.spec.subscriptions.is_empty() && !(self.subacked || self.subscribed) {
+        if !(self.spec.subscriptions.is_empty() || self.subacked || self.subscribed) {
             return;
         }
         let window = if spec.retain { 1 } else { spec.window };
@@ -612,7 +612,7 @@ impl SimClient {
                     }
                 }
             }
-            Packet::Publish(p) => self.on_publish(gen, p, now, h, out),
+            Packet::Publish(p) => self.on_publish(gen, &p, now, h, out),
             Packet::PingResp => {}
             Packet::PubRel(pid) => {
                 self.inbound_q2.remove(&pid);
@@ -653,7 +653,7 @@ impl SimClient {
     fn on_publish(
         &mut self,
         gen: u64,
-        p: Publish,
+        p: &Publish,
         now: u64,
         h: &mut History,
         out: &mut Vec<ClientOut>,

@@ -202,7 +202,7 @@ impl SimConn {
         };
         match wait {
             Wait::Connect { mut rx, connect } => match rx.try_recv() {
-                Ok(outcome) => self.on_connect_outcome(outcome, *connect, out),
+                Ok(outcome) => self.on_connect_outcome(outcome, &connect, out),
                 Err(oneshot::error::TryRecvError::Empty) => {
                     self.wait = Some(Wait::Connect { rx, connect });
                     return false;
@@ -473,7 +473,7 @@ impl SimConn {
         write_outgoing(sends, out);
     }
 
-    fn on_connect_outcome(&mut self, outcome: ConnectOutcome, c: Connect, out: &mut ConnOut) {
+    fn on_connect_outcome(&mut self, outcome: ConnectOutcome, c: &Connect, out: &mut ConnOut) {
         match outcome {
             ConnectOutcome::Accepted {
                 session_present,

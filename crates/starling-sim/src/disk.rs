@@ -35,13 +35,15 @@ impl SimDisk {
         self.pending.push_back((seq, batch));
     }
 
-    /// The oldest pending write becomes durable: its number.
+    /// Every pending write becomes durable in one commit (the writer's group commit): the
+    /// number of the last one (`None` if nothing was pending).
     ///
     /// # Errors
-    /// The store refused it.
+    /// The store refused them.
     pub fn complete(&mut self) -> Option<Result<u64, StorageError>> {
-        let (seq, batch) = self.pending.pop_front()?;
-        Some(self.store.write(&[batch]).map(|()| seq))
+        let last = self.pending.back()?.0;
+        let batches: Vec<WriteBatch> = self.pending.drain(..).map(|(_, b)| b).collect();
+        Some(self.store.write(&batches).map(|()| last))
     }
 
     /// The process crashed: what was not durable is lost.

@@ -204,6 +204,15 @@ impl History {
         self.violations.push((at, what));
     }
 
+    /// Every event, as text.
+    pub fn render_all(&self, _clients: &[ClientIdx], names: &[String]) -> String {
+        let mut s = String::new();
+        for (at, ev) in &self.events {
+            let _ = writeln!(s, "{:>9.3}s {}", *at as f64 / 1000.0, describe(ev, names));
+        }
+        s
+    }
+
     /// The events that mention any of `clients` or `msgs`, and every node event, as text: what
     /// a reader needs to follow a failure.
     pub fn render(&self, clients: &[ClientIdx], msgs: &[MsgId], names: &[String]) -> String {

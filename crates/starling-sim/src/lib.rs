@@ -29,8 +29,10 @@ pub mod net;
 pub mod node;
 pub mod rng;
 pub mod sched;
+pub mod search;
 pub mod world;
 
+pub use search::{Search, Summary};
 pub use world::{Options, Report, World};
 
 /// Runs one simulation.

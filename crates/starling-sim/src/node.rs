@@ -107,7 +107,7 @@ pub enum RouterInput {
 }
 
 /// A node's timers.
-#[derive(Clone, Debug)]
+#[derive(Clone, Copy, Debug)]
 pub enum Timer {
     /// Raft's tick.
     RaftTick,
@@ -477,7 +477,7 @@ impl SimNode {
         }
         for m in out.messages {
             if m.get_msg_type() == MessageType::MsgSnapshot {
-                self.start_transfer(m, s);
+                self.start_transfer(&m, s);
             } else {
                 s.net_send(self.id, m.to, NetMsg::Raft(Box::new(m)));
             }
@@ -531,9 +531,9 @@ impl SimNode {
 
     // ---- snapshots in chunks ----
 
-    fn start_transfer(&mut self, m: RaftMessage, s: &mut Sched) {
-        let Some(id) = TransferId::of(&m) else { return };
-        let data = Bytes::from(protobuf::Message::write_to_bytes(&m).unwrap_or_default());
+    fn start_transfer(&mut self, m: &RaftMessage, s: &mut Sched) {
+        let Some(id) = TransferId::of(m) else { return };
+        let data = Bytes::from(protobuf::Message::write_to_bytes(m).unwrap_or_default());
         let settings = self.raft.settings().transfer.clone();
         if let Some(old) = self.transfers.remove(&id.to) {
             // A newer snapshot for the same peer replaces the one in flight, which ends here.
@@ -592,9 +592,9 @@ impl SimNode {
     }
 
     /// The answer to a chunk this node sent.
-    pub fn chunk_ack(&mut self, from: u64, ack: ChunkAck, s: &mut Sched) {
+    pub fn chunk_ack(&mut self, from: u64, ack: &ChunkAck, s: &mut Sched) {
         if let Some(t) = self.transfers.get_mut(&from) {
-            t.on_ack(&ack, s.instant());
+            t.on_ack(ack, s.instant());
             self.drive_transfer(from, s);
         }
     }

@@ -85,7 +85,7 @@ pub enum ClientInput {
 }
 
 /// The world's own events.
-#[derive(Clone, Debug)]
+#[derive(Clone, Copy, Debug)]
 pub enum WorldEvent {
     /// Inject the next fault.
     Fault,
@@ -286,6 +286,7 @@ impl Sched {
     }
 
     /// A message between nodes, through the network's faults.
+    #[allow(clippy::needless_pass_by_value)] // taken to be delivered (cloned only when duplicated)
     pub fn net_send(&mut self, from: u64, to: u64, msg: NetMsg) {
         let Some(plan) = self.net.plan(from, to, &msg, &mut self.rng) else {
             return;

@@ -47,6 +47,8 @@ pub struct Options {
     /// every few hundred entries and at the end). Off, only the history and the final state
     /// judge the run (a bug must then show as a lost or duplicated message, a stuck node...).
     pub derived_checks: bool,
+    /// The report carries the whole history (else only what the violations involve).
+    pub full_history: bool,
 }
 
 impl Options {
@@ -60,6 +62,7 @@ impl Options {
             min_messages: 150,
             max_steps: 20_000_000,
             derived_checks: true,
+            full_history: false,
         }
     }
 }
@@ -150,6 +153,9 @@ const FAULTS: [Fault; 10] = [
     Fault::Limits,
 ];
 
+/// A membership change being followed: the change, its proposer's answer, when it began.
+type PendingChange = (MemberChange, oneshot::Receiver<Result<(), String>>, Micros);
+
 /// One run.
 pub struct World {
     s: Sched,
@@ -172,7 +178,7 @@ pub struct World {
     /// cut the network, and so on).
     kinds: Vec<Fault>,
     /// A membership change in progress: the reply to wait for.
-    member_change: Option<(MemberChange, oneshot::Receiver<Result<(), String>>, Micros)>,
+    member_change: Option<PendingChange>,
 }
 
 const TICK_MS: u64 = 100;
@@ -414,7 +420,7 @@ impl World {
             NetMsg::Raft(m) => node.raft_input(RaftInput::Step(m), s),
             NetMsg::Chunk(c) => node.chunk(from, c, s),
             NetMsg::ChunkAck(a) => {
-                node.chunk_ack(from, a, s);
+                node.chunk_ack(from, &a, s);
                 Ok(())
             }
             NetMsg::Forward(messages) => {
@@ -863,7 +869,7 @@ impl World {
                     inc,
                     Actor::Store,
                     Actor::Store,
-                    Local::Store(StoreInput::SetLimits(limits.clone())),
+                    Local::Store(StoreInput::SetLimits(limits)),
                 );
                 self.s.coverage.limit_changes += 1;
                 format!("replicated limits changed through node {via}: {limits:?}")
@@ -1125,7 +1131,10 @@ impl World {
         for (at, v) in &self.s.history.violations {
             violations.push(format!("{:.3}s {v}", *at as f64 / 1000.0));
         }
-        let history = if violations.is_empty() {
+        let history = if self.opts.full_history {
+            let all: Vec<ClientIdx> = (0..self.clients.len()).collect();
+            self.s.history.render_all(&all, &self.s.names)
+        } else if violations.is_empty() {
             String::new()
         } else {
             self.s.history.render(&clients, &msgs, &self.s.names)
@@ -1173,7 +1182,7 @@ fn check_digest(
     index: u64,
 ) {
     let known = digests.get(&index).copied();
-    if known.is_none() && index % 8 != 0 {
+    if known.is_none() && !index.is_multiple_of(8) {
         return;
     }
     let digest = node.store.state().digest();
