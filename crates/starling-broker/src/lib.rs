@@ -41,7 +41,9 @@ use tracing::info;
 
 pub use config::{Anonymous, BrokerConfig, ConfigError, ListenerConfig, Transport};
 pub use metrics::{Metrics, Totals};
-pub use replication::{Forwarder, LogEvent, LogStartError, LogStatus, ProposeError, ReplicatedLog};
+pub use replication::{
+    Forwarder, Freshness, LogEvent, LogStartError, LogStatus, ProposeError, ReplicatedLog,
+};
 pub use security::{Security, SecurityError, SecuritySummary};
 pub use store::{
     CheckDerived, GetStats, Init, SessionStore, SetLimits, Shutdown, StoreCore, StoreStats,
@@ -73,6 +75,9 @@ pub struct NodeOptions {
     /// Largest log entry the log carries (in a cluster: what one Raft message may hold); a
     /// durable PUBLISH whose command would not fit is refused. 0: no bound.
     pub max_entry_bytes: usize,
+    /// Whether this node's replica is fresh enough to route QoS 1/2 by (set by the log;
+    /// `None`: always, as on a single node).
+    pub freshness: Option<Arc<replication::Freshness>>,
 }
 
 /// Delivers messages forwarded by another node to this node's non-durable subscribers.
@@ -155,7 +160,9 @@ impl Broker {
             node_id,
             forwarder,
             max_entry_bytes,
+            freshness,
         } = node;
+        let freshness = freshness.unwrap_or_default();
         let max_entry_bytes = if max_entry_bytes == 0 {
             usize::MAX
         } else {
@@ -219,10 +226,15 @@ impl Broker {
         let routers: Vec<Addr<RouterShard>> = worker_arbiters
             .iter()
             .map(|a| {
-                let (store, counters, forwarder) =
-                    (store.clone(), metrics.block(), forwarder.clone());
+                let (store, counters, forwarder, freshness) = (
+                    store.clone(),
+                    metrics.block(),
+                    forwarder.clone(),
+                    freshness.clone(),
+                );
+                let hold = config.commit_timeout();
                 RouterShard::start_in_arbiter(&a.handle(), move |_| {
-                    RouterShard::new(store, forwarder, counters)
+                    RouterShard::new(store, forwarder, counters, freshness, hold)
                 })
             })
             .collect();

@@ -118,3 +118,35 @@ pub trait Forwarder: Send + Sync + 'static {
     /// Queues `messages` for delivery to `node`'s local subscribers.
     fn forward(&self, node: u64, messages: Vec<starling_state::Message>);
 }
+
+/// Whether this node's replica is fresh enough for its routers to decide on their own that a
+/// QoS 1/2 message needs no durable delivery: the node is in contact with a Raft leader (heard
+/// within an election timeout) and has applied what it knows to be committed. A node that is
+/// not (just restarted and catching up, cut off from the leader) may not know subscriptions
+/// made meanwhile, so its routers hand every QoS 1/2 message to the log instead, whose apply
+/// routes it with the full state on every node. Set by the log; a single node is always fresh.
+#[derive(Debug)]
+pub struct Freshness(std::sync::atomic::AtomicBool);
+
+impl Freshness {
+    /// Fresh or not, to start with.
+    pub fn new(fresh: bool) -> Freshness {
+        Freshness(std::sync::atomic::AtomicBool::new(fresh))
+    }
+
+    /// Whether the replica is fresh.
+    pub fn is_fresh(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Sets it.
+    pub fn set(&self, fresh: bool) {
+        self.0.store(fresh, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+impl Default for Freshness {
+    fn default() -> Self {
+        Freshness::new(true)
+    }
+}

@@ -7,7 +7,9 @@
 //! `#[PerformanceCriticalPath]`: every PUBLISH passes through [`RouteTable::route`].
 
 use rustc_hash::FxHashMap;
+use std::collections::VecDeque;
 use std::sync::Arc;
+use std::time::Duration;
 
 use actix::prelude::*;
 use starling_codec::QoS;
@@ -19,7 +21,7 @@ use crate::messages::{
     RouteUpdate, Target,
 };
 use crate::metrics::Counters;
-use crate::replication::Forwarder;
+use crate::replication::{Forwarder, Freshness};
 use crate::store::SessionStore;
 
 /// Picks the shard of a topic (FNV-1a).
@@ -294,9 +296,106 @@ impl<C: Clone> RouteTable<C> {
     }
 }
 
+/// Connections' PUBLISHes held while this node's replica is not fresh (see [`Freshness`]).
+///
+/// A node that has just restarted, or that lost contact with the leader, may not know the
+/// subscriptions made meanwhile: deciding alone that a QoS 1/2 message needs no durable delivery
+/// could lose it for a persistent subscriber, or skip a clean one on another node. So its
+/// batches wait, in order, until the replica is fresh again, and are then routed with what it
+/// knows by then; a batch that waits longer than the commit timeout is refused (its publisher's
+/// connection closes, and the client sends it again elsewhere). Holding, rather than routing
+/// those messages another way, keeps every publisher's messages in order. Batches of QoS 0 only
+/// pass while nothing is held (QoS 0 promises no delivery).
+pub struct HeldRoutes<C = Addr<crate::connection::Connection>> {
+    /// Batches waiting, with when they arrived.
+    held: VecDeque<(tokio::time::Instant, Route<C>)>,
+}
+
+impl<C> Default for HeldRoutes<C> {
+    fn default() -> Self {
+        HeldRoutes {
+            held: VecDeque::new(),
+        }
+    }
+}
+
+/// What [`HeldRoutes::release`] lets go.
+pub struct Released<C> {
+    /// To route now, in order.
+    pub ready: Vec<Route<C>>,
+    /// Held too long: to refuse.
+    pub expired: Vec<Route<C>>,
+}
+
+impl<C> HeldRoutes<C> {
+    /// A batch from a connection: given back to be routed now, or held (`None`).
+    pub fn offer(
+        &mut self,
+        route: Route<C>,
+        fresh: bool,
+        now: tokio::time::Instant,
+    ) -> Option<Route<C>> {
+        let qos0_only = route
+            .publishes
+            .iter()
+            .all(|p| p.message.qos == QoS::AtMostOnce);
+        if self.held.is_empty() && (fresh || qos0_only) {
+            return Some(route);
+        }
+        if self.held.is_empty() {
+            warn!("this node's replica is not fresh (no contact with a leader, or catching up): QoS 1/2 PUBLISHes wait until it is (at most commit_timeout_secs)");
+        }
+        self.held.push_back((now, route));
+        None
+    }
+
+    /// Everything held if the replica is fresh now; else what waited longer than `timeout`.
+    pub fn release(
+        &mut self,
+        fresh: bool,
+        now: tokio::time::Instant,
+        timeout: Duration,
+    ) -> Released<C> {
+        let mut r = Released {
+            ready: Vec::new(),
+            expired: Vec::new(),
+        };
+        if fresh {
+            r.ready = self.held.drain(..).map(|(_, route)| route).collect();
+        } else {
+            while self
+                .held
+                .front()
+                .is_some_and(|(at, _)| now.duration_since(*at) >= timeout)
+            {
+                if let Some((_, route)) = self.held.pop_front() {
+                    r.expired.push(route);
+                }
+            }
+        }
+        r
+    }
+
+    /// Batches held.
+    pub fn len(&self) -> usize {
+        self.held.len()
+    }
+
+    /// True when nothing is held.
+    pub fn is_empty(&self) -> bool {
+        self.held.is_empty()
+    }
+}
+
 /// A router shard actor.
 pub struct RouterShard {
     table: RouteTable,
+    /// Batches waiting for this node's replica to be fresh.
+    held: HeldRoutes,
+    /// Whether this node's replica is fresh enough to route by (set by the log).
+    freshness: Arc<Freshness>,
+    /// How long a held batch may wait (the commit timeout).
+    hold_timeout: Duration,
     store: Addr<SessionStore>,
     forwarder: Option<Arc<dyn Forwarder>>,
     counters: Arc<Counters>,
@@ -304,14 +403,20 @@ pub struct RouterShard {
 
 impl RouterShard {
     /// A shard that hands durable work to `store` and fast-path messages for other nodes to
-    /// `forwarder` (clustered mode).
+    /// `forwarder` (clustered mode); connections' PUBLISHes wait while `freshness` says the
+    /// replica is not fresh, at most `hold_timeout`.
     pub fn new(
         store: Addr<SessionStore>,
         forwarder: Option<Arc<dyn Forwarder>>,
         counters: Arc<Counters>,
+        freshness: Arc<Freshness>,
+        hold_timeout: Duration,
     ) -> RouterShard {
         RouterShard {
             table: RouteTable::default(),
+            held: HeldRoutes::default(),
+            freshness,
+            hold_timeout,
             store,
             forwarder,
             counters,
@@ -349,11 +454,50 @@ impl RouterShard {
     }
 }
 
+impl RouterShard {
+    fn route(&mut self, msg: Route) {
+        let mut out = Outbox::default();
+        self.table
+            .route_batch(msg.from.as_ref(), msg.publishes, &mut out);
+        self.send_out(out, msg.from.as_ref());
+    }
+
+    /// Routes what was held once the replica is fresh; refuses what waited too long.
+    fn release_held(&mut self) {
+        if self.held.is_empty() {
+            return;
+        }
+        let now = tokio::time::Instant::now();
+        let r = self
+            .held
+            .release(self.freshness.is_fresh(), now, self.hold_timeout);
+        for msg in r.ready {
+            self.route(msg);
+        }
+        for msg in r.expired {
+            refuse(&msg);
+        }
+    }
+}
+
+/// A held batch waited too long: its publisher's connection closes (its client sends the
+/// messages again, elsewhere).
+fn refuse(msg: &Route) {
+    let tokens: Vec<u64> = msg.publishes.iter().filter_map(|p| p.token).collect();
+    if let Some(from) = &msg.from {
+        from.addr.do_send(Acked {
+            tokens,
+            refused: true,
+        });
+    }
+}
+
 impl Actor for RouterShard {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.set_mailbox_capacity(4096);
+        ctx.run_interval(Duration::from_millis(20), |act, _| act.release_held());
     }
 }
 
@@ -361,10 +505,10 @@ impl Handler<Route> for RouterShard {
     type Result = ();
 
     fn handle(&mut self, msg: Route, _: &mut Self::Context) {
-        let mut out = Outbox::default();
-        self.table
-            .route_batch(msg.from.as_ref(), msg.publishes, &mut out);
-        self.send_out(out, msg.from.as_ref());
+        let now = tokio::time::Instant::now();
+        if let Some(msg) = self.held.offer(msg, self.freshness.is_fresh(), now) {
+            self.route(msg);
+        }
     }
 }
 
@@ -539,6 +683,55 @@ mod tests {
         assert!(!t.route(&msg("stale/x", QoS::AtLeastOnce, false), &mut out, false));
         t.route(&msg("local", QoS::AtMostOnce, false), &mut out, false);
         assert_eq!(out.by_conn.len(), 1, "the untracked subscription stayed");
+    }
+
+    fn batch(qos: &[QoS]) -> Route<u8> {
+        Route {
+            from: Some(Target {
+                conn_id: 9,
+                addr: 0,
+            }),
+            publishes: qos
+                .iter()
+                .enumerate()
+                .map(|(i, q)| crate::messages::RoutedPublish {
+                    message: msg("t", *q, false),
+                    token: (*q != QoS::AtMostOnce).then_some(i as u64),
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn publishes_wait_while_the_replica_is_not_fresh_and_keep_their_order() {
+        let t0 = tokio::time::Instant::now();
+        let mut h: HeldRoutes<u8> = HeldRoutes::default();
+        assert!(h.offer(batch(&[QoS::AtLeastOnce]), true, t0).is_some());
+        assert!(
+            h.offer(batch(&[QoS::AtMostOnce]), false, t0).is_some(),
+            "QoS 0 passes while nothing is held"
+        );
+        assert!(h.offer(batch(&[QoS::AtLeastOnce]), false, t0).is_none());
+        assert!(
+            h.offer(batch(&[QoS::AtMostOnce]), true, t0).is_none(),
+            "behind a held batch everything waits (order)"
+        );
+        let later = t0 + Duration::from_secs(1);
+        let r = h.release(false, later, Duration::from_secs(5));
+        assert!(r.ready.is_empty() && r.expired.is_empty());
+        let r = h.release(true, later, Duration::from_secs(5));
+        let qos: Vec<QoS> = r.ready.iter().map(|b| b.publishes[0].message.qos).collect();
+        assert_eq!(
+            qos,
+            vec![QoS::AtLeastOnce, QoS::AtMostOnce],
+            "in arrival order"
+        );
+        assert!(h.is_empty());
+        // Not fresh for longer than the timeout: refused.
+        assert!(h.offer(batch(&[QoS::ExactlyOnce]), false, t0).is_none());
+        let r = h.release(false, t0 + Duration::from_secs(6), Duration::from_secs(5));
+        assert_eq!(r.expired.len(), 1);
+        assert!(h.is_empty());
     }
 
     #[test]

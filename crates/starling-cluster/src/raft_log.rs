@@ -8,7 +8,7 @@ use std::time::Duration;
 use actix::prelude::*;
 use bytes::Bytes;
 use starling_broker::{
-    LocalDelivery, LogEvent, LogStartError, LogStatus, ProposeError, ReplicatedLog,
+    Freshness, LocalDelivery, LogEvent, LogStartError, LogStatus, ProposeError, ReplicatedLog,
 };
 use starling_proto::cluster::v1::cluster_server::ClusterServer;
 use starling_storage::{FsyncPolicy, LogStore, LogWriter, StoreOptions};
@@ -40,6 +40,8 @@ pub struct ClusterHandle {
     pub delivery: Arc<OnceLock<LocalDelivery>>,
     /// This node's cluster credentials; `None` in insecure mode.
     pub auth: Option<Arc<PeerAuth>>,
+    /// Whether this node's replica is fresh enough to route QoS 1/2 by (for the routers).
+    pub freshness: Arc<Freshness>,
 }
 
 impl ClusterHandle {
@@ -154,8 +156,10 @@ impl RaftLog {
             config.max_message_bytes,
             auth.clone(),
         );
+        let freshness = Arc::new(Freshness::new(false));
         let node = RaftNode::new(core, Box::new(writer), status.clone(), transport)
-            .with_forwarder(forwarder.clone());
+            .with_forwarder(forwarder.clone())
+            .with_freshness(freshness.clone());
         let snapshots = Arc::new(Mutex::new(SnapshotReceiver::new(config.max_snapshot_bytes)));
         let delivery: Arc<OnceLock<LocalDelivery>> = Arc::default();
         let svc_delivery = delivery.clone();
@@ -207,6 +211,7 @@ impl RaftLog {
                 forwarder,
                 delivery,
                 auth,
+                freshness,
             },
             _arbiter: arbiter,
         })

@@ -137,6 +137,11 @@ pub struct SimClient {
     finishing: bool,
     /// When it last sent a packet (ms): a PINGREQ keeps an idle connection alive.
     last_sent: u64,
+    /// A persistent subscriber's later SUBSCRIBE, waiting for its SUBACK: (packet id, filter,
+    /// QoS). Subscriptions made while nodes are down or behind must reach them.
+    adding: Option<(u16, String, QoS)>,
+    /// The filters it added later (acknowledged).
+    added: Vec<String>,
 }
 
 impl SimClient {
@@ -158,6 +163,8 @@ impl SimClient {
             next_seq: 0,
             finishing: false,
             last_sent: 0,
+            adding: None,
+            added: Vec::new(),
         }
     }
 
@@ -239,6 +246,10 @@ impl SimClient {
             if self.next_pid != 0
                 && !self.outgoing.contains_key(&self.next_pid)
                 && self.sub_pid != Some(self.next_pid)
+                && self
+                    .adding
+                    .as_ref()
+                    .is_none_or(|(p, ..)| *p != self.next_pid)
             {
                 return self.next_pid;
             }
@@ -327,6 +338,7 @@ impl SimClient {
                     }
                 }
                 self.publish_more(now, rng, h, &mut out);
+                self.subscribe_more(rng, &mut out);
                 if out_len(&out) == 0
                     && now.saturating_sub(self.last_sent) >= u64::from(KEEP_ALIVE_SECS) * 400
                 {
@@ -428,6 +440,40 @@ impl SimClient {
         }
     }
 
+    /// A persistent subscriber now and then subscribes to one more filter.
+    fn subscribe_more(&mut self, rng: &mut SimRng, out: &mut Vec<ClientOut>) {
+        const MORE: [&str; 7] = ["t/0", "t/1", "t/2", "t/3", "t/+", "t/#", "#"];
+        if self.finishing
+            || self.spec.clean
+            || self.spec.subscriptions.is_empty()
+            || self.sub_pid.is_some()
+            || self.adding.is_some()
+            || !self.subscribed
+            || !rng.chance(30)
+        {
+            return;
+        }
+        let filter = rng.pick(&MORE).to_string();
+        if self.added.contains(&filter) || self.spec.subscriptions.iter().any(|(f, _)| *f == filter)
+        {
+            return;
+        }
+        let qos = if rng.chance(500) {
+            QoS::AtLeastOnce
+        } else {
+            QoS::ExactlyOnce
+        };
+        let pid = self.alloc_pid();
+        self.adding = Some((pid, filter.clone(), qos));
+        out.push(ClientOut::Send(Packet::Subscribe(Subscribe {
+            packet_id: pid,
+            filters: vec![SubscribeFilter {
+                filter: filter.into(),
+                qos,
+            }],
+        })));
+    }
+
     fn subscribe(&mut self, out: &mut Vec<ClientOut>) {
         if self.spec.subscriptions.is_empty() || (!self.spec.clean && self.subscribed) {
             return;
@@ -486,6 +532,7 @@ impl SimClient {
         self.phase = Phase::Down;
         self.sub_pid = None;
         self.subacked = false;
+        self.adding = None;
     }
 
     /// A packet from the broker on connection `gen`.
@@ -586,6 +633,32 @@ impl SimClient {
                     }
                 }
                 self.subscribe(out);
+            }
+            Packet::SubAck(a)
+                if self
+                    .adding
+                    .as_ref()
+                    .is_some_and(|(p, ..)| *p == a.packet_id) =>
+            {
+                let (_, filter, _) = self.adding.take()?;
+                match a.return_codes.first() {
+                    Some(SubscribeReturnCode::Success(q)) => {
+                        h.push(
+                            now,
+                            Ev::Subscribed {
+                                client: self.idx,
+                                gen,
+                                filter: filter.clone(),
+                                qos: *q,
+                            },
+                        );
+                        self.added.push(filter);
+                    }
+                    _ => h.violation(
+                        now,
+                        format!("client {}: subscription {filter} refused", self.spec.name),
+                    ),
+                }
             }
             Packet::SubAck(a) => {
                 if self.sub_pid != Some(a.packet_id) {

@@ -16,12 +16,12 @@ use raft::eraftpb::{Message as RaftMessage, MessageType};
 use starling_broker::config::{BrokerConfig, SharedLimits};
 use starling_broker::connection::FlowLimits;
 use starling_broker::messages::{
-    ConnectRequest, DurableItem, KickReason, Route, RouteTargetId, RouteUpdate, Target,
+    Acked, ConnectRequest, DurableItem, KickReason, Route, RouteTargetId, RouteUpdate, Target,
 };
 use starling_broker::replication::{
     LogEvent, LogStartError, LogStatus, ProposeError, ReplicatedLog,
 };
-use starling_broker::router::{shard_of, Outbox, RouteTable};
+use starling_broker::router::{shard_of, HeldRoutes, Outbox, RouteTable};
 use starling_broker::store::output::{ConnMessage, ShardMessage};
 use starling_broker::StoreCore;
 use starling_cluster::raft::{
@@ -127,6 +127,8 @@ pub enum Timer {
     Takeover(u64),
     /// A connection's keep-alive check.
     KeepAlive(u64),
+    /// A router shard looks whether its held batches may go.
+    RouterHeld(usize),
 }
 
 /// The store's port to the Raft node: what the store's log calls become.
@@ -220,6 +222,8 @@ pub struct SimNode {
     pub store: StoreCore<()>,
     /// The router shards.
     pub routers: Vec<RouteTable<()>>,
+    /// Each shard's batches held while the replica is not fresh.
+    held: Vec<HeldRoutes<()>>,
     /// Connections by id.
     pub conns: BTreeMap<u64, SimConn>,
     /// Last connection id handed out (random prefix per process, as the listener does).
@@ -342,6 +346,7 @@ impl SimNode {
             raft,
             store,
             routers: (0..shards).map(|_| RouteTable::default()).collect(),
+            held: (0..shards).map(|_| HeldRoutes::default()).collect(),
             conns: BTreeMap::new(),
             next_conn: (s.rng.next_u64() & 0xffff_ffff) << 32,
             port,
@@ -876,10 +881,30 @@ impl SimNode {
                 self.routers[shard].route_local(messages, &mut out)
             }
             RouterInput::Route(r) => {
+                // As the shard: a batch waits while the replica is not fresh (the flag the Raft
+                // node publishes after each pass).
+                let was_empty = self.held[shard].is_empty();
+                let Some(r) = self.held[shard].offer(r, self.raft.fresh(), s.instant()) else {
+                    if was_empty {
+                        s.timer(self.id, self.inc, 20_000, Timer::RouterHeld(shard));
+                    }
+                    return;
+                };
                 from = r.from.clone();
                 self.routers[shard].route_batch(r.from.as_ref(), r.publishes, &mut out);
             }
         }
+        self.router_out(shard, out, from, s);
+    }
+
+    /// Sends what a routing pass produced.
+    fn router_out(
+        &mut self,
+        shard: usize,
+        out: Outbox<()>,
+        from: Option<Target<()>>,
+        s: &mut Sched,
+    ) {
         let me = Actor::Router(shard);
         let mut by_conn: Vec<(u64, Vec<AppMessage>)> = out
             .by_conn
@@ -919,6 +944,42 @@ impl SimNode {
                 Local::Conn(ConnInput::Acked(out.acked)),
             );
         }
+    }
+
+    /// A shard's timer for its held batches: routed once the replica is fresh, refused when
+    /// they waited past the commit timeout.
+    pub fn router_held(&mut self, shard: usize, s: &mut Sched) {
+        let timeout = self.config.commit_timeout();
+        let r = self.held[shard].release(self.raft.fresh(), s.instant(), timeout);
+        for route in r.ready {
+            self.router_input_routed(shard, route, s);
+        }
+        for route in r.expired {
+            if let Some(from) = route.from {
+                let tokens = route.publishes.iter().filter_map(|p| p.token).collect();
+                s.local(
+                    self.id,
+                    self.inc,
+                    Actor::Router(shard),
+                    Actor::Conn(from.conn_id),
+                    Local::Conn(ConnInput::Store(ConnMessage::Acked(Acked {
+                        tokens,
+                        refused: true,
+                    }))),
+                );
+            }
+        }
+        if !self.held[shard].is_empty() {
+            s.timer(self.id, self.inc, 20_000, Timer::RouterHeld(shard));
+        }
+    }
+
+    /// Routes a batch that waited (as if it arrived now).
+    fn router_input_routed(&mut self, shard: usize, r: Route<()>, s: &mut Sched) {
+        let mut out = Outbox::default();
+        let from = r.from.clone();
+        self.routers[shard].route_batch(r.from.as_ref(), r.publishes, &mut out);
+        self.router_out(shard, out, from, s);
     }
 
     /// Fast-path messages forwarded by another node: to the shard of each topic.

@@ -398,6 +398,10 @@ impl World {
                 node.keep_alive(conn, s);
                 Ok(())
             }
+            Timer::RouterHeld(shard) => {
+                node.router_held(shard, s);
+                Ok(())
+            }
         };
         if let Err(Fatal(why)) = r {
             self.s

@@ -357,6 +357,7 @@ async fn serve(c: Config) -> Result<(), String> {
         node_id,
         forwarder,
         max_entry_bytes,
+        freshness: cluster.as_ref().map(|h| h.freshness.clone()),
     };
     let broker = Broker::start(c.mqtt.clone(), node, log, metrics.clone())
         .await

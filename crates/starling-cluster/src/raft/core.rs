@@ -359,6 +359,19 @@ impl RaftCore {
         self.raw.raft.state == StateRole::Leader
     }
 
+    /// Whether this node's replica is fresh enough for its routers to decide alone that a QoS
+    /// 1/2 message needs no durable delivery: a leader is known and was heard from within an
+    /// election timeout (a leader counts itself: check-quorum steps it down otherwise), and
+    /// everything known to be committed has been handed to the store. See
+    /// [`starling_broker::Freshness`].
+    pub fn fresh(&self) -> bool {
+        let r = &self.raw.raft;
+        self.fatal.is_none()
+            && r.leader_id != 0
+            && r.election_elapsed < self.settings.election_ticks
+            && self.last_applied >= r.raft_log.committed
+    }
+
     /// Last index handed to the session store.
     pub fn last_applied(&self) -> u64 {
         self.last_applied

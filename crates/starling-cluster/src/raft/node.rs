@@ -15,7 +15,7 @@ use std::time::Duration;
 use actix::prelude::*;
 use bytes::Bytes;
 use raft::eraftpb::Message as RaftMessage;
-use starling_broker::LogEvent;
+use starling_broker::{Freshness, LogEvent};
 use starling_storage::{Done, LogWriter, StorageError, SubmitError, WriteBatch};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
@@ -138,6 +138,8 @@ pub struct RaftNode {
     /// When a failed snapshot transfer to each peer was last logged at warn level (Raft may
     /// retry at every heartbeat).
     failure_logged: HashMap<u64, Instant>,
+    /// Where the routers read whether this node's replica is fresh (refreshed with the status).
+    freshness: Arc<Freshness>,
 }
 
 /// A failed snapshot transfer to a peer is logged as a warning at most this often.
@@ -162,7 +164,14 @@ impl RaftNode {
             ready_scheduled: false,
             forwarder: None,
             failure_logged: HashMap::new(),
+            freshness: Arc::new(Freshness::new(false)),
         }
+    }
+
+    /// Publishes whether this node's replica is fresh in `freshness` (for the routers).
+    pub(crate) fn with_freshness(mut self, freshness: Arc<Freshness>) -> RaftNode {
+        self.freshness = freshness;
+        self
     }
 
     /// Sends fast-path forwards through `forwarder`, keeping its peers in step with the
@@ -304,6 +313,7 @@ impl RaftNode {
     }
 
     fn publish_status(&self) {
+        self.freshness.set(self.core.fresh());
         let mut s = self.core.status();
         s.dropped_messages = self.transport.dropped;
         *self.status.lock().unwrap_or_else(|e| e.into_inner()) = s;
