@@ -723,22 +723,21 @@ impl SimNode {
 
     /// Performs what the store asked for.
     fn after_store(&mut self, s: &mut Sched) -> Result<(), Fatal> {
-        let out = self.store.take_output();
-        // Answers on oneshots come before the messages of the same pass.
-        let waiting: Vec<u64> = self
-            .conns
-            .iter()
-            .filter(|(_, c)| c.waiting())
-            .map(|(id, _)| *id)
-            .collect();
-        for id in waiting {
-            s.local(
-                self.id,
-                self.inc,
-                Actor::Store,
-                Actor::Conn(id),
-                Local::Wake,
-            );
+        let mut out = self.store.take_output();
+        // Answers go out after the router updates of the same pass (as in the actor); one
+        // nobody waits for is undone, which may produce more.
+        while !out.replies.is_empty() {
+            for reply in std::mem::take(&mut out.replies) {
+                if let Some(lost) = reply.send() {
+                    self.store.connect_lost(&lost);
+                }
+            }
+            let more = self.store.take_output();
+            out.shards.extend(more.shards);
+            out.replies.extend(more.replies);
+            out.conns.extend(more.conns);
+            out.takeovers.extend(more.takeovers);
+            out.stop |= more.stop;
         }
         for m in out.shards {
             match m {
@@ -764,6 +763,21 @@ impl SimNode {
                     })),
                 ),
             }
+        }
+        let waiting: Vec<u64> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.waiting())
+            .map(|(id, _)| *id)
+            .collect();
+        for id in waiting {
+            s.local(
+                self.id,
+                self.inc,
+                Actor::Store,
+                Actor::Conn(id),
+                Local::Wake,
+            );
         }
         for (t, m) in out.conns {
             s.local(

@@ -139,8 +139,8 @@ pub struct Sched {
 /// An ordered channel.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Chan {
-    /// Between two actors of one node process.
-    Local(u64, u64, Actor, Actor),
+    /// The mailbox of an actor of one node process.
+    Local(u64, u64, Actor),
     /// A node's timer of one kind (coalesced ones never overtake each other).
     Net(u64, u64, u8),
     /// Broker → client connection.
@@ -244,11 +244,12 @@ impl Sched {
         self.queue.keys().next().map(|k| k.0)
     }
 
-    /// A message between two actors of a node: a thread hop of a few microseconds, in order.
-    pub fn local(&mut self, node: u64, inc: u64, from: Actor, to: Actor, msg: Local) {
+    /// A message to an actor of a node: a thread hop of a few microseconds. Each actor has
+    /// one mailbox, in order of sending whoever sent (`from` is for the reader of a trace).
+    pub fn local(&mut self, node: u64, inc: u64, _from: Actor, to: Actor, msg: Local) {
         let delay = self.rng.range(5, 150);
         self.ordered(
-            Chan::Local(node, inc, from, to),
+            Chan::Local(node, inc, to),
             delay,
             Event::Local { node, inc, to, msg },
         );

@@ -19,7 +19,7 @@ use tokio::time::Instant;
 use tracing::{error, info, warn};
 
 use super::effects::Outboxes;
-use super::output::{ConnMessage, ShardMessage, StoreOutput, Takeover};
+use super::output::{ConnMessage, LostConnect, Reply, ShardMessage, StoreOutput, Takeover};
 use super::proposals::{Proposals, Waiter};
 use super::StoreStats;
 use crate::config::BrokerConfig;
@@ -56,6 +56,22 @@ pub(crate) struct Closing {
     pub(crate) sent_up_to: u64,
     /// Proposed and waiting for the commit (else: proposed again at the next tick).
     pub(crate) in_flight: bool,
+}
+
+/// A request of an untracked clean session that waits in [`StoreCore::local_reads`].
+pub(crate) enum LocalRequest<C> {
+    Subscribe(SubscribeRequest<C>),
+    Unsubscribe(UnsubscribeRequest),
+}
+
+impl<C> LocalRequest<C> {
+    /// The connection's router key.
+    fn key(&self) -> u64 {
+        match self {
+            LocalRequest::Subscribe(r) => r.key,
+            LocalRequest::Unsubscribe(r) => r.key,
+        }
+    }
 }
 
 /// Where this node's own `NodeDown` is after a restart.
@@ -172,6 +188,10 @@ pub struct StoreCore<C = Addr<Connection>> {
     pub(crate) self_down: SelfDown,
     /// CONNECTs held until this node's `NodeDown` applied, in arrival order.
     pub(crate) held_connects: VecDeque<ConnectRequest<C>>,
+    /// SUBSCRIBEs and UNSUBSCRIBEs of untracked clean sessions (single node) that wait for the
+    /// requests queued before them to apply (see [`StoreCore::subscribe`]), in arrival order, each
+    /// with the last request id it waits for.
+    pub(crate) local_reads: VecDeque<(u64, LocalRequest<C>)>,
     /// Ends of connections of sessions in the replicated state, by (client id, epoch), kept until
     /// applied: proposed again when a proposal fails, so that no session stays recorded as
     /// served by a connection that is gone.
@@ -239,6 +259,7 @@ impl<C: Clone> StoreCore<C> {
             decoded: VecDeque::new(),
             self_down: SelfDown::Done,
             held_connects: VecDeque::new(),
+            local_reads: VecDeque::new(),
             closing: FastMap::default(),
             retry_at: None,
             since_check: 0,
@@ -437,6 +458,18 @@ impl<C: Clone> StoreCore<C> {
             Waiter::Limits(reply) => {
                 let _ = reply.send(Err("not committed (no leader, or timed out)".into()));
             }
+            // A single node's own log: proposed again (nothing listens until it applies).
+            Waiter::StartLimits => self.propose_start_limits(),
+            Waiter::Retained => {}
+        }
+    }
+
+    /// A CONNECT's answer found nobody waiting (see [`Reply::send`]): the connection gave up
+    /// and will not report its end.
+    pub fn connect_lost(&mut self, lost: &LostConnect) {
+        self.remove_client(&lost.client_id, lost.conn_id);
+        if !lost.local {
+            self.release_orphan(&lost.client_id, lost.epoch);
         }
     }
 
@@ -500,6 +533,7 @@ impl<C: Clone> StoreCore<C> {
                 }
             }
         }
+        self.serve_local_reads();
     }
 
     fn on_restore(&mut self, index: u64, data: Bytes) {
@@ -598,7 +632,7 @@ impl<C: Clone> StoreCore<C> {
             applied_index = self.state.applied_index(),
             "state recovered"
         );
-        self.limits_at_start();
+        let limits_pending = self.limits_at_start();
         // Sessions that were connected here (persistent or tracked clean ones), also those a
         // restored backup assigned to this node (`starling restore`): their connections are
         // gone. They go offline (wills out) before this node serves any session again.
@@ -607,19 +641,26 @@ impl<C: Clone> StoreCore<C> {
             self.propose_self_down();
         }
         self.after_state_replaced();
+        if !limits_pending {
+            self.report_ready();
+        }
+    }
+
+    /// Tells the starter that the store serves.
+    fn report_ready(&mut self) {
         if let Some(r) = self.ready.take() {
             let _ = r.send(Ok(()));
         }
     }
 
     /// The limits this node's configuration asks for against the replicated ones. On a single
-    /// node the configuration decides: a difference is proposed as a `SetLimits` entry. In a
-    /// cluster only the explicit operation changes them: local values are ignored, with a
-    /// warning naming them.
-    fn limits_at_start(&mut self) {
+    /// node the configuration decides: a difference is proposed as a `SetLimits` entry, and
+    /// `true` says that readiness waits for it. In a cluster only the explicit operation
+    /// changes them: local values are ignored, with a warning naming them.
+    fn limits_at_start(&mut self) -> bool {
         let diff = self.local_limits.differences(self.state.config());
         if diff.is_empty() {
-            return;
+            return false;
         }
         if self.track_clean {
             for (key, local, replicated) in &diff {
@@ -632,13 +673,24 @@ impl<C: Clone> StoreCore<C> {
                      limits` (or PUT /cluster/limits)"
                 );
             }
+            false
         } else {
             info!(limits = ?self.local_limits, "limits changed by the configuration");
-            let kind = pb::command::Kind::SetLimits(pb::SetLimits {
-                limits: Some(self.local_limits.to_pb()),
-            });
-            self.propose(kind, None);
+            self.propose_start_limits();
+            true
         }
+    }
+
+    fn propose_start_limits(&mut self) {
+        let kind = pb::command::Kind::SetLimits(pb::SetLimits {
+            limits: Some(self.local_limits.to_pb()),
+        });
+        self.propose(kind, Some(Waiter::StartLimits));
+    }
+
+    /// The configured limits applied on a single node: it serves.
+    pub(crate) fn start_limits_applied(&mut self) {
+        self.report_ready();
     }
 
     fn propose_self_down(&mut self) {
@@ -698,6 +750,7 @@ impl<C: Clone> StoreCore<C> {
         for w in self.proposals.expire(deadline) {
             self.fail_waiter(w);
         }
+        self.serve_local_reads();
         if self.retry_at.is_some_and(|t| t <= self.now) {
             self.retry_at = None;
             self.retry();
@@ -838,11 +891,20 @@ impl<C: Clone> StoreCore<C> {
             && self.state.session(&id).is_none()
             && !self.connecting.contains_key(&id)
         {
-            let _ = req.reply.send(ConnectOutcome::Accepted {
-                session_present: false,
-                epoch: 0,
-                key: req.target.conn_id,
-                resume: Box::default(),
+            self.out.replies.push(Reply::Connect {
+                reply: req.reply,
+                outcome: ConnectOutcome::Accepted {
+                    session_present: false,
+                    epoch: 0,
+                    key: req.target.conn_id,
+                    resume: Box::default(),
+                },
+                lost: LostConnect {
+                    client_id: id,
+                    conn_id: req.target.conn_id,
+                    epoch: 0,
+                    local: true,
+                },
             });
             return;
         }
@@ -894,22 +956,77 @@ impl<C: Clone> StoreCore<C> {
     }
 
     /// SUBSCRIBE (filters already validated).
+    ///
+    /// A clean session on a single node is not in the replicated state: its subscription is
+    /// served here, reading the retained messages as they are. What this node was asked before
+    /// (a retained message set or cleared by a client that has since disconnected) may not have
+    /// applied yet: the request then waits until it has, so that it sees it, as it would on a
+    /// broker that applies each PUBLISH before reading the next packet.
     pub fn subscribe(&mut self, req: SubscribeRequest<C>) {
         if req.epoch == 0 {
-            for (filter, qos) in &req.filters {
-                self.broadcast(RouteUpdate::Add {
-                    key: req.key,
-                    filter: filter.clone(),
-                    qos: *qos,
-                    durable: false,
-                    target: Some(RouteTarget::Local(req.target.clone())),
-                });
-            }
-            let retained = self.retained_for(&req.filters, true);
-            let granted = req.filters.iter().map(|(_, q)| *q).collect();
-            let _ = req.reply.send(SubscribeOutcome::Done { granted, retained });
+            self.local_request(LocalRequest::Subscribe(req));
             return;
         }
+        self.replicated_subscribe(req);
+    }
+
+    /// An untracked clean session's request: now, or after what was queued before it.
+    fn local_request(&mut self, req: LocalRequest<C>) {
+        let last = self.proposals.last_request();
+        if self.local_reads.is_empty() && !self.proposals.waits_up_to(last) {
+            self.serve_local(req);
+        } else {
+            self.local_reads.push_back((last, req));
+        }
+    }
+
+    /// Serves the waiting local requests whose predecessors have applied (or failed).
+    pub(crate) fn serve_local_reads(&mut self) {
+        while let Some((last, _)) = self.local_reads.front() {
+            if self.proposals.waits_up_to(*last) {
+                return;
+            }
+            if let Some((_, req)) = self.local_reads.pop_front() {
+                self.serve_local(req);
+            }
+        }
+    }
+
+    fn serve_local(&mut self, req: LocalRequest<C>) {
+        match req {
+            LocalRequest::Subscribe(req) => {
+                for (filter, qos) in &req.filters {
+                    self.broadcast(RouteUpdate::Add {
+                        key: req.key,
+                        filter: filter.clone(),
+                        qos: *qos,
+                        durable: false,
+                        target: Some(RouteTarget::Local(req.target.clone())),
+                    });
+                }
+                let retained = self.retained_for(&req.filters, true);
+                let granted = req.filters.iter().map(|(_, q)| *q).collect();
+                self.out.replies.push(Reply::Subscribe {
+                    reply: req.reply,
+                    outcome: SubscribeOutcome::Done { granted, retained },
+                });
+            }
+            LocalRequest::Unsubscribe(req) => {
+                for filter in req.filters {
+                    self.broadcast(RouteUpdate::Remove {
+                        key: req.key,
+                        filter,
+                    });
+                }
+                self.out.replies.push(Reply::Unsubscribe {
+                    reply: req.reply,
+                    done: true,
+                });
+            }
+        }
+    }
+
+    fn replicated_subscribe(&mut self, req: SubscribeRequest<C>) {
         let kind = pb::command::Kind::Subscribe(pb::Subscribe {
             client_id: req.client_id.to_string(),
             epoch: req.epoch,
@@ -934,13 +1051,8 @@ impl<C: Clone> StoreCore<C> {
     /// UNSUBSCRIBE.
     pub fn unsubscribe(&mut self, req: UnsubscribeRequest) {
         if req.epoch == 0 {
-            for filter in req.filters {
-                self.broadcast(RouteUpdate::Remove {
-                    key: req.key,
-                    filter,
-                });
-            }
-            let _ = req.reply.send(true);
+            // In order with the same connection's SUBSCRIBEs (see `subscribe`).
+            self.local_request(LocalRequest::Unsubscribe(req));
             return;
         }
         let kind = pb::command::Kind::Unsubscribe(pb::Unsubscribe {
@@ -1035,7 +1147,11 @@ impl<C: Clone> StoreCore<C> {
                 fast_path_done: true,
                 ..pb::Publish::default()
             });
-            let waiter = item.reply.map(|(conn, token)| Waiter::Ack { conn, token });
+            let waiter = match item.reply {
+                Some((conn, token)) => Some(Waiter::Ack { conn, token }),
+                None if item.message.retain => Some(Waiter::Retained),
+                None => None,
+            };
             self.propose(kind, waiter);
         }
     }
@@ -1047,6 +1163,8 @@ impl<C: Clone> StoreCore<C> {
             // An untracked clean session (or a persistent one already released): only its
             // router entries are left to remove.
             if !msg.persistent {
+                // Its requests still waiting are moot (nobody waits for their answers).
+                self.local_reads.retain(|(_, r)| r.key() != msg.key);
                 for filter in msg.filters {
                     self.broadcast(RouteUpdate::Remove {
                         key: msg.key,

@@ -8,7 +8,7 @@ use starling_state::{CommandResult, Effect, Message as AppMessage, Outbound, Own
 use tracing::{info, warn};
 
 use super::core::{Closing, StoreCore};
-use super::output::{ConnMessage, ShardMessage};
+use super::output::{ConnMessage, LostConnect, Reply, ShardMessage};
 use super::proposals::Waiter;
 use crate::connection::MQTT_LOG;
 use crate::messages::*;
@@ -350,13 +350,16 @@ impl<C: Clone> StoreCore<C> {
                     key,
                     resume,
                 };
-                if reply.send(outcome).is_err() {
-                    // The connection gave up waiting; it will not report its end.
-                    self.remove_client(&client_id, target.conn_id);
-                    if !local {
-                        self.release_orphan(&client_id, epoch);
-                    }
-                }
+                self.out.replies.push(Reply::Connect {
+                    reply,
+                    outcome,
+                    lost: LostConnect {
+                        client_id,
+                        conn_id: target.conn_id,
+                        epoch,
+                        local,
+                    },
+                });
             }
             Waiter::Subscribe {
                 reply,
@@ -374,13 +377,16 @@ impl<C: Clone> StoreCore<C> {
                     }
                     _ => SubscribeOutcome::Unavailable,
                 };
-                let _ = reply.send(outcome);
+                self.out.replies.push(Reply::Subscribe { reply, outcome });
             }
             Waiter::Disconnect(reply) => {
                 let _ = reply.send(matches!(result, CommandResult::Disconnected));
             }
             Waiter::Unsubscribe(reply) => {
-                let _ = reply.send(matches!(result, CommandResult::Unsubscribed));
+                self.out.replies.push(Reply::Unsubscribe {
+                    reply,
+                    done: matches!(result, CommandResult::Unsubscribed),
+                });
             }
             // Committed (or stale: the session moved on, and this connection is closed).
             Waiter::OutboundAck(_) => {}
@@ -404,6 +410,8 @@ impl<C: Clone> StoreCore<C> {
                     other => Err(format!("not applied: {other:?}")),
                 });
             }
+            Waiter::StartLimits => self.start_limits_applied(),
+            Waiter::Retained => {}
         }
     }
 }

@@ -103,8 +103,12 @@ impl SessionStore {
 
     /// Sends what the core produced, and schedules its flush for the end of the pass.
     fn send_out(&mut self, ctx: &mut Context<Self>) {
-        let out = self.core.take_output();
-        if !out.is_empty() {
+        // Performing can produce more (a CONNECT answered to nobody is undone).
+        loop {
+            let out = self.core.take_output();
+            if out.is_empty() {
+                break;
+            }
             self.perform(out, ctx);
         }
         if self.core.take_flush_due() && !self.flush_scheduled {
@@ -134,6 +138,12 @@ impl SessionStore {
                         r.do_send(FastPath { messages });
                     }
                 }
+            }
+        }
+        // After the router updates: what a client does on its answer finds them queued.
+        for reply in out.replies {
+            if let Some(lost) = reply.send() {
+                self.core.connect_lost(&lost);
             }
         }
         for (target, m) in out.conns {

@@ -2,11 +2,14 @@
 //! connections on this node, in order, and takeovers to carry out.
 
 use actix::Addr;
+use bytestring::ByteString;
 use starling_state::Message as AppMessage;
+use tokio::sync::oneshot;
 
 use crate::connection::Connection;
 use crate::messages::{
-    Acked, ConnectRequest, DurableDeliver, KickReason, ReleaseReady, RouteUpdate, Target,
+    Acked, ConnectOutcome, ConnectRequest, DurableDeliver, KickReason, ReleaseReady, RouteUpdate,
+    SubscribeOutcome, Target,
 };
 
 /// A message for the router shards.
@@ -63,10 +66,87 @@ pub struct Takeover<C = Addr<Connection>> {
     pub request: ConnectRequest<C>,
 }
 
+/// An answer to a connection's request. It goes out after the router updates of the same
+/// pass: a client that has its SUBACK (or CONNACK) and publishes at once finds the routes it was
+/// promised already queued at the shards (each shard's mailbox is in order).
+pub enum Reply {
+    /// CONNECT accepted.
+    Connect {
+        /// The waiting connection.
+        reply: oneshot::Sender<ConnectOutcome>,
+        /// What it gets.
+        outcome: ConnectOutcome,
+        /// What the store must undo if the connection stopped waiting.
+        lost: LostConnect,
+    },
+    /// SUBSCRIBE done (or not).
+    Subscribe {
+        /// The waiting connection.
+        reply: oneshot::Sender<SubscribeOutcome>,
+        /// What it gets.
+        outcome: SubscribeOutcome,
+    },
+    /// UNSUBSCRIBE done (or not).
+    Unsubscribe {
+        /// The waiting connection.
+        reply: oneshot::Sender<bool>,
+        /// Whether it was.
+        done: bool,
+    },
+}
+
+/// A CONNECT whose connection stopped waiting before its answer: it will not report its end,
+/// so the store forgets it (see [`StoreCore::connect_lost`](super::StoreCore::connect_lost)).
+#[derive(Debug, Clone)]
+pub struct LostConnect {
+    /// Its client id.
+    pub client_id: ByteString,
+    /// Its connection.
+    pub conn_id: u64,
+    /// The session epoch it was given.
+    pub epoch: u64,
+    /// An untracked clean session (single node): nothing replicated to release.
+    pub local: bool,
+}
+
+impl Reply {
+    /// Sends the answer. A CONNECT nobody waits for any more comes back: hand it to
+    /// [`StoreCore::connect_lost`](super::StoreCore::connect_lost).
+    pub fn send(self) -> Option<LostConnect> {
+        match self {
+            Reply::Connect {
+                reply,
+                outcome,
+                lost,
+            } => reply.send(outcome).err().map(|_| lost),
+            Reply::Subscribe { reply, outcome } => {
+                let _ = reply.send(outcome);
+                None
+            }
+            Reply::Unsubscribe { reply, done } => {
+                let _ = reply.send(done);
+                None
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for Reply {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Reply::Connect { lost, .. } => write!(f, "Connect({})", lost.client_id),
+            Reply::Subscribe { .. } => write!(f, "Subscribe"),
+            Reply::Unsubscribe { done, .. } => write!(f, "Unsubscribe({done})"),
+        }
+    }
+}
+
 /// Everything one input produced, in order per destination.
 pub struct StoreOutput<C = Addr<Connection>> {
     /// For the router shards.
     pub shards: Vec<ShardMessage<C>>,
+    /// Answers to connections' requests, sent after `shards`.
+    pub replies: Vec<Reply>,
     /// For connections on this node.
     pub conns: Vec<(Target<C>, ConnMessage)>,
     /// Takeovers on this node.
@@ -79,6 +159,7 @@ impl<C> Default for StoreOutput<C> {
     fn default() -> Self {
         StoreOutput {
             shards: Vec::new(),
+            replies: Vec::new(),
             conns: Vec::new(),
             takeovers: Vec::new(),
             stop: false,
@@ -89,6 +170,10 @@ impl<C> Default for StoreOutput<C> {
 impl<C> StoreOutput<C> {
     /// True when there is nothing to send.
     pub fn is_empty(&self) -> bool {
-        self.shards.is_empty() && self.conns.is_empty() && self.takeovers.is_empty() && !self.stop
+        self.shards.is_empty()
+            && self.replies.is_empty()
+            && self.conns.is_empty()
+            && self.takeovers.is_empty()
+            && !self.stop
     }
 }

@@ -48,6 +48,12 @@ pub(crate) enum Waiter<C = Addr<Connection>> {
     NodeDown,
     /// A change of the replicated limits (admin operation).
     Limits(oneshot::Sender<Result<StateConfig, String>>),
+    /// Nobody waits for it, but a retained message's change that later local reads of retained
+    /// messages must see (see `StoreCore::subscribe`): its request id orders them after it.
+    Retained,
+    /// A single node's configured limits, proposed at start: the node reports itself ready
+    /// (and listens) once they apply, so that no connection runs under the previous ones.
+    StartLimits,
 }
 
 /// Why a command was not queued.
@@ -239,6 +245,18 @@ impl<C> Proposals<C> {
 
     pub(crate) fn waiting(&self) -> usize {
         self.waiting.len()
+    }
+
+    /// The last request id handed out: everything queued so far has an id up to it.
+    pub(crate) fn last_request(&self) -> u64 {
+        self.next_request
+    }
+
+    /// Whether a request with an id up to `id` still waits (to be proposed, or to apply).
+    pub(crate) fn waits_up_to(&self, id: u64) -> bool {
+        self.waiting
+            .first_key_value()
+            .is_some_and(|(k, _)| *k <= id)
     }
 }
 

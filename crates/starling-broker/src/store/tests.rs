@@ -100,13 +100,24 @@ impl Node {
         if self.core.take_flush_due() {
             self.core.flush();
         }
-        let out = self.core.take_output();
-        for m in out.shards {
-            if let ShardMessage::Update(u) = m {
-                self.router.update(u);
+        let mut conns = Vec::new();
+        loop {
+            let out = self.core.take_output();
+            if out.is_empty() {
+                return conns;
             }
+            for m in out.shards {
+                if let ShardMessage::Update(u) = m {
+                    self.router.update(u);
+                }
+            }
+            for reply in out.replies {
+                if let Some(lost) = reply.send() {
+                    self.core.connect_lost(&lost);
+                }
+            }
+            conns.extend(out.conns);
         }
-        out.conns
     }
 
     /// Commits entries (as the log would hand them back) and pumps.
@@ -585,4 +596,161 @@ fn a_connect_that_failed_and_commits_late_leaves_no_session_behind() {
     assert_eq!(d.len(), 1, "the session is disconnected");
     assert_eq!(d[0].client_id, "late");
     n.check().unwrap();
+}
+
+/// Takes the store's output and checks that the subscription's answer is not out yet while
+/// its route is: the shell sends the routes first, then the answer.
+fn subscribe_answered_after_route(n: &mut Node, mut rx: oneshot::Receiver<SubscribeOutcome>) {
+    let out = n.core.take_output();
+    assert!(
+        rx.try_recv().is_err(),
+        "answered before its routes went out"
+    );
+    assert!(
+        out.shards.iter().any(|m| matches!(
+            m,
+            ShardMessage::Update(RouteUpdate::Add { filter, .. }) if &**filter == "s/t"
+        )),
+        "{:?}",
+        out.shards
+    );
+    assert_eq!(out.replies.len(), 1);
+    for reply in out.replies {
+        assert!(reply.send().is_none());
+    }
+    assert!(matches!(
+        rx.try_recv(),
+        Ok(SubscribeOutcome::Done { granted, .. }) if granted == vec![QoS::AtLeastOnce]
+    ));
+}
+
+fn subscribe(
+    n: &mut Node,
+    id: &str,
+    conn: u64,
+    key: u64,
+    epoch: u64,
+) -> oneshot::Receiver<SubscribeOutcome> {
+    let (tx, rx) = oneshot::channel();
+    n.core.subscribe(SubscribeRequest {
+        target: Target {
+            conn_id: conn,
+            addr: conn,
+        },
+        client_id: ByteString::from(id),
+        key,
+        epoch,
+        filters: vec![(Arc::from("s/t"), QoS::AtLeastOnce)],
+        reply: tx,
+    });
+    rx
+}
+
+#[test]
+fn a_subscribe_is_answered_after_its_routes_single_node_clean() {
+    let mut n = Node::new(1, false, BrokerConfig::default());
+    n.core.on_log_event(LogEvent::Recovered);
+    n.pump();
+    let mut c = n.connect("c", 5, true);
+    n.pump();
+    let Ok(ConnectOutcome::Accepted { key, .. }) = c.try_recv() else {
+        panic!("clean connect not accepted at once");
+    };
+    let rx = subscribe(&mut n, "c", 5, key, 0);
+    subscribe_answered_after_route(&mut n, rx);
+}
+
+#[test]
+fn a_subscribe_is_answered_after_its_routes_once_committed() {
+    let mut n = Node::new(1, true, BrokerConfig::default());
+    n.core.on_log_event(LogEvent::Recovered);
+    n.pump();
+    let mut c = n.connect("p", 5, false);
+    n.commit_proposed();
+    let Ok(ConnectOutcome::Accepted { key, epoch, .. }) = c.try_recv() else {
+        panic!("persistent connect not accepted once committed");
+    };
+    let rx = subscribe(&mut n, "p", 5, key, epoch);
+    n.pump();
+    let entries: Vec<_> = n
+        .log
+        .take()
+        .into_iter()
+        .map(|b| {
+            n.index += 1;
+            (n.index, Bytes::from(b.encode_to_vec()))
+        })
+        .collect();
+    n.core.on_log_event(LogEvent::Committed(entries));
+    subscribe_answered_after_route(&mut n, rx);
+}
+
+fn retained_item(payload: &'static [u8]) -> DurableItem<u64> {
+    DurableItem {
+        message: starling_state::Message {
+            topic: ByteString::from("s/t"),
+            payload: Bytes::from_static(payload),
+            qos: QoS::AtMostOnce,
+            retain: true,
+        },
+        reply: None,
+    }
+}
+
+fn commit_all(n: &mut Node) {
+    n.pump();
+    let entries: Vec<_> = n
+        .log
+        .take()
+        .into_iter()
+        .map(|b| {
+            n.index += 1;
+            (n.index, Bytes::from(b.encode_to_vec()))
+        })
+        .collect();
+    n.core.on_log_event(LogEvent::Committed(entries));
+}
+
+#[test]
+fn a_clean_subscribe_on_a_single_node_sees_the_retained_change_queued_before_it() {
+    let mut n = Node::new(1, false, BrokerConfig::default());
+    n.core.on_log_event(LogEvent::Recovered);
+    n.pump();
+    n.core.durable_publish(vec![retained_item(b"old")]);
+    commit_all(&mut n);
+    n.pump();
+    // A clear, proposed and not yet applied, then a clean subscriber.
+    n.core.durable_publish(vec![retained_item(b"")]);
+    let mut c = n.connect("c", 5, true);
+    n.pump();
+    let Ok(ConnectOutcome::Accepted { key, .. }) = c.try_recv() else {
+        panic!("clean connect not accepted at once");
+    };
+    let mut rx = subscribe(&mut n, "c", 5, key, 0);
+    // An UNSUBSCRIBE after it waits behind it too.
+    let (tx, mut unsub) = oneshot::channel();
+    n.core.unsubscribe(UnsubscribeRequest {
+        client_id: ByteString::from("c"),
+        key,
+        epoch: 0,
+        filters: vec![Arc::from("s/t")],
+        reply: tx,
+    });
+    n.pump();
+    assert!(rx.try_recv().is_err(), "answered before the clear applied");
+    assert!(unsub.try_recv().is_err(), "overtook the SUBSCRIBE");
+    commit_all(&mut n);
+    n.pump();
+    match rx.try_recv() {
+        Ok(SubscribeOutcome::Done { retained, .. }) => {
+            assert!(retained.is_empty(), "the cleared message: {retained:?}")
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(unsub.try_recv(), Ok(true));
+    assert!(routes(&n).is_empty(), "{:?}", routes(&n));
+    // Nothing pending: answered at once.
+    let mut rx = subscribe(&mut n, "c", 5, key, 0);
+    n.pump();
+    assert!(rx.try_recv().is_ok());
 }
