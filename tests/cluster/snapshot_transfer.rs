@@ -31,6 +31,11 @@ async fn lagging_node_installs_a_snapshot_larger_than_a_message() {
                 "STARLING_CLUSTER_MAX_MESSAGE_BYTES",
                 MAX_MESSAGE.to_string(),
             )
+            // One entry must fit in one message: the largest PUBLISH accepted shrinks with it.
+            .env(
+                "STARLING_MQTT_MAX_PACKET_SIZE",
+                (MAX_MESSAGE / 4).to_string(),
+            )
             .start()
     });
     let leader = blocking(|| c.wait_for_leader(ELECTION));
@@ -99,46 +104,88 @@ async fn lagging_node_installs_a_snapshot_larger_than_a_message() {
     }
 }
 
+/// Starts a clustered node with `env` (on top of a valid single-member setup) and returns its
+/// exit code and standard error; panics if it is still running after 10 s.
+fn start_refused(what: &str, args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = Command::new(BIN);
+    cmd.args(["--node-id", "1", "--peers", "1=127.0.0.1:1"])
+        .args(args)
+        .arg("--data-dir")
+        .arg(dir.path())
+        .env("STARLING_CLUSTER_INSECURE", "true")
+        .env_remove("STARLING_CONFIG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what}: the node started in clustered mode");
+        }
+        // The poll interval of a deadline wait.
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let stderr = std::io::read_to_string(child.stderr.take().unwrap()).unwrap();
+    (status.code(), stderr)
+}
+
 /// Votes and append acknowledgements must not precede durability: clustered mode refuses
 /// `storage.fsync = "interval"` at start (exit code 2, a message naming the key).
 #[test]
 fn clustered_mode_refuses_fsync_interval() {
-    let dir = tempfile::tempdir().unwrap();
-    for how in ["flag", "environment"] {
-        let mut cmd = Command::new(BIN);
-        cmd.args(["--node-id", "1", "--peers", "1=127.0.0.1:1"])
-            .arg("--data-dir")
-            .arg(dir.path())
-            .env("STARLING_CLUSTER_INSECURE", "true")
-            .env_remove("STARLING_CONFIG")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        if how == "flag" {
-            cmd.args(["--fsync", "interval"]);
-        } else {
-            cmd.env("STARLING_STORAGE_FSYNC", "interval");
-        }
-        let mut child = cmd.spawn().unwrap();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let status = loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                break status;
-            }
-            if Instant::now() >= deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("fsync = interval ({how}): the node started in clustered mode");
-            }
-            // The poll interval of a deadline wait.
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        let stderr = std::io::read_to_string(child.stderr.take().unwrap()).unwrap();
-        assert_eq!(status.code(), Some(2), "fsync = interval ({how}): {stderr}");
+    for (how, args, env) in [
+        ("flag", &["--fsync", "interval"][..], &[][..]),
+        (
+            "environment",
+            &[][..],
+            &[("STARLING_STORAGE_FSYNC", "interval")][..],
+        ),
+    ] {
+        let (code, stderr) = start_refused(&format!("fsync = interval ({how})"), args, env);
+        assert_eq!(code, Some(2), "fsync = interval ({how}): {stderr}");
         assert!(
             stderr.contains("storage.fsync"),
             "the message names the key ({how}): {stderr}"
         );
     }
+}
+
+/// One log entry travels in one peer message: a node whose largest accepted PUBLISH could not
+/// fit in `cluster.max_message_bytes` refuses to start (exit code 2) and names both keys; so
+/// does a snapshot chunk larger than half a message. The defaults start (every other test).
+#[test]
+fn clustered_mode_refuses_limits_no_peer_message_carries() {
+    let (code, stderr) = start_refused(
+        "max_packet_size over max_message_bytes",
+        &[],
+        &[
+            ("STARLING_MQTT_MAX_PACKET_SIZE", "1048576"),
+            ("STARLING_CLUSTER_MAX_MESSAGE_BYTES", "1048576"),
+        ],
+    );
+    assert_eq!(code, Some(2), "{stderr}");
+    for key in ["mqtt.max_packet_size", "cluster.max_message_bytes"] {
+        assert!(stderr.contains(key), "the message names {key}: {stderr}");
+    }
+    let (code, stderr) = start_refused(
+        "snapshot_chunk_bytes over half of max_message_bytes",
+        &[],
+        &[("STARLING_CLUSTER_SNAPSHOT_CHUNK_BYTES", "200000000")],
+    );
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("cluster.snapshot_chunk_bytes"),
+        "the message names the key: {stderr}"
+    );
 }
 
 /// The value after `key` in a log line (`bytes=1234 ...`).

@@ -496,11 +496,12 @@ async fn run_in_system(args: RaftArgs) -> RaftSummary {
     if let Err(e) = measure(&args, &mut s, &mut logs, &mut dirs).await {
         s.error.get_or_insert(e.to_string());
     }
+    // The writers finish what is queued before the directories go.
     for log in &mut logs {
-        log.shutdown();
+        let (done, stopped) = tokio::sync::oneshot::channel();
+        log.shutdown(done);
+        let _ = tokio::time::timeout(Duration::from_secs(10), stopped).await;
     }
-    // Let the writers finish what is queued before the directories go.
-    tokio::time::sleep(Duration::from_millis(200)).await;
     drop(logs);
     System::current().stop();
     drop(dirs);

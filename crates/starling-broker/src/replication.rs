@@ -107,8 +107,9 @@ pub trait ReplicatedLog: Send + 'static {
         false
     }
 
-    /// Writes what is queued and stops.
-    fn shutdown(&mut self);
+    /// Writes what is queued and stops; `done` is answered (or dropped) once everything is on
+    /// disk, so the process may exit.
+    fn shutdown(&mut self, done: tokio::sync::oneshot::Sender<()>);
 }
 
 /// Sends fast-path messages to another node of the cluster (QoS 0, and deliveries to clean

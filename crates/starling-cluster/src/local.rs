@@ -248,7 +248,8 @@ impl ReplicatedLog for LocalLog {
         }
     }
 
-    fn shutdown(&mut self) {
+    fn shutdown(&mut self, _done: tokio::sync::oneshot::Sender<()>) {
+        // Written synchronously: `_done` is dropped on return.
         self.submit_snapshot();
         if let Some(w) = self.writer.take() {
             w.shutdown();

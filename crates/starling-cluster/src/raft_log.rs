@@ -249,7 +249,7 @@ impl ReplicatedLog for RaftLog {
             .log_status()
     }
 
-    fn shutdown(&mut self) {
-        self.handle.node.do_send(Stop);
+    fn shutdown(&mut self, done: tokio::sync::oneshot::Sender<()>) {
+        self.handle.node.do_send(Stop(Some(done)));
     }
 }

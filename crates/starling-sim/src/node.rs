@@ -171,7 +171,7 @@ impl ReplicatedLog for LogPort {
         self.lock().status.clone()
     }
 
-    fn shutdown(&mut self) {
+    fn shutdown(&mut self, _: tokio::sync::oneshot::Sender<()>) {
         self.lock().stopped = true;
     }
 }

@@ -166,6 +166,7 @@ fn build_config(cli: &Cli) -> Result<Config, String> {
         }
         // No secret (and not insecure), an unreadable file, a short secret: exit code 2.
         c.cluster.peer_secret().map_err(|e| e.to_string())?;
+        c.cluster.validate().map_err(|e| e.to_string())?;
         check_entry_bound(&c)?;
     }
     Ok(c)
@@ -181,7 +182,9 @@ fn check_entry_bound(c: &Config) -> Result<(), String> {
         .saturating_add(starling_cluster::config::RAFT_MESSAGE_OVERHEAD);
     if needed > c.cluster.max_message_bytes {
         return Err(format!(
-            "mqtt.max_packet_size = {} does not fit in one peer message:              cluster.max_message_bytes = {} must be at least {needed} (max_packet_size plus              {} bytes); raise cluster.max_message_bytes or lower mqtt.max_packet_size",
+            "mqtt.max_packet_size = {} does not fit in one peer message: \
+             cluster.max_message_bytes = {} must be at least {needed} (max_packet_size plus \
+             {} bytes); raise cluster.max_message_bytes or lower mqtt.max_packet_size",
             c.mqtt.max_packet_size,
             c.cluster.max_message_bytes,
             needed - c.mqtt.max_packet_size
@@ -522,13 +525,25 @@ fn main() -> ExitCode {
     } else {
         info!(target: "mqtt", "Using default config.");
     }
-    let result = actix_rt::System::new().block_on(serve(c));
+    let sys = actix_rt::System::new();
+    // A part that cannot go on (a Raft node whose disk failed, a derived index found wrong)
+    // stops the system with its code: the process exits with it instead of serving on.
+    let stopped = sys.stop_future();
+    let result = sys.block_on(async move {
+        tokio::select! {
+            r = serve(c) => r.map_err(|e| (e, ExitCode::FAILURE)),
+            code = stopped => {
+                let code = code.unwrap_or(1);
+                Err((format!("stopped with exit code {code}"), ExitCode::from(code.clamp(1, 255) as u8)))
+            }
+        }
+    });
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
+        Err((e, code)) => {
             error!("{e}");
             eprintln!("starling: {e}");
-            ExitCode::FAILURE
+            code
         }
     }
 }

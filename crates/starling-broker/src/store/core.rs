@@ -1258,15 +1258,18 @@ impl<C: Clone> StoreCore<C> {
         self.clients.is_empty() && self.proposals.is_empty() && self.proposals.waiting() == 0
     }
 
-    /// Fails what still waits, snapshots, and stops the log.
-    pub fn finish_shutdown(&mut self) {
+    /// Fails what still waits, snapshots, and stops the log; the answer comes once the log has
+    /// written everything (the shell waits for it before the process may exit).
+    pub fn finish_shutdown(&mut self) -> oneshot::Receiver<()> {
         self.flush();
         for w in self.proposals.drain() {
             self.fail_waiter(w);
         }
         let data = self.state.encode_snapshot();
         self.log.save_snapshot(self.state.applied_index(), data);
-        self.log.shutdown();
+        let (done, stopped) = oneshot::channel();
+        self.log.shutdown(done);
         info!("session store stopped");
+        stopped
     }
 }

@@ -390,8 +390,11 @@ impl Handler<CheckDerived> for SessionStore {
     }
 }
 
+/// How long a stopping store waits for its log to write what it was handed.
+const LOG_STOP_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Graceful shutdown: close every client, wait for their sessions to be committed, snapshot,
-/// stop the log. Replies when done.
+/// stop the log. Replies when the log has written everything.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Shutdown;
@@ -406,9 +409,22 @@ impl Handler<Shutdown> for SessionStore {
         Box::pin(
             actix::fut::wrap_future::<_, Self>(async {})
                 .then(move |_, _, _| ShutdownWait { deadline })
-                .map(|_, act: &mut Self, ctx| {
-                    act.clock().finish_shutdown();
+                .then(|_, act: &mut Self, ctx| {
+                    let stopped = act.clock().finish_shutdown();
                     act.send_out(ctx);
+                    // The process may exit once the log has written the shutdown snapshot
+                    // and everything before it.
+                    actix::fut::wrap_future(async move {
+                        if tokio::time::timeout(LOG_STOP_TIMEOUT, stopped)
+                            .await
+                            .is_err()
+                        {
+                            error!(
+                                "the log did not report its end within {LOG_STOP_TIMEOUT:?}: \
+                                 the next start replays the log since its last snapshot"
+                            );
+                        }
+                    })
                 }),
         )
     }

@@ -38,7 +38,7 @@ impl ReplicatedLog for TestLog {
     fn status(&self) -> LogStatus {
         LogStatus::default()
     }
-    fn shutdown(&mut self) {}
+    fn shutdown(&mut self, _: oneshot::Sender<()>) {}
 }
 
 impl TestLog {

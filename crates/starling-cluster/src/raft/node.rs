@@ -85,7 +85,7 @@ pub(crate) struct SaveSnapshot {
 /// Stop: write what is queued, stop ticking.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub(crate) struct Stop;
+pub(crate) struct Stop(pub(crate) Option<oneshot::Sender<()>>);
 
 /// Proposes a membership change; answers once it is applied here (or fails).
 #[derive(Message)]
@@ -454,9 +454,14 @@ impl Handler<ExportBackup> for RaftNode {
 impl Handler<Stop> for RaftNode {
     type Result = ();
 
-    fn handle(&mut self, _: Stop, ctx: &mut Self::Context) {
+    fn handle(&mut self, msg: Stop, ctx: &mut Self::Context) {
+        // Drains what is queued (the shutdown snapshot included) and joins the writer thread:
+        // the process exits once `msg.0` is answered.
         if let Some(w) = self.writer.take() {
             w.shutdown();
+        }
+        if let Some(done) = msg.0 {
+            let _ = done.send(());
         }
         ctx.stop();
     }
