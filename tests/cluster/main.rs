@@ -20,4 +20,5 @@ mod membership;
 mod partition;
 mod replication;
 mod restore;
+mod routes;
 mod snapshot;
