@@ -17,6 +17,7 @@ mod crash;
 mod election;
 mod failover;
 mod membership;
+mod node_down;
 mod partition;
 mod replication;
 mod restore;
