@@ -16,6 +16,7 @@ mod support;
 mod crash;
 mod election;
 mod failover;
+mod limits;
 mod membership;
 mod node_down;
 mod partition;
