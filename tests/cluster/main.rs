@@ -22,5 +22,6 @@ mod node_down;
 mod partition;
 mod replication;
 mod restore;
+mod retained_memory;
 mod routes;
 mod snapshot;
