@@ -13,6 +13,7 @@ mod common;
 
 mod support;
 
+mod connecting;
 mod crash;
 mod election;
 mod failover;
