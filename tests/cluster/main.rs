@@ -25,4 +25,5 @@ mod replication;
 mod restore;
 mod retained_memory;
 mod routes;
+mod shutdown;
 mod snapshot;
