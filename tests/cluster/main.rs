@@ -13,12 +13,18 @@ mod common;
 
 mod support;
 
+mod connecting;
 mod crash;
 mod election;
 mod failover;
+mod limits;
 mod membership;
+mod node_down;
 mod partition;
 mod replication;
 mod restore;
+mod retained_memory;
+mod routes;
+mod shutdown;
 mod snapshot;
 mod snapshot_transfer;

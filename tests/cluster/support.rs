@@ -406,3 +406,294 @@ pub(crate) fn a_follower(c: &TestCluster, leader: u64) -> u64 {
 pub(crate) fn measure(what: &str, value: impl std::fmt::Display) {
     println!("MEASURE {what}: {value}");
 }
+
+/// A subscriber reading in the background: it acknowledges every QoS 1/2 PUBLISH (the QoS 2
+/// flow up to PUBCOMP) and records what arrived, so that a test can publish elsewhere and
+/// then wait for a particular message.
+pub(crate) struct Collector {
+    got: Shared<Publish>,
+    closed: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+    /// Client id, for messages.
+    pub(crate) id: String,
+}
+
+impl Collector {
+    /// Connects `id` (CONNACK 0 required) through `addr`, subscribes to `filter` at QoS 1
+    /// (SUBACK required: for a tracked clean session or a persistent one, the subscription
+    /// is committed then) and starts reading.
+    pub(crate) async fn start(addr: SocketAddr, id: &str, clean: bool, filter: &str) -> Collector {
+        let (mut c, _) = connect_when_ready(addr, id, clean).await;
+        assert_eq!(
+            c.subscribe(1, &[(filter, QoS::AtLeastOnce)]).await,
+            vec![starling_codec::SubscribeReturnCode::Success(
+                QoS::AtLeastOnce
+            )],
+            "SUBACK of {id} at {addr}"
+        );
+        Self::reading(c, id)
+    }
+
+    /// Resumes persistent session `id` through `addr` (the session must be present) and
+    /// starts reading what it had queued and what comes next.
+    pub(crate) async fn resume(addr: SocketAddr, id: &str) -> Collector {
+        let (c, present) = connect_when_ready(addr, id, false).await;
+        assert!(present, "session {id} must be present at {addr}");
+        Self::reading(c, id)
+    }
+
+    fn reading(mut c: RawClient, id: &str) -> Collector {
+        let got: Shared<Publish> = Arc::default();
+        let closed = Arc::new(AtomicBool::new(false));
+        let (g, cl) = (got.clone(), closed.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                match c.recv_within(Duration::from_secs(3600)).await {
+                    Ok(Packet::Publish(p)) => {
+                        match p.qos {
+                            QoS::AtMostOnce => {}
+                            QoS::AtLeastOnce => c.send(&Packet::PubAck(p.packet_id)).await,
+                            QoS::ExactlyOnce => c.send(&Packet::PubRec(p.packet_id)).await,
+                        }
+                        g.lock().unwrap().push(p);
+                    }
+                    Ok(Packet::PubRel(id)) => c.send(&Packet::PubComp(id)).await,
+                    Ok(_) | Err(RecvError::Timeout) => {}
+                    Err(RecvError::Closed) | Err(RecvError::Decode(_)) => {
+                        cl.store(true, Ordering::Relaxed);
+                        return;
+                    }
+                }
+            }
+        });
+        Collector {
+            got,
+            closed,
+            task,
+            id: id.to_string(),
+        }
+    }
+
+    /// Every PUBLISH received so far.
+    pub(crate) fn received(&self) -> Vec<Publish> {
+        self.got.lock().unwrap().clone()
+    }
+
+    /// How many PUBLISHes received so far carry `payload`.
+    pub(crate) fn count_payload(&self, payload: &str) -> usize {
+        self.got
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|p| &p.payload[..] == payload.as_bytes())
+            .count()
+    }
+
+    /// True once the broker closed the connection.
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Relaxed)
+    }
+
+    /// Waits until `cond` holds for what was received; `Err` names `what` and says whether
+    /// the connection is still open.
+    pub(crate) async fn wait(
+        &self,
+        within: Duration,
+        what: &str,
+        cond: impl Fn(&[Publish]) -> bool,
+    ) -> Result<(), String> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            if cond(&self.got.lock().unwrap()) {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                let got = self.got.lock().unwrap();
+                let last: Vec<String> = got[got.len().saturating_sub(5)..]
+                    .iter()
+                    .map(|p| format!("{} {:?}", p.topic, String::from_utf8_lossy(&p.payload)))
+                    .collect();
+                return Err(format!(
+                    "{}: no {what} within {within:?} ({} PUBLISHes received, the last: {last:?}; \
+                     connection {})",
+                    self.id,
+                    got.len(),
+                    if self.is_closed() {
+                        "closed by the broker"
+                    } else {
+                        "open"
+                    }
+                ));
+            }
+            // The poll interval of a deadline wait.
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Waits for a PUBLISH carrying `payload`.
+    pub(crate) async fn wait_payload(&self, payload: &str, within: Duration) -> Result<(), String> {
+        self.wait(within, &format!("message {payload:?}"), |got| {
+            got.iter().any(|p| &p.payload[..] == payload.as_bytes())
+        })
+        .await
+    }
+}
+
+impl Drop for Collector {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Publishes one QoS 1 message through `addr` from a fresh clean client `id` and requires its
+/// PUBACK (so the node accepted responsibility for it).
+pub(crate) async fn publish_once(addr: SocketAddr, id: &str, topic: &str, payload: &str) {
+    let (mut p, _) = connect_when_ready(addr, id, true).await;
+    publish_acked(&mut p, topic, payload, false).await;
+    disconnect(p).await;
+}
+
+/// Publishes one QoS 0 message through `addr` from a fresh clean client `id` (nothing
+/// confirms it: the test waits for it at the subscriber).
+pub(crate) async fn publish_qos0_once(addr: SocketAddr, id: &str, topic: &str, payload: &str) {
+    let (mut p, _) = connect_when_ready(addr, id, true).await;
+    p.publish(topic, payload.as_bytes(), QoS::AtMostOnce, false, 0)
+        .await;
+    disconnect(p).await;
+}
+
+/// The log line of node `id` (since its last start) that says it installed a snapshot from
+/// the leader, if any.
+pub(crate) fn snapshot_install_line(c: &TestCluster, id: u64) -> Option<String> {
+    c.node(id)
+        .log_since_start()
+        .into_iter()
+        .find(|l| l.contains("installing snapshot from the leader"))
+}
+
+/// Waits until every running node has applied up to the leader's commit index (taken now);
+/// returns, per node, its applied index and state digest. Unlike
+/// [`TestCluster::wait_converged`] it does not require equal digests, so a test can say
+/// which node diverged.
+pub(crate) fn applied_everywhere(c: &TestCluster) -> Vec<(u64, u64, String)> {
+    let leader = c.wait_for_leader(ELECTION);
+    let target = c.status(leader)["commit_index"].as_u64().unwrap_or(0);
+    let mut out = Vec::new();
+    c.wait(
+        CONVERGE,
+        &format!("every running node to apply up to the commit index {target}"),
+        || {
+            out.clear();
+            for id in c.running() {
+                let Ok(s) = c.try_status(id) else {
+                    return false;
+                };
+                let applied = s["applied_index"].as_u64().unwrap_or(0);
+                let digest = s["state_digest"].as_str().unwrap_or("").to_string();
+                out.push((id, applied, digest));
+            }
+            let first = out.first().map(|(_, a, _)| *a);
+            first.is_some_and(|a| a >= target) && out.iter().all(|(_, a, _)| Some(*a) == first)
+        },
+    );
+    out
+}
+
+/// The number after `key` in a log line (`index=57 ...`), if any.
+pub(crate) fn log_field(line: &str, key: &str) -> Option<u64> {
+    let plain = crate::common::plain(line);
+    let from = plain.find(key)? + key.len();
+    plain[from..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect::<String>()
+        .parse()
+        .ok()
+}
+
+/// Connects like [`connect`], but retries (within [`ELECTION`]) while the node refuses with
+/// CONNACK 3 or closes the connection: right after a kill or a restart, a leader the nodes
+/// agreed on may still be replaced, and a CONNECT proposed in between fails. The test's
+/// subject is what happens after the setup, not this.
+pub(crate) async fn connect_when_ready(
+    addr: SocketAddr,
+    id: &str,
+    clean: bool,
+) -> (RawClient, bool) {
+    connect_packet_when_ready(
+        addr,
+        connect_packet(id, clean, ProtocolVersion::V3_1_1, 60, None),
+    )
+    .await
+}
+
+/// [`connect_when_ready`] with a CONNECT of the caller's (e.g. with a will).
+pub(crate) async fn connect_packet_when_ready(
+    addr: SocketAddr,
+    connect: starling_codec::Connect,
+) -> (RawClient, bool) {
+    let deadline = tokio::time::Instant::now() + ELECTION;
+    loop {
+        let why = match try_connect_with(addr, connect.clone()).await {
+            Ok((c, ack)) if ack.code == ConnectReturnCode::Accepted => {
+                return (c, ack.session_present)
+            }
+            Ok((_, ack)) => format!("CONNACK {:?}", ack.code),
+            Err(e) => e,
+        };
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} could not connect to {addr} within {ELECTION:?}: {why}",
+            connect.client_id
+        );
+        // A retry pause, not a synchronisation point.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// [`try_connect`] with a CONNECT of the caller's.
+async fn try_connect_with(
+    addr: SocketAddr,
+    connect: starling_codec::Connect,
+) -> Result<(RawClient, ConnAck), String> {
+    tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| format!("{addr}: {e}"))?;
+    let mut c = tokio::spawn(RawClient::open(addr))
+        .await
+        .map_err(|e| format!("{addr}: {e}"))?;
+    c.send(&Packet::Connect(Box::new(connect))).await;
+    match c.recv().await {
+        Ok(Packet::ConnAck(a)) => Ok((c, a)),
+        other => Err(format!("{addr}: no CONNACK: {other:?}")),
+    }
+}
+
+/// Like [`park_persistent_subscriber`], retrying the CONNECT as [`connect_when_ready`] does.
+pub(crate) async fn park_when_ready(addr: SocketAddr, id: &str, filter: &str) {
+    let (mut c, _) = connect_when_ready(addr, id, false).await;
+    assert_eq!(
+        c.subscribe(1, &[(filter, QoS::AtLeastOnce)]).await,
+        vec![starling_codec::SubscribeReturnCode::Success(
+            QoS::AtLeastOnce
+        )],
+        "SUBACK of {id} at {addr}"
+    );
+    disconnect(c).await;
+}
+
+/// Polls `cond` (blocking) until it holds or `within` passed; true if it held. For waits whose
+/// failure message the caller writes itself.
+pub(crate) fn poll_until(within: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        if cond() {
+            return true;
+        }
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        // The poll interval of a deadline wait.
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

@@ -653,6 +653,178 @@ fn dechunk(mut s: &str) -> Option<String> {
     }
 }
 
+/// How long [`TestCluster::stop`] waits for a node to exit after SIGTERM: its leadership
+/// transfer (up to 5 s) and the store's shutdown (up to 5 s) with room to spare.
+const GRACEFUL_EXIT: Duration = Duration::from_secs(30);
+
+impl ClusterBuilder {
+    /// Like [`ClusterBuilder::start`], with extra environment variables for some nodes only:
+    /// `(node id, variable, value)` (e.g. a node whose local configuration differs). They stay
+    /// with the node across [`TestCluster::restart`]; later ones override earlier ones and the
+    /// variables every node gets.
+    pub fn start_with_node_env(self, node_env: &[(u64, &str, &str)]) -> TestCluster {
+        let mut held = reserve_ports(2 * self.size as usize);
+        let addrs: BTreeMap<u64, (SocketAddr, SocketAddr)> = (1..=self.size)
+            .map(|id| {
+                let i = 2 * (id - 1) as usize;
+                (id, (held[i].addr, held[i + 1].addr))
+            })
+            .collect();
+        let peers = addrs
+            .iter()
+            .map(|(id, (raft, _))| format!("{id}={raft}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut cluster = TestCluster {
+            builder: self,
+            peers,
+            nodes: BTreeMap::new(),
+        };
+        for (id, (raft, admin)) in addrs {
+            held.drain(..2);
+            let extra: Vec<(String, String)> = node_env
+                .iter()
+                .filter(|(n, _, _)| *n == id)
+                .map(|(_, k, v)| ((*k).to_string(), (*v).to_string()))
+                .collect();
+            let node = cluster.spawn_with_env(id, raft, admin, &extra);
+            cluster.nodes.insert(id, node);
+        }
+        for id in cluster.ids() {
+            cluster.wait_admin(id);
+        }
+        cluster
+    }
+}
+
+impl TestCluster {
+    /// A founding member's process with `extra` variables after the cluster's own.
+    fn spawn_with_env(
+        &self,
+        id: u64,
+        raft: SocketAddr,
+        admin: SocketAddr,
+        extra: &[(String, String)],
+    ) -> ClusterNode {
+        let b = &self.builder;
+        let mut builder = BrokerBuilder::new(&b.bin)
+            .log_level(b.log_level.clone())
+            .arg("--node-id")
+            .arg(id.to_string())
+            .arg("--cluster-listen")
+            .arg(raft.to_string())
+            .arg("--peers")
+            .arg(self.peers.clone())
+            .arg("--admin-listen")
+            .arg(admin.to_string());
+        let mut env: Vec<(String, String)> = b.env.clone();
+        for (k, v) in extra {
+            env.retain(|(old, _)| old != k);
+            env.push((k.clone(), v.clone()));
+        }
+        for (k, v) in env {
+            builder = builder.env(k, v);
+        }
+        ClusterNode {
+            id,
+            raft_addr: raft,
+            admin_addr: admin,
+            process: builder.start(),
+        }
+    }
+
+    /// Graceful stop of node `id`: SIGTERM, then waits until the process exited (it hands
+    /// leadership over, closes its clients and writes its shutdown snapshot first). Returns
+    /// the exit code. [`TestCluster::restart`] starts it again.
+    ///
+    /// # Panics
+    /// The node does not exit within 30 s, or no such node.
+    pub fn stop(&mut self, id: u64) -> Option<i32> {
+        self.nodes
+            .get_mut(&id)
+            .unwrap_or_else(|| panic!("no node {id}"))
+            .process
+            .terminate(GRACEFUL_EXIT)
+    }
+
+    /// Resident memory of node `id`'s process now (`VmRSS`), in bytes; `None` when it does
+    /// not run.
+    pub fn rss_bytes(&self, id: u64) -> Option<u64> {
+        proc_status_bytes(self.node(id).process.pid()?, "VmRSS:")
+    }
+
+    /// The highest resident memory node `id`'s process had so far (`VmHWM`), in bytes.
+    pub fn peak_rss_bytes(&self, id: u64) -> Option<u64> {
+        proc_status_bytes(self.node(id).process.pid()?, "VmHWM:")
+    }
+
+    /// Disk space taken by node `id`'s data directory (allocated blocks of every file in it,
+    /// as `du` counts them), in bytes.
+    pub fn data_dir_bytes(&self, id: u64) -> u64 {
+        dir_bytes(self.node(id).process.data_dir())
+    }
+
+    /// A request to node `id`'s admin endpoint (see [`http`]).
+    ///
+    /// # Errors
+    /// As [`http`].
+    pub fn admin(
+        &self,
+        id: u64,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+    ) -> Result<(u16, String), String> {
+        http(self.node(id).admin_addr, method, path, body)
+    }
+
+    /// The value of sample `name` (without labels) in node `id`'s `GET /metrics`, if it
+    /// answers and has it.
+    pub fn metric(&self, id: u64, name: &str) -> Option<f64> {
+        let (code, body) = self.admin(id, "GET", "/metrics", None).ok()?;
+        if code != 200 {
+            return None;
+        }
+        metric_value(&body, name)
+    }
+}
+
+/// A sample without labels in a Prometheus text exposition.
+fn metric_value(text: &str, name: &str) -> Option<f64> {
+    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        let (k, v) = l.split_once(char::is_whitespace)?;
+        (k == name).then(|| v.trim().parse().ok()).flatten()
+    })
+}
+
+/// A `<field> <n> kB` line of `/proc/<pid>/status`, in bytes.
+fn proc_status_bytes(pid: u32, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with(field))?;
+    let kib: u64 = line[field.len()..]
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    Some(kib * 1024)
+}
+
+/// Allocated bytes of every file under `dir` (512-byte blocks, as `du` counts them).
+fn dir_bytes(dir: &std::path::Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .filter_map(Result::ok)
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => dir_bytes(&e.path()),
+            Ok(m) => m.blocks() * 512,
+            Err(_) => 0,
+        })
+        .sum()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -704,5 +876,26 @@ mod tests {
             {"id": 3, "voter": true}, {"id": 1, "voter": true}, {"id": 4, "voter": false}
         ]});
         assert_eq!(voters(&s), vec![1, 3]);
+    }
+
+    #[test]
+    fn metric_samples_without_labels_are_read() {
+        let text = "# HELP starling_sessions x\n# TYPE starling_sessions gauge\n\
+                    starling_sessions 3\nstarling_sessions_online 1\n\
+                    starling_messages_sent_total{qos=\"1\"} 7\n";
+        assert_eq!(metric_value(text, "starling_sessions"), Some(3.0));
+        assert_eq!(metric_value(text, "starling_sessions_online"), Some(1.0));
+        assert_eq!(metric_value(text, "starling_messages_sent_total"), None);
+    }
+
+    #[test]
+    fn own_process_memory_and_a_directory_size_are_measured() {
+        let rss = proc_status_bytes(std::process::id(), "VmRSS:").expect("VmRSS");
+        assert!(rss > 0);
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a"), vec![1u8; 64 * 1024]).unwrap();
+        std::fs::create_dir(dir.path().join("sub")).unwrap();
+        std::fs::write(dir.path().join("sub/b"), vec![1u8; 64 * 1024]).unwrap();
+        assert!(dir_bytes(dir.path()) >= 128 * 1024);
     }
 }
