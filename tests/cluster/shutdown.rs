@@ -1,16 +1,14 @@
 //! A graceful stop (SIGTERM) ends with the node's storage closed and a snapshot of what it
-//! applied: docs/cluster.md and issue 12 count on a restart after SIGTERM restoring from that
-//! shutdown snapshot. Found while writing the graceful-restart route tests: the process exits
-//! while the Raft node still has the snapshot and the storage shutdown queued, so the next
-//! start repairs the storage file as after a crash, and the snapshot is often missing.
-//! Ignored until that is fixed: `cargo test -p starling --test cluster shutdown -- --ignored`.
+//! applied: a restart after SIGTERM restores from that shutdown snapshot (docs/cluster.md).
+//! The process used to exit while the Raft node still had the snapshot and the storage
+//! shutdown queued, so the next start repaired the storage file as after a crash, and the
+//! snapshot was often missing.
 
 use crate::support::*;
 
 const ROUNDS: usize = 3;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "a graceful stop exits before its shutdown snapshot and storage close (module doc)"]
 async fn graceful_stop_writes_its_shutdown_snapshot_and_closes_its_storage() {
     let mut c = blocking(|| cluster(3).start());
     blocking(|| c.wait_for_leader(ELECTION));

@@ -167,8 +167,9 @@ pub struct BrokerConfig {
     /// Log entries between state snapshots (which let the log be compacted).
     pub snapshot_entries: u64,
     /// Bytes of log entries between state snapshots: a snapshot is taken after
-    /// `snapshot_entries` entries or this many bytes, whichever comes first, so that large
-    /// messages cannot grow the log (in memory and on disk) without bound.
+    /// `snapshot_entries` entries or this many bytes (or the size of the last snapshot, if
+    /// larger), whichever comes first, so that large messages cannot grow the log (in memory
+    /// and on disk) without bound, while a large state is not rewritten too often.
     pub snapshot_bytes: u64,
     /// Accept connections without a user name: `true`, `false` or `"auto"` (only if every
     /// listener is on a loopback address).
@@ -215,7 +216,7 @@ impl Default for BrokerConfig {
             session_expiry_secs: 0,
             commit_timeout_secs: 5,
             snapshot_entries: 100_000,
-            snapshot_bytes: 64 * 1024 * 1024,
+            snapshot_bytes: 16 * 1024 * 1024,
             allow_anonymous: Anonymous::Auto,
             password_file: PathBuf::new(),
             acl_file: PathBuf::new(),
@@ -421,6 +422,13 @@ impl BrokerConfig {
     /// Commit deadline.
     pub fn commit_timeout(&self) -> Duration {
         Duration::from_secs(self.commit_timeout_secs)
+    }
+
+    /// How long a connection waits for the store's answer to a request. The store itself
+    /// refuses what did not commit within `commit_timeout` (checked every half second), so its
+    /// answer, and its bookkeeping, normally come first; this is the net behind it.
+    pub fn answer_timeout(&self) -> Duration {
+        self.commit_timeout() + Duration::from_secs(1)
     }
 }
 

@@ -1104,7 +1104,7 @@ impl SimNode {
         }
         if out.waits {
             let wait = c.wait_seq();
-            let timeout = self.config.commit_timeout().as_micros() as u64;
+            let timeout = self.config.answer_timeout().as_micros() as u64;
             s.timer(self.id, self.inc, timeout, Timer::ConnTimeout(conn, wait));
         }
         if let Some(closed) = out.closed {

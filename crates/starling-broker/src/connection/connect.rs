@@ -219,7 +219,7 @@ impl Connection {
             info,
             reply: tx,
         });
-        let wait = tokio::time::timeout(config.commit_timeout(), rx);
+        let wait = tokio::time::timeout(config.answer_timeout(), rx);
         ctx.wait(
             actix::fut::wrap_future::<_, Self>(wait).map(move |res, act, ctx| match res {
                 Ok(Ok(ConnectOutcome::Accepted {

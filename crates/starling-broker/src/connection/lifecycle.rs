@@ -154,7 +154,7 @@ impl Connection {
             sent_up_to: s.flow.sent_up_to(),
             reply: tx,
         });
-        let wait = tokio::time::timeout(self.worker.config.commit_timeout(), rx);
+        let wait = tokio::time::timeout(self.worker.config.answer_timeout(), rx);
         ctx.wait(
             actix::fut::wrap_future::<_, Self>(wait).map(|res, act, ctx| {
                 if matches!(res, Ok(Ok(true))) {

@@ -111,7 +111,7 @@ impl Connection {
             reply: tx,
         });
         let packet_id = sub.packet_id;
-        let wait = tokio::time::timeout(self.worker.config.commit_timeout(), rx);
+        let wait = tokio::time::timeout(self.worker.config.answer_timeout(), rx);
         ctx.wait(
             actix::fut::wrap_future::<_, Self>(wait).map(move |res, act, ctx| {
                 let (granted, retained) = match res {
@@ -185,7 +185,7 @@ impl Connection {
             reply: tx,
         });
         let packet_id = u.packet_id;
-        let wait = tokio::time::timeout(self.worker.config.commit_timeout(), rx);
+        let wait = tokio::time::timeout(self.worker.config.answer_timeout(), rx);
         ctx.wait(
             actix::fut::wrap_future::<_, Self>(wait).map(move |res, act, ctx| match res {
                 Ok(Ok(true)) => act.write_ack(PacketType::UnsubAck, packet_id),

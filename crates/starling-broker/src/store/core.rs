@@ -173,6 +173,9 @@ pub struct StoreCore<C = Addr<Connection>> {
     pub(crate) entries_since_snapshot: u64,
     /// Bytes of the entries applied since the last snapshot.
     pub(crate) bytes_since_snapshot: u64,
+    /// Size of the last snapshot taken or installed: the byte trigger is at least this, so
+    /// that the cost of snapshots stays proportional to the bytes logged.
+    pub(crate) last_snapshot_bytes: u64,
     /// Fires once the log has been replayed (the broker then opens its listeners).
     pub(crate) ready: Option<oneshot::Sender<Result<(), String>>>,
     /// The log has been replayed; entries from now on are new.
@@ -252,6 +255,7 @@ impl<C: Clone> StoreCore<C> {
             sys_retained: RetainedStore::new(),
             entries_since_snapshot: 0,
             bytes_since_snapshot: 0,
+            last_snapshot_bytes: 0,
             ready: Some(ready),
             recovered: false,
             last_queue_full_log: None,
@@ -537,12 +541,14 @@ impl<C: Clone> StoreCore<C> {
     }
 
     fn on_restore(&mut self, index: u64, data: Bytes) {
+        let bytes = data.len() as u64;
         match State::decode_snapshot(data) {
             Ok(state) => {
                 info!(index, "state restored from snapshot");
                 self.state = state;
                 self.entries_since_snapshot = 0;
                 self.bytes_since_snapshot = 0;
+                self.last_snapshot_bytes = bytes;
                 // Entries proposed here and covered by the snapshot never reach the decoded
                 // cache's consumer: drop what the snapshot covers.
                 self.decoded.clear();
@@ -722,7 +728,7 @@ impl<C: Clone> StoreCore<C> {
 
     pub(crate) fn maybe_snapshot(&mut self) {
         if self.entries_since_snapshot < self.config.snapshot_entries
-            && self.bytes_since_snapshot < self.config.snapshot_bytes
+            && self.bytes_since_snapshot < self.config.snapshot_bytes.max(self.last_snapshot_bytes)
         {
             return;
         }
@@ -732,6 +738,7 @@ impl<C: Clone> StoreCore<C> {
         let data = self.state.encode_snapshot();
         let index = self.state.applied_index();
         let bytes = data.len();
+        self.last_snapshot_bytes = bytes as u64;
         self.log.save_snapshot(index, data);
         info!(
             index,

@@ -24,6 +24,8 @@ use crate::router::{RouteTable, SESSION_KEY};
 #[derive(Clone, Default)]
 struct TestLog {
     proposed: Arc<Mutex<Vec<Bytes>>>,
+    /// Snapshots handed to the log: (index, size).
+    snapshots: Arc<Mutex<Vec<(u64, usize)>>>,
 }
 
 impl ReplicatedLog for TestLog {
@@ -34,7 +36,9 @@ impl ReplicatedLog for TestLog {
         self.proposed.lock().unwrap().push(data);
         Ok(())
     }
-    fn save_snapshot(&mut self, _: u64, _: Bytes) {}
+    fn save_snapshot(&mut self, index: u64, data: Bytes) {
+        self.snapshots.lock().unwrap().push((index, data.len()));
+    }
     fn status(&self) -> LogStatus {
         LogStatus::default()
     }
@@ -753,4 +757,50 @@ fn a_clean_subscribe_on_a_single_node_sees_the_retained_change_queued_before_it(
     let mut rx = subscribe(&mut n, "c", 5, key, 0);
     n.pump();
     assert!(rx.try_recv().is_ok());
+}
+
+/// Snapshots come after `snapshot_bytes` of entries, or after as many bytes as the last
+/// snapshot held if that is more (a large state is not rewritten for every few bytes logged).
+#[test]
+fn snapshots_follow_bytes_logged_at_least_the_size_of_the_state() {
+    let config = BrokerConfig {
+        snapshot_bytes: 10_000,
+        ..BrokerConfig::default()
+    };
+    let mut n = Node::new(1, false, config);
+    n.core.on_log_event(LogEvent::Recovered);
+    n.pump();
+    let taken = |n: &Node| n.log.snapshots.lock().unwrap().len();
+    // Retained messages of 1 KB on distinct topics: the state grows with the log.
+    let item = |i: usize| DurableItem {
+        message: starling_state::Message {
+            topic: ByteString::from(format!("big/{i}")),
+            payload: Bytes::from(vec![b'x'; 1000]),
+            qos: QoS::AtMostOnce,
+            retain: true,
+        },
+        reply: None,
+    };
+    let mut at = Vec::new();
+    for i in 0..100 {
+        n.core.durable_publish(vec![item(i)]);
+        commit_all(&mut n);
+        if taken(&n) > at.len() {
+            at.push(i);
+        }
+    }
+    let snaps = n.log.snapshots.lock().unwrap().clone();
+    assert!(snaps.len() >= 3, "{snaps:?} at {at:?}");
+    // The first after about 10 KB of entries; each later one after at least the previous
+    // snapshot's size in entries.
+    assert!((8..=11).contains(&at[0]), "{at:?}");
+    for w in snaps.windows(2).zip(at.windows(2)) {
+        let ((_, prev_size), gap) = (w.0[0], w.1[1] - w.1[0]);
+        assert!(
+            gap * 1000 >= prev_size.max(10_000) - 1000,
+            "{gap} entries after a snapshot of {prev_size} bytes: {snaps:?} at {at:?}"
+        );
+    }
+    // The state of 100 messages is about 100 KB: far fewer snapshots than 100 KB / 10 KB.
+    assert!(snaps.len() <= 6, "{snaps:?}");
 }
