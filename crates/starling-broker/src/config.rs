@@ -134,8 +134,9 @@ pub struct BrokerConfig {
     pub max_client_id_len: usize,
     /// Outbound QoS 1/2 messages in flight per client.
     pub max_inflight: usize,
-    /// Inbound QoS 1/2 PUBLISHes awaiting their acknowledgement per client before the broker
-    /// stops reading from that client (backpressure).
+    /// PUBLISHes of one client still owed something (QoS 1/2 ones awaiting their
+    /// acknowledgement, retained QoS 0 ones awaiting their commit) before the broker stops
+    /// reading from that client (backpressure).
     pub max_inflight_in: usize,
     /// Messages queued per session beyond the in-flight window.
     pub max_queued_messages: usize,
