@@ -12,7 +12,7 @@
 //! - [`replication`]: the port to the log that orders the store's commands (a local write-ahead
 //!   log on one node, Raft in a cluster); implemented outside this crate.
 //! - [`sys`]: `$SYS` topics. [`metrics`]: per-thread counters. [`messages`]: actor messages.
-//! - [`listener`]: accept loops (TCP, TLS, WebSocket; connection limits).
+//! - `listener`: accept loops (TCP, TLS, WebSocket; connection limits).
 //! - [`security`]: the password and ACL files in force (swapped on reload) and the password
 //!   verification threads.
 //!

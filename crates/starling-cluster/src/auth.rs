@@ -275,7 +275,7 @@ impl PeerAuth {
         c
     }
 
-    /// Logs a refused call with the caller's address, at most once per [`LOG_INTERVAL`].
+    /// Logs a refused call with the caller's address, at most once per `LOG_INTERVAL`.
     pub fn log_rejection(&self, remote: Option<SocketAddr>, error: &AuthError) {
         let mut log = self.rejections.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();

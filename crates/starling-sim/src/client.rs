@@ -1,6 +1,6 @@
 //! Simulated strict MQTT clients: they follow the protocol to the letter, keep their session
 //! state across connections (persistent sessions), fail over to other nodes on their own, and
-//! record every packet that matters in the [`History`](crate::history::History).
+//! record every packet that matters in the `History`.
 //!
 //! A client is a state machine: the world hands it packets, connection losses and its turn to
 //! act; it answers with [`ClientOut`]s (open a connection, send a packet, close, abandon).

@@ -37,6 +37,8 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// sessions and retained messages kept in ./starling-data. Settings come from the embedded
 /// defaults (see --print-config), then the --config file, then STARLING_<SECTION>_<KEY>
 /// environment variables (e.g. STARLING_MQTT_MAX_INFLIGHT=50), then these flags.
+// The text is `--help`'s, not HTML.
+#[allow(rustdoc::invalid_html_tags)]
 #[derive(Parser, Debug)]
 #[command(name = "starling", version, about, long_about)]
 struct Cli {

@@ -9,7 +9,7 @@
 //!                                             └─ reconnect (clean 0): session must be present
 //! ```
 //!
-//! The subscriber is a strict QoS 2 receiver ([`super::flow::Receiver`]): it keeps the packet ids
+//! The subscriber is a strict QoS 2 receiver (`super::flow::Receiver`): it keeps the packet ids
 //! awaiting PUBREL across connections, answers a repeated PUBLISH for such an id with PUBREC
 //! without delivering it again, and counts each message once. A correct broker gives 0 lost and
 //! 0 duplicated.

@@ -3,14 +3,14 @@
 //!
 //! [`StoreCore`] (a plain struct, no actix) decides everything:
 //! - requests from connections (connect, subscribe, durable publishes and acknowledgements),
-//!   turned into commands and proposed in batches ([`proposals`]);
+//!   turned into commands and proposed in batches (`proposals`);
 //! - log events: committed entries are applied to the [`State`](starling_state::State) and their
-//!   effects turned into output ([`effects`]): replies, deliveries to the connections it serves,
+//!   effects turned into output (`effects`): replies, deliveries to the connections it serves,
 //!   router updates, fast-path deliveries;
 //! - the registry of clients connected to this node (takeover on this node, clean sessions,
 //!   which never enter the replicated state on a single node);
 //! - what this node derives from the replicated state, rebuilt when the state is replaced or
-//!   recovered and checked against a rebuild ([`derived`]).
+//!   recovered and checked against a rebuild (`derived`).
 //!
 //! [`SessionStore`] is the actor around it: it feeds messages to the core, sets its clock, runs
 //! its timers and sends what it outputs ([`output`]). It never blocks: the log does its IO on
