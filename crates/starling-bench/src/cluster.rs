@@ -75,7 +75,7 @@ pub struct ClusterArgs {
     #[arg(long)]
     pub list: bool,
 
-    /// `--fsync` of every node (cluster and single): always or interval.
+    /// `--fsync` of every node: always, or interval (single node only: a cluster refuses it).
     #[arg(long, default_value = "always")]
     pub fsync: String,
 
@@ -453,6 +453,13 @@ pub fn run(a: &ClusterArgs) -> Result<String, BenchError> {
     }
     for r in &selected {
         parse_row(&r.command)?;
+    }
+    if a.fsync == "interval" && a.topologies.contains(&Topology::Cluster) {
+        return Err(BenchError::Options(
+            "a cluster refuses storage.fsync = interval (Raft votes and acknowledgements must \
+             not precede their writes): --fsync interval runs --topologies single only"
+                .into(),
+        ));
     }
     let limits = Limits {
         inflight: a.inflight,
