@@ -28,3 +28,4 @@ mod routes;
 mod shutdown;
 mod snapshot;
 mod snapshot_transfer;
+mod startup;

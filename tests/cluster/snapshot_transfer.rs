@@ -1,12 +1,10 @@
 //! Snapshots travel in chunks: a lagging node installs a snapshot several times larger than the
 //! largest message peers exchange (`cluster.max_message_bytes`), and then serves what the others
 //! hold. Before snapshots were chunked, such a snapshot could never be sent: the follower stayed
-//! behind for good. Also the settings clustered mode refuses.
+//! behind for good.
 
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use crate::common::BIN;
 use crate::support::*;
 
 /// The largest peer message: small, so that a modest state makes a snapshot several times it.
@@ -102,90 +100,6 @@ async fn lagging_node_installs_a_snapshot_larger_than_a_message() {
             "payload of big/{i:03} differs"
         );
     }
-}
-
-/// Starts a clustered node with `env` (on top of a valid single-member setup) and returns its
-/// exit code and standard error; panics if it is still running after 10 s.
-fn start_refused(what: &str, args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String) {
-    let dir = tempfile::tempdir().unwrap();
-    let mut cmd = Command::new(BIN);
-    cmd.args(["--node-id", "1", "--peers", "1=127.0.0.1:1"])
-        .args(args)
-        .arg("--data-dir")
-        .arg(dir.path())
-        .env("STARLING_CLUSTER_INSECURE", "true")
-        .env_remove("STARLING_CONFIG")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let mut child = cmd.spawn().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{what}: the node started in clustered mode");
-        }
-        // The poll interval of a deadline wait.
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let stderr = std::io::read_to_string(child.stderr.take().unwrap()).unwrap();
-    (status.code(), stderr)
-}
-
-/// Votes and append acknowledgements must not precede durability: clustered mode refuses
-/// `storage.fsync = "interval"` at start (exit code 2, a message naming the key).
-#[test]
-fn clustered_mode_refuses_fsync_interval() {
-    for (how, args, env) in [
-        ("flag", &["--fsync", "interval"][..], &[][..]),
-        (
-            "environment",
-            &[][..],
-            &[("STARLING_STORAGE_FSYNC", "interval")][..],
-        ),
-    ] {
-        let (code, stderr) = start_refused(&format!("fsync = interval ({how})"), args, env);
-        assert_eq!(code, Some(2), "fsync = interval ({how}): {stderr}");
-        assert!(
-            stderr.contains("storage.fsync"),
-            "the message names the key ({how}): {stderr}"
-        );
-    }
-}
-
-/// One log entry travels in one peer message: a node whose largest accepted PUBLISH could not
-/// fit in `cluster.max_message_bytes` refuses to start (exit code 2) and names both keys; so
-/// does a snapshot chunk larger than half a message. The defaults start (every other test).
-#[test]
-fn clustered_mode_refuses_limits_no_peer_message_carries() {
-    let (code, stderr) = start_refused(
-        "max_packet_size over max_message_bytes",
-        &[],
-        &[
-            ("STARLING_MQTT_MAX_PACKET_SIZE", "1048576"),
-            ("STARLING_CLUSTER_MAX_MESSAGE_BYTES", "1048576"),
-        ],
-    );
-    assert_eq!(code, Some(2), "{stderr}");
-    for key in ["mqtt.max_packet_size", "cluster.max_message_bytes"] {
-        assert!(stderr.contains(key), "the message names {key}: {stderr}");
-    }
-    let (code, stderr) = start_refused(
-        "snapshot_chunk_bytes over half of max_message_bytes",
-        &[],
-        &[("STARLING_CLUSTER_SNAPSHOT_CHUNK_BYTES", "200000000")],
-    );
-    assert_eq!(code, Some(2), "{stderr}");
-    assert!(
-        stderr.contains("cluster.snapshot_chunk_bytes"),
-        "the message names the key: {stderr}"
-    );
 }
 
 /// The value after `key` in a log line (`bytes=1234 ...`).
