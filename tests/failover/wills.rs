@@ -119,13 +119,11 @@ async fn will_published_once_when_a_node_dies_and_restarts_at_once() {
     );
 }
 
-/// What `cluster.md` promises ("... exactly once, unless the client reconnected in
-/// between"). Starling publishes the will anyway: the reconnection is a takeover of the dead
-/// node's connection, and a takeover publishes the old connection's will (`protocol.md`;
-/// `State::connect`), within milliseconds of the reconnection, so the grace period never
-/// saves a will. The two documents disagree; ignored until that is decided (see the report).
+/// What `cluster.md` promises: a dead node's clients get their wills published exactly once,
+/// "unless the client reconnected in between". The reconnection through another node takes the
+/// session over from the dead node's connection, and a takeover through another node publishes
+/// no will (a takeover on the same node does, as on a single node).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "cluster.md and protocol.md disagree on the will of a client that resumes on another node within node_down_secs"]
 async fn no_will_when_the_client_resumes_elsewhere_in_time() {
     let mut c = blocking(|| {
         cluster(3)

@@ -410,8 +410,11 @@ pub struct ReleaseReady {
 /// Why the store closes a connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum KickReason {
-    /// Another connection took the client id.
+    /// Another connection on this node took the client id.
     TakenOver,
+    /// A connection through another node took the client id: the client reconnected there
+    /// (its will is not published).
+    TakenOverElsewhere,
     /// The session was discarded (clean-session connect elsewhere, expiry).
     SessionRemoved,
     /// The broker is shutting down.

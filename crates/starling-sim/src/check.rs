@@ -16,7 +16,9 @@
 //!   its publisher had to send again after a failover;
 //! - every delivered message was published by someone;
 //! - the will of a connection that ended without DISCONNECT, after its CONNACK 0, is delivered
-//!   to the will subscriber exactly once; no will is delivered twice.
+//!   to the will subscriber exactly once, unless the client may have taken its session over
+//!   through another node meanwhile (a cluster publishes no will then); no will is delivered
+//!   twice.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -422,7 +424,19 @@ pub fn history(
         for c in clients.iter().filter(|c| c.spec.will) {
             for gen in 1..=c.gen() {
                 let due = h.ended.get(&(c.idx, gen)).copied();
+                // A connection of the same client through another node whose CONNECT may have
+                // committed after this one's took the session over there: a cluster publishes no
+                // will then (the client reconnected), unless it was published before. Either is
+                // right, depending on which committed first; twice never is (checked above). Such
+                // a CONNECT is a later one, or an earlier one that never got its CONNACK 0 (it
+                // may commit late, after its client gave up on it).
+                let on = opened_on.get(&(c.idx, gen));
+                let moved = (1..=c.gen()).filter(|g| *g != gen).any(|g| {
+                    (g > gen || !connected.contains(&(c.idx, g)))
+                        && opened_on.get(&(c.idx, g)).is_some_and(|n| Some(n) != on)
+                });
                 if connected.contains(&(c.idx, gen))
+                    && !moved
                     && !disconnecting.contains(&(c.idx, gen))
                     && due.is_some_and(|(due, at)| due && at > will_sub_at + PROPAGATION_MS)
                     && !wills.keys().any(|(_, of, g)| *of == c.idx && *g == gen)

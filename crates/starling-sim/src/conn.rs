@@ -317,6 +317,10 @@ impl SimConn {
                 ConnMessage::Kick(reason) => {
                     let (why, will) = match reason {
                         KickReason::TakenOver => ("taken over", true),
+                        // The client reconnected through another node: no will.
+                        KickReason::TakenOverElsewhere => {
+                            ("taken over through another node", false)
+                        }
                         KickReason::SessionRemoved => ("session removed", true),
                         KickReason::Shutdown => ("shutdown", false),
                         KickReason::StateReplaced => ("state replaced by a snapshot", true),

@@ -127,6 +127,9 @@ pub enum Effect {
         client_id: Arc<str>,
         /// Connection to close.
         owner: Owner,
+        /// The connection that takes the client id over; `None` when the session was dropped or
+        /// its node is down.
+        by: Option<Owner>,
     },
     /// A subscription was added or its QoS changed.
     RouteAdd {

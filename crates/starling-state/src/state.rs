@@ -170,6 +170,17 @@ fn qos_of(v: u32) -> QoS {
     QoS::from_u8(v.min(2) as u8).unwrap_or(QoS::ExactlyOnce)
 }
 
+/// Whether a connection taken over by a CONNECT of the same client id gets its will published.
+///
+/// On its own node, yes: the broker closes a live network connection without a DISCONNECT
+/// (MQTT-3.1.4-2), as a single node (and Mosquitto) does. Through another node, no: the client
+/// has reconnected elsewhere, typically because its node died or became unreachable, and a
+/// cluster publishes the wills of a lost node's clients unless they reconnected in between
+/// (docs/cluster.md, "Wills when a node dies"). Both are decided from the log alone.
+fn will_on_takeover(old: Owner, new: Owner) -> bool {
+    old.node == new.node
+}
+
 impl State {
     /// An empty state.
     pub fn new(config: StateConfig) -> State {
@@ -396,11 +407,12 @@ impl State {
         // A client id has one session: a connect of either kind replaces the other kind.
         if c.clean_session {
             if let Some(s) = self.sessions.remove(c.client_id.as_str()) {
-                self.forget(s, effects);
+                self.forget(s, Some(owner), effects);
             }
         }
         if let Some(old) = self.clean.remove(c.client_id.as_str()) {
-            self.forget_clean(old, true, effects);
+            let will = will_on_takeover(old.owner, owner);
+            self.forget_clean(old, will, Some(owner), effects);
         }
         if c.clean_session {
             let epoch = if c.track {
@@ -447,9 +459,10 @@ impl State {
             effects.push(Effect::Kick {
                 client_id: s.client_id.clone(),
                 owner: old,
+                by: Some(owner),
             });
             s.sent_up_to = s.next_seq - 1;
-            old_will = s.will.take();
+            old_will = s.will.take().filter(|_| will_on_takeover(old, owner));
         }
         if !present {
             s.username = c.username.clone();
@@ -472,7 +485,8 @@ impl State {
             owner,
             epoch,
         });
-        // A connection taken over loses its network connection: its will is published.
+        // A connection taken over on its own node loses its network connection: its will is
+        // published (see `will_on_takeover`).
         if let Some(w) = old_will {
             self.publish_message(&w, false, effects);
         }
@@ -486,11 +500,19 @@ impl State {
         );
     }
 
-    /// Ends a tracked clean session: closes its connection, publishes its will if asked.
-    fn forget_clean(&mut self, cs: CleanSession, publish_will: bool, effects: &mut Vec<Effect>) {
+    /// Ends a tracked clean session: closes its connection (taken over `by` another one, if
+    /// that is why), publishes its will if asked.
+    fn forget_clean(
+        &mut self,
+        cs: CleanSession,
+        publish_will: bool,
+        by: Option<Owner>,
+        effects: &mut Vec<Effect>,
+    ) {
         effects.push(Effect::Kick {
             client_id: cs.client_id.clone(),
             owner: cs.owner,
+            by,
         });
         let filters = cs.subscriptions.into_keys().collect();
         effects.push(Effect::SessionRemoved {
@@ -505,14 +527,19 @@ impl State {
     }
 
     /// Removes a session's subscriptions and closes its connection, if any.
-    fn forget(&mut self, s: Session, effects: &mut Vec<Effect>) {
+    /// Removes a session; `taken_over_by` is the connection of the same client id that replaces
+    /// it, if that is why.
+    fn forget(&mut self, s: Session, taken_over_by: Option<Owner>, effects: &mut Vec<Effect>) {
         if let Some(owner) = s.owner {
             effects.push(Effect::Kick {
                 client_id: s.client_id.clone(),
                 owner,
+                by: taken_over_by,
             });
-            // Its connection is closed by this: its will is due.
-            if let Some(w) = &s.will {
+            // Its connection is closed by this: its will is due, unless the client itself
+            // reconnected through another node.
+            let due = taken_over_by.is_none_or(|new| will_on_takeover(owner, new));
+            if let (true, Some(w)) = (due, &s.will) {
                 self.publish_message(w, false, effects);
             }
         }
@@ -811,7 +838,7 @@ impl State {
         };
         if !keep {
             if let Some(s) = self.sessions.remove(d.client_id.as_str()) {
-                self.forget(s, effects);
+                self.forget(s, None, effects);
             }
         }
         origin.reply(effects, CommandResult::Dropped);
@@ -835,6 +862,7 @@ impl State {
                 effects.push(Effect::Kick {
                     client_id: s.client_id.clone(),
                     owner,
+                    by: None,
                 });
             }
             if let Some(w) = Self::go_offline(s, all, origin.timestamp_ms, effects) {
@@ -850,7 +878,7 @@ impl State {
         clean.sort_unstable();
         for id in clean {
             if let Some(cs) = self.clean.remove(&*id) {
-                self.forget_clean(cs, true, effects);
+                self.forget_clean(cs, true, None, effects);
             }
         }
         origin.reply(effects, CommandResult::NodeDownApplied);

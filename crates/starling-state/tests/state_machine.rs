@@ -185,7 +185,11 @@ fn takeover_kicks_old_owner_and_fences_its_commands() {
         owner: Owner {
             node: 1,
             connection: 1
-        }
+        },
+        by: Some(Owner {
+            node: 1,
+            connection: 2
+        }),
     }));
     let (r, _) = log.subscribe("c", e1, "a", 1);
     assert_eq!(r, Some(CommandResult::Rejected(Rejection::StaleEpoch)));
@@ -705,20 +709,49 @@ fn tracked_clean_session_routes_without_queueing_and_ends_at_disconnect() {
     assert_eq!(log.state.stats().clean_sessions, 0);
 }
 
+/// A persistent CONNECT of `id` through `node`: (session present, effects).
+fn persistent_on(
+    log: &mut Log,
+    id: &str,
+    node: u64,
+    conn: u64,
+    will: Option<pb::AppMessage>,
+) -> (bool, Vec<Effect>) {
+    let (r, e) = log.run(Kind::Connect(pb::SessionConnect {
+        client_id: id.into(),
+        clean_session: false,
+        node_id: node,
+        connection_id: conn,
+        will,
+        username: String::new(),
+        track: false,
+    }));
+    match r {
+        Some(CommandResult::Connected {
+            session_present, ..
+        }) => (session_present, e),
+        other => panic!("persistent connect gave {other:?}"),
+    }
+}
+
 #[test]
-fn tracked_clean_takeover_kicks_the_old_owner_and_publishes_its_will() {
+fn tracked_clean_takeover_kicks_the_old_owner_and_publishes_its_will_on_its_own_node() {
     let mut log = Log::new();
     let (es, _, _, _) = log.connect("w", false, 1);
     log.subscribe("w", es, "will/#", 1);
     let (e1, _) = tracked(&mut log, "c", 2, 5, Some(msg("will/c", "bye", 1, false)));
-    let (e2, effects) = tracked(&mut log, "c", 3, 6, None);
+    let (e2, effects) = tracked(&mut log, "c", 2, 6, None);
     assert!(e2 > e1);
     assert!(effects.contains(&Effect::Kick {
         client_id: "c".into(),
         owner: Owner {
             node: 2,
             connection: 5
-        }
+        },
+        by: Some(Owner {
+            node: 2,
+            connection: 6
+        }),
     }));
     assert_eq!(
         deliveries(&effects).len(),
@@ -728,6 +761,49 @@ fn tracked_clean_takeover_kicks_the_old_owner_and_publishes_its_will() {
     // The old connection's late commands are stale.
     let (r, _) = log.subscribe("c", e1, "x", 0);
     assert_eq!(r, Some(CommandResult::Rejected(Rejection::NoSession)));
+}
+
+/// A client that reconnects through another node (its node died or is cut off) takes its
+/// session over without its old connection's will: the cluster publishes the wills of a lost
+/// node's clients unless they reconnected in between. Persistent and tracked clean sessions.
+#[test]
+fn takeover_through_another_node_publishes_no_will() {
+    let mut log = Log::new();
+    let (es, _, _, _) = log.connect("w", false, 1);
+    log.subscribe("w", es, "will/#", 1);
+    let (e1, _) = tracked(&mut log, "c", 2, 5, Some(msg("will/c", "bye", 1, false)));
+    let (_, effects) = tracked(&mut log, "c", 3, 6, None);
+    assert!(effects.contains(&Effect::Kick {
+        client_id: "c".into(),
+        owner: Owner {
+            node: 2,
+            connection: 5
+        },
+        by: Some(Owner {
+            node: 3,
+            connection: 6
+        }),
+    }));
+    assert_eq!(
+        deliveries(&effects),
+        Vec::new(),
+        "no will for a clean session"
+    );
+    let (r, _) = log.subscribe("c", e1, "x", 0);
+    assert_eq!(r, Some(CommandResult::Rejected(Rejection::NoSession)));
+
+    persistent_on(&mut log, "p", 2, 7, Some(msg("will/p", "bye", 1, false)));
+    let (present, effects) = persistent_on(&mut log, "p", 3, 8, None);
+    assert!(present);
+    assert_eq!(
+        deliveries(&effects),
+        Vec::new(),
+        "no will for a persistent session"
+    );
+    // The same on its own node: the will is published.
+    persistent_on(&mut log, "q", 2, 9, Some(msg("will/q", "bye", 1, false)));
+    let (_, effects) = persistent_on(&mut log, "q", 2, 10, None);
+    assert_eq!(deliveries(&effects).len(), 1, "a will on the same node");
 }
 
 #[test]
@@ -745,7 +821,11 @@ fn persistent_connect_replaces_a_tracked_clean_session_and_vice_versa() {
         owner: Owner {
             node: 1,
             connection: 7
-        }
+        },
+        by: Some(Owner {
+            node: 2,
+            connection: 8
+        }),
     }));
     assert!(log.state.session("c").is_none());
 }

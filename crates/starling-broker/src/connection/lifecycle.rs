@@ -34,6 +34,8 @@ pub(crate) enum CloseReason {
     Protocol(&'static str),
     /// Another connection took the client id.
     TakenOver,
+    /// A connection through another node took the client id (no will: the client reconnected).
+    TakenOverElsewhere,
     /// The session was discarded by another connection.
     SessionRemoved,
     /// This node replaced its state with a snapshot (it had fallen behind).
@@ -53,7 +55,10 @@ impl CloseReason {
     pub(super) fn publishes_will(&self) -> bool {
         !matches!(
             self,
-            CloseReason::Disconnect | CloseReason::Refused(_) | CloseReason::Shutdown
+            CloseReason::Disconnect
+                | CloseReason::Refused(_)
+                | CloseReason::Shutdown
+                | CloseReason::TakenOverElsewhere
         )
     }
 }
@@ -85,6 +90,9 @@ impl Connection {
             }
             CloseReason::TakenOver => {
                 debug!(client_id = %name, "closed: client id taken over")
+            }
+            CloseReason::TakenOverElsewhere => {
+                info!(client_id = %name, "client {name} disconnected: it reconnected through another node, which took its session over (no will)")
             }
             CloseReason::SessionRemoved => {
                 info!(client_id = %name, "client {name} disconnected: its session was removed")
@@ -195,6 +203,7 @@ impl Handler<Kick> for Connection {
         self.closed_waiters.extend(msg.closed);
         let reason = match msg.reason {
             KickReason::TakenOver => CloseReason::TakenOver,
+            KickReason::TakenOverElsewhere => CloseReason::TakenOverElsewhere,
             KickReason::SessionRemoved => CloseReason::SessionRemoved,
             KickReason::Shutdown => CloseReason::Shutdown,
             KickReason::StateReplaced => CloseReason::StateReplaced,

@@ -191,9 +191,18 @@ impl<C: Clone> StoreCore<C> {
                 }
             }
             Effect::FastPath { message } => out.fast_path.push(message),
-            Effect::Kick { client_id, owner } => {
+            Effect::Kick {
+                client_id,
+                owner,
+                by,
+            } => {
                 if let Some(t) = self.local_target(&client_id, owner) {
-                    self.send_conn(t, ConnMessage::Kick(KickReason::TakenOver));
+                    let reason = match by {
+                        Some(new) if new.node != owner.node => KickReason::TakenOverElsewhere,
+                        Some(_) => KickReason::TakenOver,
+                        None => KickReason::SessionRemoved,
+                    };
+                    self.send_conn(t, ConnMessage::Kick(reason));
                 } else if owner.node != self.node_id
                     && self
                         .owner_of(&client_id)
