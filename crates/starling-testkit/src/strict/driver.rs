@@ -57,8 +57,9 @@ struct OutFlight {
     done: Option<Reply<Completion>>,
 }
 
-/// A SUBSCRIBE awaiting its SUBACK: its filters (resent on resume) and who waits.
-type PendingSub = (Vec<(String, QoS)>, Reply<Vec<SubscribeReturnCode>>);
+/// A SUBSCRIBE awaiting its SUBACK: its filters (resent on resume) and who waits (nobody for
+/// the subscription a clean-mode client renews on a new connection).
+type PendingSub = (Vec<(String, QoS)>, Option<Reply<Vec<SubscribeReturnCode>>>);
 
 struct Queued {
     topic: String,
@@ -107,6 +108,10 @@ pub(super) struct Driver {
     inbound: BTreeMap<u16, String>,
     /// SUBSCRIBEs without SUBACK.
     subs: BTreeMap<u16, PendingSub>,
+    /// Filters the broker granted, in the order first granted (a later grant of the same
+    /// filter updates its QoS): a clean session loses them with its connection, so clean mode
+    /// subscribes to them again on every new connection.
+    granted: Vec<(String, QoS)>,
     hold: Option<(Stage, Option<String>)>,
     held: Option<Paused>,
     stopped: bool,
@@ -148,6 +153,7 @@ impl Driver {
             queue: VecDeque::new(),
             inbound: BTreeMap::new(),
             subs: BTreeMap::new(),
+            granted: Vec::new(),
             hold: None,
             held: None,
             stopped: false,
@@ -177,7 +183,9 @@ impl Driver {
             let _ = q.done.send(Err(why.clone()));
         }
         for (_, (_, d)) in std::mem::take(&mut self.subs) {
-            let _ = d.send(Err(why.clone()));
+            if let Some(d) = d {
+                let _ = d.send(Err(why.clone()));
+            }
         }
         self.stopped = true;
     }
@@ -291,7 +299,11 @@ impl Driver {
     /// Drops the connection (the session state stays).
     fn lose(&mut self, why: String) {
         if let Some(c) = self.conn.take() {
-            self.record(Event::Lost { node: c.node, why });
+            self.record(Event::Lost {
+                node: c.node,
+                why,
+                last_read: c.last_recv,
+            });
         }
         self.publish_observed();
     }
@@ -410,6 +422,9 @@ impl Driver {
                     if self.connections > 1 && !present && !self.cfg.clean_session {
                         self.record(Event::SessionLost(addr));
                     }
+                    if self.connections > 1 && self.cfg.clean_session {
+                        self.start_clean_session();
+                    }
                     self.publish_observed();
                     self.resume().await;
                     return Ok(());
@@ -484,6 +499,26 @@ impl Driver {
         match tokio::time::timeout(cfg.connect_timeout, attempt).await {
             Ok(r) => r,
             Err(_) => Err(format!("no CONNACK within {:?}", cfg.connect_timeout)),
+        }
+    }
+
+    /// Clean mode, on a new connection: the broker started a new session, so what the old one
+    /// held is gone on both sides (MQTT 3.1.1, 3.1.2.4). Messages in flight fail, inbound QoS 2
+    /// ids are forgotten, and the granted filters are to be subscribed again: one SUBSCRIBE,
+    /// written by [`Driver::resume`] with the application's own pending ones.
+    fn start_clean_session(&mut self) {
+        let why = "clean session: the connection ended before the message completed";
+        for (_, f) in self.out.drain() {
+            if let Some(d) = f.done {
+                let _ = d.send(Err(why.into()));
+            }
+        }
+        self.inbound.clear();
+        // A renewal the last connection did not see acknowledged is replaced by this one.
+        self.subs.retain(|_, (_, done)| done.is_some());
+        if !self.granted.is_empty() {
+            let pid = self.alloc_pid();
+            self.subs.insert(pid, (self.granted.clone(), None));
         }
     }
 
@@ -622,7 +657,7 @@ impl Driver {
             Cmd::Subscribe { filters, done } => {
                 let pid = self.alloc_pid();
                 let p = subscribe_packet(pid, &filters);
-                self.subs.insert(pid, (filters, done));
+                self.subs.insert(pid, (filters, Some(done)));
                 self.write(&p).await;
             }
             Cmd::Hold(h) => self.hold = h,
@@ -649,6 +684,7 @@ impl Driver {
                     self.record(Event::Lost {
                         node: c.node,
                         why: "DISCONNECT".into(),
+                        last_read: c.last_recv,
                     });
                 }
                 self.stopped = true;
@@ -734,11 +770,27 @@ impl Driver {
                 }
             },
             Packet::SubAck(a) => {
-                if let Some((_, done)) = self.subs.remove(&a.packet_id) {
-                    let _ = done.send(Ok(a.return_codes));
+                if let Some((filters, done)) = self.subs.remove(&a.packet_id) {
+                    self.note_granted(&filters, &a.return_codes);
+                    if let Some(done) = done {
+                        let _ = done.send(Ok(a.return_codes));
+                    }
                 }
             }
             other => self.lose(format!("unexpected packet from the broker: {other:?}")),
+        }
+    }
+
+    /// Records the filters of a SUBSCRIBE that `codes` granted.
+    fn note_granted(&mut self, filters: &[(String, QoS)], codes: &[SubscribeReturnCode]) {
+        for ((filter, qos), code) in filters.iter().zip(codes) {
+            if *code == SubscribeReturnCode::Failure {
+                continue;
+            }
+            match self.granted.iter_mut().find(|(f, _)| f == filter) {
+                Some(g) => g.1 = *qos,
+                None => self.granted.push((filter.clone(), *qos)),
+            }
         }
     }
 

@@ -66,6 +66,10 @@ pub enum Event {
         node: SocketAddr,
         /// Why.
         why: String,
+        /// The last time anything was read on the connection (a PINGRESP too): it is known to
+        /// have worked until then, while a silent node is noticed only a response timeout
+        /// later.
+        last_read: Instant,
     },
     /// A resumed session (not the first connection) was not present on the broker: the broker
     /// lost it. Never expected in a cluster with a majority up.
@@ -105,18 +109,24 @@ pub enum Event {
 /// What the test side and the driver share.
 #[derive(Default)]
 pub(super) struct Observed {
+    /// Everything that happened, for the tests' checkers.
     pub(super) history: Vec<Record>,
+    /// The messages handed to the application, in order (the checkers' main input).
     pub(super) deliveries: Vec<Delivery>,
+    /// The node of the current connection: tests aim faults at it.
     pub(super) connected: Option<SocketAddr>,
     /// Outbound messages in flight or queued.
     pub(super) outbound: usize,
     /// Inbound QoS 2 ids awaiting PUBREL.
     pub(super) inbound: Vec<u16>,
+    /// Why the driver gave up, once it did: every later call reports it.
     pub(super) fatal: Option<String>,
 }
 
 pub(super) struct Inner {
+    /// The state both sides read and write, behind one lock held only briefly.
     pub(super) observed: Mutex<Observed>,
+    /// Where the driver is paused by a stage hook; the handle waits on it.
     pub(super) held: watch::Sender<Option<Held>>,
 }
 

@@ -25,6 +25,16 @@
 //! a PINGRESP) makes the client reconnect, starting with the node after the one it lost, and
 //! resume.
 //!
+//! # Clean sessions
+//! With [`StrictConfig::clean_session`] the client connects with clean-session=1 and each
+//! connection is a session of its own (MQTT 3.1.1, 3.1.2.4): on every new connection after the
+//! first, the messages it had in flight fail (their [`Pending`] gets an error), inbound QoS 2
+//! ids awaiting PUBREL are forgotten, and every filter the broker granted so far is subscribed
+//! again in one SUBSCRIBE, so that the client goes on receiving what it subscribed to. The
+//! history holds what a checker needs to judge each connection on its own: the CONNACK, the
+//! SUBSCRIBE and its SUBACK, the deliveries, and the [`Event::Lost`] with the last time anything
+//! was read on the connection.
+//!
 //! # Stage hooks
 //! [`StrictClient::hold`] arms a one-shot pause at a precise [`Stage`] of a QoS flow; the driver
 //! then stops reading and writing until [`StrictClient::release`], so that a test can kill a node
@@ -61,7 +71,9 @@ pub struct StrictConfig {
     pub client_id: String,
     /// The nodes, tried in order (rotating).
     pub nodes: Vec<SocketAddr>,
-    /// Clean-session flag of every CONNECT (default false: the session is the point).
+    /// Clean-session flag of every CONNECT (default false: the session is the point). True
+    /// starts a new session on every connection and subscribes again to what was granted
+    /// (module documentation, "Clean sessions").
     pub clean_session: bool,
     /// Keep-alive sent in CONNECT, seconds (default 30).
     pub keep_alive: u16,

@@ -3,7 +3,9 @@
 
 use super::*;
 use bytes::BytesMut;
-use starling_codec::{ConnAck, ConnectReturnCode, Decoder, Packet, ProtocolVersion, Publish};
+use starling_codec::{
+    ConnAck, ConnectReturnCode, Decoder, Packet, ProtocolVersion, Publish, SubAck,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -33,12 +35,18 @@ impl Server {
         }
     }
 
-    /// Accepts a connection, checks its CONNECT and answers CONNACK `code`.
+    /// Accepts a connection, checks its CONNECT (clean-session=0) and answers CONNACK `code`.
     async fn accept_connect(&self, present: bool, code: ConnectReturnCode) -> Peer {
+        self.accept_connect_as(false, present, code).await
+    }
+
+    /// Accepts a connection, checks its CONNECT (clean-session flag `clean`) and answers
+    /// CONNACK `code`.
+    async fn accept_connect_as(&self, clean: bool, present: bool, code: ConnectReturnCode) -> Peer {
         let mut p = self.accept().await;
         match p.recv().await {
             Packet::Connect(c) => {
-                assert!(!c.clean_session, "a strict client resumes its session");
+                assert_eq!(c.clean_session, clean, "clean-session flag of the CONNECT");
                 assert_eq!(c.protocol, ProtocolVersion::V3_1_1);
             }
             other => panic!("expected CONNECT, got {other:?}"),
@@ -322,6 +330,95 @@ async fn session_lost_by_the_broker_is_recorded() {
             .any(|r| matches!(r.event, Event::SessionLost(_)))
     })
     .await;
+}
+
+#[tokio::test]
+async fn clean_mode_starts_a_new_session_and_subscribes_again_on_every_connection() {
+    let srv = Server::bind().await;
+    let mut cfg = config(vec![srv.addr]);
+    cfg.clean_session = true;
+    let accepted = ConnectReturnCode::Accepted;
+    let (c, mut p) = tokio::join!(
+        StrictClient::connect(cfg),
+        srv.accept_connect_as(true, false, accepted)
+    );
+    let c = c.unwrap();
+    let script = async {
+        let Packet::Subscribe(s) = p.recv().await else {
+            panic!("expected SUBSCRIBE")
+        };
+        p.send(Packet::SubAck(SubAck {
+            packet_id: s.packet_id,
+            return_codes: vec![
+                SubscribeReturnCode::Success(QoS::ExactlyOnce),
+                SubscribeReturnCode::Failure,
+            ],
+        }))
+        .await;
+    };
+    let (codes, ()) = tokio::join!(
+        c.subscribe(&[("a/#", QoS::ExactlyOnce), ("b", QoS::AtLeastOnce)], T),
+        script
+    );
+    assert_eq!(codes.unwrap()[1], SubscribeReturnCode::Failure);
+    // A QoS 2 message awaiting PUBREL, and one of ours in flight.
+    p.send(publish(7, QoS::ExactlyOnce, false, "one")).await;
+    assert_eq!(p.recv().await, Packet::PubRec(7));
+    let pending = c.publish_nowait("t/1", "m", QoS::AtLeastOnce, false);
+    p.recv_publish().await;
+    let read_last = Instant::now();
+    drop(p);
+
+    // The next connection is a new session: the granted filter is subscribed again, and
+    // nothing of the old session is resent.
+    let mut p = srv.accept_connect_as(true, false, accepted).await;
+    let Packet::Subscribe(s) = p.recv().await else {
+        panic!("expected SUBSCRIBE")
+    };
+    assert_eq!(s.filters.len(), 1, "only what was granted: {s:?}");
+    assert_eq!(
+        (&*s.filters[0].filter, s.filters[0].qos),
+        ("a/#", QoS::ExactlyOnce)
+    );
+    assert_eq!(p.recv_within(Duration::from_millis(200)).await, None);
+    assert!(
+        pending.wait(T).await.is_err(),
+        "in flight when the session ended"
+    );
+    assert!(c.inbound_awaiting().is_empty());
+    // Lost before the SUBACK: the renewal is replaced, not doubled.
+    drop(p);
+    let mut p = srv.accept_connect_as(true, false, accepted).await;
+    let Packet::Subscribe(s) = p.recv().await else {
+        panic!("expected SUBSCRIBE")
+    };
+    assert_eq!(s.filters.len(), 1);
+    assert_eq!(p.recv_within(Duration::from_millis(200)).await, None);
+    p.send(Packet::SubAck(SubAck {
+        packet_id: s.packet_id,
+        return_codes: vec![SubscribeReturnCode::Success(QoS::ExactlyOnce)],
+    }))
+    .await;
+    // Packet id 7 is free again in the new session: a new message, delivered.
+    p.send(publish(7, QoS::ExactlyOnce, false, "two")).await;
+    assert_eq!(p.recv().await, Packet::PubRec(7));
+    let payloads: Vec<Bytes> = c.deliveries().into_iter().map(|d| d.payload).collect();
+    assert_eq!(payloads, vec![Bytes::from("one"), Bytes::from("two")]);
+
+    let h = c.history();
+    assert!(!h.iter().any(|r| matches!(r.event, Event::SessionLost(_))));
+    let lost: Vec<Instant> = h
+        .iter()
+        .filter_map(|r| match r.event {
+            Event::Lost { last_read, .. } => Some(last_read),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(lost.len(), 2);
+    assert!(
+        lost[0] <= read_last,
+        "last read before the test dropped the connection"
+    );
 }
 
 #[tokio::test]
