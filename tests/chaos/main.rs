@@ -1,16 +1,20 @@
 //! Jepsen-style chaos tests on the three-node docker-compose cluster (`docs/chaos.md`).
 //!
 //! The FROM-scratch image (`deploy/docker/build.sh`) runs as the compose project
-//! `starling-chaos` (`deploy/compose/docker-compose.yml`, ports on loopback). Persistent-session
-//! strict clients ([`starling_testkit::StrictClient`]) publish sequence-numbered QoS 1 and
-//! QoS 2 messages and subscribe, spread over the nodes, each failing over through the node list
-//! ([`workload`]), while Docker kills, isolates and pauses nodes ([`faults`]): a random node,
-//! the leader, a publisher's node, a subscriber's node, a node in the middle of a QoS 2 flow
-//! (between PUBREC and PUBREL, between PUBREL and PUBCOMP), the leader or a follower cut off
-//! the network, a node paused past the election timeout, every node at once. Then
-//! [`verdict`] checks the recorded history: QoS 2 exactly once, QoS 1 at least once,
-//! per-publisher order per topic, retained messages equal on every node, every acknowledged
-//! subscription still delivering, no session lost, replicas converged.
+//! `starling-chaos` (`deploy/compose/docker-compose.yml` with `tests/chaos/compose.chaos.yml`
+//! over it: a snapshot every 500 entries, so that lagging nodes catch up by snapshot; ports on
+//! loopback). Persistent-session strict clients ([`starling_testkit::StrictClient`]) publish
+//! sequence-numbered QoS 1 and QoS 2 messages and subscribe, and clean-session ones subscribe,
+//! spread over the nodes, each failing over through the node list ([`workload`]), while Docker
+//! kills, stops, isolates and pauses nodes and the admin endpoint changes a replicated limit
+//! ([`faults`]): a random node, the leader, a publisher's node, a subscriber's node, a node in
+//! the middle of a QoS 2 flow (between PUBREC and PUBREL, between PUBREL and PUBCOMP), the
+//! leader or a follower cut off the network, a node paused past the election timeout, every
+//! node at once, a graceful restart (SIGTERM) of a node or of the leader, `max_inflight`
+//! changed. Then [`verdict`] checks the recorded history: QoS 2 exactly once, QoS 1 at least
+//! once, per-publisher order per topic, the clean subscribers' rule per connection, retained
+//! messages equal on every node, every acknowledged subscription still delivering, no session
+//! lost, replicas converged, and at least one snapshot installed.
 //!
 //! Runs only with `STARLING_RUN_DOCKER_TESTS=1` (`tests/chaos/run.sh` sets it); prints SKIPPED
 //! otherwise. The checker's own tests always run.
@@ -35,6 +39,7 @@ mod workload;
 
 use std::collections::{BTreeMap, HashSet};
 use std::io::Write;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -43,9 +48,9 @@ use starling_codec::QoS;
 use starling_testkit::StrictClient;
 
 use crate::check::{ledger_from_history, parse_payload};
-use crate::compose::{say, Cluster, NODES};
+use crate::compose::{say, service, Cluster, NODES};
 use crate::faults::{blocking, Chaos, Kind, Rng, ALL};
-use crate::verdict::{Report, SubscriberView};
+use crate::verdict::{CleanView, Report, SubscriberView};
 use crate::workload::Workload;
 
 const GATE: &str = "STARLING_RUN_DOCKER_TESTS";
@@ -55,6 +60,8 @@ const START: Duration = Duration::from_secs(180);
 const DRAIN: Duration = Duration::from_secs(180);
 /// For the subscribers to receive everything acknowledged, for probes and retained messages.
 const DELIVER: Duration = Duration::from_secs(120);
+/// What each node logs as it installs a snapshot sent by the leader.
+const SNAPSHOT_INSTALLED: &str = "installing snapshot from the leader";
 
 fn env_u64(var: &str, default: u64) -> u64 {
     std::env::var(var)
@@ -205,6 +212,41 @@ async fn chaos_on_the_compose_cluster() {
         );
     }
 
+    // The clean subscribers' open connections: what they owe arrives.
+    let timings = verdict::timings(
+        w.publishers
+            .iter()
+            .map(|p| p.history())
+            .collect::<Vec<_>>()
+            .iter()
+            .map(Vec::as_slice),
+    );
+    let clean_views = || -> Vec<CleanView> {
+        w.clean
+            .iter()
+            .map(|(s, q)| CleanView {
+                client: s.client_id().to_string(),
+                qos: *q,
+                history: s.history(),
+            })
+            .collect()
+    };
+    let name = |a: SocketAddr| {
+        c.node_of(a)
+            .map_or(a.to_string(), |i| format!("node {}", i + 1))
+    };
+    if !poll(DELIVER, || {
+        verdict::check_clean(start, &name, &ledger, &timings, &clean_views())
+            .lost
+            .is_empty()
+    })
+    .await
+    {
+        say(&format!(
+            "clean subscribers: not everything owed arrived within {DELIVER:?}"
+        ));
+    }
+
     // ---- acknowledged subscriptions: one probe each
     let acked = w
         .acked_subscriptions
@@ -283,6 +325,7 @@ async fn chaos_on_the_compose_cluster() {
             .sessions_lost
             .extend(verdict::sessions_lost(p.client_id(), &p.history()));
     }
+    report.clean = verdict::check_clean(start, &name, &ledger, &timings, &clean_views());
     report.retained = verdict::check_retained(&expected_retained, &retained_per_node);
     let by_client: BTreeMap<String, Vec<starling_testkit::strict::Delivery>> = subs
         .iter()
@@ -297,12 +340,12 @@ async fn chaos_on_the_compose_cluster() {
     }
 
     let history = write_history(seed, start, &w.clients(), &faults);
-    let failovers: Vec<Duration> = w
+    let (snapshots, logs) = node_logs(&c, seed);
+    let failovers: Vec<(Instant, Duration)> = w
         .clients()
         .iter()
         .flat_map(|cl| verdict::failover_times(&cl.history()))
         .collect();
-    let recoveries: Vec<Duration> = faults.iter().map(|f| f.recovered).collect();
     summary(&Summary {
         seed,
         chaos_took,
@@ -314,41 +357,82 @@ async fn chaos_on_the_compose_cluster() {
         acked_subscriptions: acked.len(),
         replicas: replicas.as_ref(),
         failovers: &failovers,
-        recoveries: &recoveries,
+        snapshots: &snapshots,
         history: &history,
+        logs: &logs,
     });
 
-    let problems = report.problems();
+    // Everything that fails the run, at once.
+    let mut problems = report.problems();
+    let failed: Vec<String> = faults
+        .iter()
+        .filter_map(|f| {
+            f.failure.as_ref().map(|e| {
+                format!(
+                    "{} at +{:.1}s: {e}",
+                    f.kind.name(),
+                    (f.at - start).as_secs_f64()
+                )
+            })
+        })
+        .collect();
+    if !failed.is_empty() {
+        problems.push(format!(
+            "faults that failed: {} (first: {:?})",
+            failed.len(),
+            &failed[..failed.len().min(5)]
+        ));
+    }
+    if snapshots.iter().sum::<usize>() == 0 {
+        problems.push(format!(
+            "no node installed a snapshot ({SNAPSHOT_INSTALLED:?} never logged): the run did \
+             not test catch-up by snapshot"
+        ));
+    }
+    let kinds: HashSet<Kind> = faults.iter().map(|f| f.kind).collect();
+    let missing: Vec<&str> = ALL
+        .iter()
+        .filter(|k| !kinds.contains(k))
+        .map(|k| k.name())
+        .collect();
+    if faults.len() >= ALL.len() && !missing.is_empty() {
+        problems.push(format!("fault kinds never injected: {missing:?}"));
+    }
+    if faults.len() < min_faults {
+        problems.push(format!("{} faults, fewer than {min_faults}", faults.len()));
+    }
+    if report.completed < 100 {
+        problems.push(format!(
+            "too little traffic: {} messages acknowledged",
+            report.completed
+        ));
+    }
     assert!(
         problems.is_empty(),
         "chaos (seed {seed}): {}\nhistory: {}",
         problems.join("\n"),
         history.display()
     );
-    let kinds: HashSet<Kind> = faults.iter().map(|f| f.kind).collect();
-    if faults.len() >= ALL.len() {
-        let missing: Vec<&str> = ALL
-            .iter()
-            .filter(|k| !kinds.contains(k))
-            .map(|k| k.name())
-            .collect();
-        assert!(
-            missing.is_empty(),
-            "fault kinds never injected: {missing:?}"
-        );
-    }
-    assert!(
-        faults.len() >= min_faults,
-        "{} faults, fewer than {min_faults}",
-        faults.len()
-    );
-    assert!(
-        report.completed >= 100,
-        "too little traffic: {} messages acknowledged",
-        report.completed
-    );
     drop(w);
     drop(c);
+}
+
+/// Saves every node's log (`<target>/chaos/nodes-<seed>/starling-N.log`, Docker's timestamps in
+/// front) and counts, per node, the snapshots it installed from the leader.
+fn node_logs(c: &Cluster, seed: u64) -> (Vec<usize>, PathBuf) {
+    let dir = target_dir().join(format!("nodes-{seed}"));
+    let _ = std::fs::create_dir_all(&dir);
+    let mut installed = Vec::new();
+    for i in 0..NODES {
+        let log = blocking(|| c.logs(i));
+        installed.push(
+            log.lines()
+                .filter(|l| l.contains(SNAPSHOT_INSTALLED))
+                .count(),
+        );
+        let _ = std::fs::write(dir.join(format!("{}.log", service(i))), log);
+    }
+    (installed, dir)
 }
 
 /// The retained messages a new clean session on node `i` receives for `chaosret/#`: topic →
@@ -414,6 +498,7 @@ fn write_history(
             "detail": f.detail,
             "healed_t": verdict::secs(start, f.healed),
             "recovered_s": f.recovered.as_secs_f64(),
+            "failure": f.failure,
         });
         lines.push((verdict::secs(start, f.at), v.to_string()));
     }
@@ -438,9 +523,12 @@ struct Summary<'a> {
     retained_topics: usize,
     acked_subscriptions: usize,
     replicas: Option<&'a (u64, String)>,
-    failovers: &'a [Duration],
-    recoveries: &'a [Duration],
+    /// Every client failover: when the connection was lost, and how long to the next CONNACK 0.
+    failovers: &'a [(Instant, Duration)],
+    /// Snapshots installed, per node.
+    snapshots: &'a [usize],
     history: &'a PathBuf,
+    logs: &'a PathBuf,
 }
 
 fn summary(s: &Summary<'_>) {
@@ -502,16 +590,70 @@ fn summary(s: &Summary<'_>) {
             }
         ),
         format!(
+            "lost (clean): {} of {} owed on {} clean connections ({} published through another \
+             node than the subscriber's); duplicated (clean, QoS 2 within a connection): {}, \
+             reordered (clean): {} (allowed: {}), unknown (clean): {}; {} deliveries, {} QoS 1 \
+             repeats",
+            r.clean.lost.len(),
+            r.clean.owed,
+            r.clean.windows,
+            r.clean.crossed,
+            r.clean.duplicated.len(),
+            r.clean.reordered.len(),
+            r.clean.explained_reorders,
+            r.clean.unknown.len(),
+            r.clean.deliveries,
+            r.clean.qos1_redeliveries
+        ),
+        format!(
+            "snapshots installed: {} (per node: {})",
+            s.snapshots.iter().sum::<usize>(),
+            s.snapshots
+                .iter()
+                .map(|n| n.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        format!(
             "failover time (client lost its connection -> next CONNACK 0): {}",
-            verdict::percentiles(&mut s.failovers.to_vec())
+            verdict::percentiles(&mut s.failovers.iter().map(|(_, d)| *d).collect::<Vec<_>>())
         ),
         format!(
             "recovery time (fault healed -> /readyz 200 on every node): {}",
-            verdict::percentiles(&mut s.recoveries.to_vec())
+            verdict::percentiles(&mut s.faults.iter().map(|f| f.recovered).collect::<Vec<_>>())
         ),
-        format!("history (JSON lines): {}", s.history.display()),
     ];
     for l in lines {
         say(&l);
     }
+    for ((connection, through), (n, first, last)) in &r.clean.lost_by_route {
+        say(&format!(
+            "  lost (clean) on {connection}: {n} published through {through} between +{first:.3}s \
+             and +{last:.3}s"
+        ));
+    }
+    say("per fault kind (failovers are filed under the fault active, or last injected, when the connection was lost):");
+    let injected: Vec<(Instant, &str)> = s.faults.iter().map(|f| (f.at, f.kind.name())).collect();
+    let failovers = verdict::by_fault(s.failovers, &injected);
+    let mut kinds: Vec<&str> = vec![verdict::BEFORE_FAULTS];
+    kinds.extend(ALL.iter().map(|k| k.name()));
+    for kind in kinds {
+        let recoveries: Vec<Duration> = s
+            .faults
+            .iter()
+            .filter(|f| f.kind.name() == kind)
+            .map(|f| f.recovered)
+            .collect();
+        let mut fo = failovers.get(kind).cloned().unwrap_or_default();
+        if fo.is_empty() && recoveries.is_empty() {
+            continue;
+        }
+        say(&format!(
+            "  {kind:<28} failover {:<44} recovery {}",
+            verdict::percentiles(&mut fo),
+            verdict::percentiles(&mut recoveries.clone())
+        ));
+    }
+    say(&format!("history (JSON lines): {}", s.history.display()));
+    say(&format!("node logs: {}", s.logs.display()));
 }
