@@ -433,6 +433,18 @@ impl StrictClient {
         self.inner.lock().history.clone()
     }
 
+    /// The history since the latest CONNACK 0 (all of it before the first): what a checker of
+    /// the current connection needs, without copying the whole history.
+    pub fn connection_history(&self) -> Vec<Record> {
+        let o = self.inner.lock();
+        let from = o
+            .history
+            .iter()
+            .rposition(|r| matches!(r.event, Event::Connected { .. }))
+            .unwrap_or(0);
+        o.history[from..].to_vec()
+    }
+
     /// Messages delivered so far, in order.
     pub fn deliveries(&self) -> Vec<Delivery> {
         self.inner.lock().deliveries.clone()
