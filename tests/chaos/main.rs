@@ -93,6 +93,14 @@ async fn poll(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
     }
 }
 
+#[test]
+fn docker_timestamps_are_read() {
+    assert_eq!(unix_secs("1970-01-01T00:00:01.5Z"), Some(1.5));
+    let t = unix_secs("2026-12-07T18:21:58.279590123Z").expect("a time");
+    assert!((t - 1_796_667_718.279_59).abs() < 1e-3, "{t}");
+    assert_eq!(unix_secs("2026-12-07 18:21:58"), None);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chaos_on_the_compose_cluster() {
     if std::env::var(GATE).as_deref() != Ok("1") {
@@ -129,6 +137,8 @@ async fn chaos_on_the_compose_cluster() {
     ));
 
     let start = Instant::now();
+    // The nodes' logs are dated by the wall clock; the history by `start`.
+    let started_at = std::time::SystemTime::now();
     let mut w = Workload::start(&c, rate).await;
     let flowing = poll(Duration::from_secs(60), || {
         w.subscribers.iter().all(|(s, _)| s.delivered() >= 20)
@@ -221,13 +231,19 @@ async fn chaos_on_the_compose_cluster() {
             .iter()
             .map(Vec::as_slice),
     );
-    let clean_views = || -> Vec<CleanView> {
+    // Whole histories for the verdict; while waiting, only the current connections (the only
+    // ones that can still receive anything), which is cheaper to copy.
+    let clean_views = |whole: bool| -> Vec<CleanView> {
         w.clean
             .iter()
             .map(|(s, q)| CleanView {
                 client: s.client_id().to_string(),
                 qos: *q,
-                history: s.history(),
+                history: if whole {
+                    s.history()
+                } else {
+                    s.connection_history()
+                },
             })
             .collect()
     };
@@ -236,9 +252,7 @@ async fn chaos_on_the_compose_cluster() {
             .map_or(a.to_string(), |i| format!("node {}", i + 1))
     };
     if !poll(DELIVER, || {
-        verdict::check_clean(start, &name, &ledger, &timings, &clean_views())
-            .lost
-            .is_empty()
+        verdict::check_clean(start, &name, &ledger, &timings, &clean_views(false)).lost_open == 0
     })
     .await
     {
@@ -325,7 +339,7 @@ async fn chaos_on_the_compose_cluster() {
             .sessions_lost
             .extend(verdict::sessions_lost(p.client_id(), &p.history()));
     }
-    report.clean = verdict::check_clean(start, &name, &ledger, &timings, &clean_views());
+    report.clean = verdict::check_clean(start, &name, &ledger, &timings, &clean_views(true));
     report.retained = verdict::check_retained(&expected_retained, &retained_per_node);
     let by_client: BTreeMap<String, Vec<starling_testkit::strict::Delivery>> = subs
         .iter()
@@ -339,8 +353,9 @@ async fn chaos_on_the_compose_cluster() {
         ));
     }
 
-    let history = write_history(seed, start, &w.clients(), &faults);
-    let (snapshots, logs) = node_logs(&c, seed);
+    let history = write_history(seed, (start, started_at), &w.clients(), &faults);
+    let (events, logs) = node_logs(&c, seed, &history, started_at);
+    let snapshots: Vec<usize> = events.iter().map(|e| e.installed.len()).collect();
     let failovers: Vec<(Instant, Duration)> = w
         .clients()
         .iter()
@@ -358,6 +373,8 @@ async fn chaos_on_the_compose_cluster() {
         replicas: replicas.as_ref(),
         failovers: &failovers,
         snapshots: &snapshots,
+        events: &events,
+        cluster: &c,
         history: &history,
         logs: &logs,
     });
@@ -417,22 +434,79 @@ async fn chaos_on_the_compose_cluster() {
     drop(c);
 }
 
-/// Saves every node's log (`<target>/chaos/nodes-<seed>/starling-N.log`, Docker's timestamps in
-/// front) and counts, per node, the snapshots it installed from the leader.
-fn node_logs(c: &Cluster, seed: u64) -> (Vec<usize>, PathBuf) {
-    let dir = target_dir().join(format!("nodes-{seed}"));
+/// What a node's log says happened to it, in seconds since the start of the workload.
+#[derive(Debug, Default)]
+struct NodeEvents {
+    /// The process started (first start included).
+    started: Vec<f64>,
+    /// A snapshot from the leader was installed.
+    installed: Vec<f64>,
+}
+
+/// Saves every node's log (`nodes-<seed>/starling-N.log` beside the history, Docker's
+/// timestamps in front) and reads from it, per node, when the process started and when it
+/// installed a snapshot from the leader.
+fn node_logs(
+    c: &Cluster,
+    seed: u64,
+    history: &std::path::Path,
+    started_at: std::time::SystemTime,
+) -> (Vec<NodeEvents>, PathBuf) {
+    let dir = history
+        .parent()
+        .map_or_else(target_dir, PathBuf::from)
+        .join(format!("nodes-{seed}"));
     let _ = std::fs::create_dir_all(&dir);
-    let mut installed = Vec::new();
+    let origin = started_at
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
+    let mut events = Vec::new();
     for i in 0..NODES {
         let log = blocking(|| c.logs(i));
-        installed.push(
-            log.lines()
-                .filter(|l| l.contains(SNAPSHOT_INSTALLED))
-                .count(),
-        );
+        let mut e = NodeEvents::default();
+        for line in log.lines() {
+            let at = || {
+                line.split_whitespace()
+                    .next()
+                    .and_then(unix_secs)
+                    .map_or(f64::NAN, |t| t - origin)
+            };
+            if line.contains(SNAPSHOT_INSTALLED) {
+                e.installed.push(at());
+            } else if line.contains(NODE_STARTED) && line.trim_end().ends_with(" starting") {
+                e.started.push(at());
+            }
+        }
+        events.push(e);
         let _ = std::fs::write(dir.join(format!("{}.log", service(i))), log);
     }
-    (installed, dir)
+    (events, dir)
+}
+
+/// What each node logs as its process starts (`starling version 0.1.0 starting`), and stops.
+const NODE_STARTED: &str = "starling version ";
+
+/// Seconds since the Unix epoch of an RFC 3339 UTC time as `docker logs -t` writes it
+/// (`2026-12-07T18:21:58.279590123Z`).
+fn unix_secs(s: &str) -> Option<f64> {
+    let s = s.strip_suffix('Z')?;
+    let (date, time) = s.split_once('T')?;
+    let mut d = date.split('-').map(|x| x.parse::<i64>().ok());
+    let (y, m, day) = (d.next()??, d.next()??, d.next()??);
+    let mut t = time.splitn(3, ':');
+    let (h, min) = (
+        t.next()?.parse::<i64>().ok()?,
+        t.next()?.parse::<i64>().ok()?,
+    );
+    let sec: f64 = t.next()?.parse().ok()?;
+    // Days from the civil date (H. Hinnant's algorithm).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (m + if m > 2 { -3 } else { 9 }) + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some((days * 86_400 + h * 3600 + min * 60) as f64 + sec)
 }
 
 /// The retained messages a new clean session on node `i` receives for `chaosret/#`: topic →
@@ -469,10 +543,11 @@ async fn retained_on(c: &Cluster, i: usize, want: usize) -> BTreeMap<String, Str
     got(&cl)
 }
 
-/// Every client's history and the faults, as JSON lines ordered by time.
+/// Every client's history and the faults, as JSON lines ordered by time; the first line gives
+/// the wall-clock time of `t` = 0, to read the history beside the nodes' logs.
 fn write_history(
     seed: u64,
-    start: Instant,
+    (start, started_at): (Instant, std::time::SystemTime),
     clients: &[Arc<StrictClient>],
     faults: &[faults::Injected],
 ) -> PathBuf {
@@ -482,7 +557,18 @@ fn write_history(
     if let Some(dir) = path.parent() {
         let _ = std::fs::create_dir_all(dir);
     }
-    let mut lines: Vec<(f64, String)> = Vec::new();
+    let mut lines: Vec<(f64, String)> = vec![(
+        0.0,
+        serde_json::json!({
+            "t": 0.0,
+            "ev": "start",
+            "seed": seed,
+            "unix_s": started_at
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64()),
+        })
+        .to_string(),
+    )];
     for cl in clients {
         for r in cl.history() {
             let v = verdict::record_json(start, cl.client_id(), &r);
@@ -527,6 +613,10 @@ struct Summary<'a> {
     failovers: &'a [(Instant, Duration)],
     /// Snapshots installed, per node.
     snapshots: &'a [usize],
+    /// Restarts and snapshot installs, per node.
+    events: &'a [NodeEvents],
+    /// To name the nodes.
+    cluster: &'a Cluster,
     history: &'a PathBuf,
     logs: &'a PathBuf,
 }
@@ -626,10 +716,34 @@ fn summary(s: &Summary<'_>) {
     for l in lines {
         say(&l);
     }
-    for ((connection, through), (n, first, last)) in &r.clean.lost_by_route {
+    for ((connection, through), g) in &r.clean.lost_by_route {
+        let node = through.and_then(|a| s.cluster.node_of(a));
+        // What happened to the node they went through since the subscription: a restart or a
+        // snapshot installed (the routes it holds are derived from what it applied).
+        let events = node.map_or(String::new(), |i| {
+            let e = &s.events[i];
+            let since = |v: &[f64]| -> Vec<String> {
+                v.iter()
+                    .filter(|t| **t >= g.subacked && **t <= g.written.1)
+                    .map(|t| format!("+{t:.1}s"))
+                    .collect()
+            };
+            format!(
+                "; since the SUBACK at +{:.1}s node {} started at {:?}, installed a snapshot at \
+                 {:?}",
+                g.subacked,
+                i + 1,
+                since(&e.started),
+                since(&e.installed)
+            )
+        });
         say(&format!(
-            "  lost (clean) on {connection}: {n} published through {through} between +{first:.3}s \
-             and +{last:.3}s"
+            "  lost (clean) on {connection}: {} published through {} between +{:.3}s and \
+             +{:.3}s{events}",
+            g.count,
+            node.map_or("?".to_string(), |i| format!("node {}", i + 1)),
+            g.written.0,
+            g.written.1
         ));
     }
     say("per fault kind (failovers are filed under the fault active, or last injected, when the connection was lost):");

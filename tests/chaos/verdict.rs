@@ -298,9 +298,11 @@ pub(crate) struct CleanReport {
     pub(crate) explained_reorders: usize,
     /// Owed messages that did not arrive on their connection.
     pub(crate) lost: Vec<String>,
-    /// The same, counted by connection and node the messages were published through: (count,
-    /// first and last written, seconds since the start).
-    pub(crate) lost_by_route: BTreeMap<(String, String), (usize, f64, f64)>,
+    /// The same, grouped by connection and the node the messages were published through.
+    pub(crate) lost_by_route: BTreeMap<(String, Option<SocketAddr>), LostRoute>,
+    /// Of [`CleanReport::lost`], those on connections still open at the end: the only ones
+    /// that may yet arrive.
+    pub(crate) lost_open: usize,
     /// QoS 2 deliveries repeated within one connection.
     pub(crate) duplicated: Vec<String>,
     /// First deliveries within a connection after a later message of the same publisher and
@@ -308,6 +310,17 @@ pub(crate) struct CleanReport {
     pub(crate) reordered: Vec<String>,
     /// Deliveries of something nobody published.
     pub(crate) unknown: Vec<String>,
+}
+
+/// Messages owed on one clean connection, published through one node, that did not arrive.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct LostRoute {
+    /// How many.
+    pub(crate) count: usize,
+    /// The SUBACK on that connection, seconds since the start.
+    pub(crate) subacked: f64,
+    /// The first and the last of them written, seconds since the start.
+    pub(crate) written: (f64, f64),
 }
 
 /// The rule for clean-session subscribers, per connection (each is a session of its own): every
@@ -420,11 +433,18 @@ pub(crate) fn check_clean(
                     let written = rel(t.first_write);
                     let g = r
                         .lost_by_route
-                        .entry((connection.clone(), through.clone()))
-                        .or_insert((0, written, written));
-                    g.0 += 1;
-                    g.1 = g.1.min(written);
-                    g.2 = g.2.max(written);
+                        .entry((connection.clone(), t.node))
+                        .or_insert(LostRoute {
+                            count: 0,
+                            subacked: rel(subacked),
+                            written: (written, written),
+                        });
+                    g.count += 1;
+                    g.written.0 = g.written.0.min(written);
+                    g.written.1 = g.written.1.max(written);
+                    if w.last_read.is_none() {
+                        r.lost_open += 1;
+                    }
                     r.lost.push(format!(
                         "{what}: {}/{} (QoS {}, written at +{:.3}s through {}, acknowledged at \
                          +{:.3}s)",
@@ -1020,11 +1040,9 @@ mod tests {
         );
         assert_eq!(
             r.lost_by_route.keys().collect::<Vec<_>>(),
-            vec![&(
-                "clean connection 1 on 127.0.0.1:2".to_string(),
-                "127.0.0.1:1".to_string()
-            )]
+            vec![&("clean connection 1 on 127.0.0.1:2".to_string(), Some(a))]
         );
+        assert_eq!(r.lost_open, 0, "the first connection was closed");
         assert_eq!(r.duplicated.len(), 1, "{:?}", r.duplicated);
         assert!(r.duplicated[0].contains("pub/7 (QoS 2)"));
         assert_eq!(r.qos1_redeliveries, 1);
