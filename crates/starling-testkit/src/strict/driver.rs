@@ -407,6 +407,7 @@ impl Driver {
         let deadline = Instant::now() + self.cfg.failover_deadline;
         let mut i = start % n;
         let mut tried = 0usize;
+        let mut pause = self.cfg.retry_pause;
         loop {
             let addr = self.cfg.nodes[i];
             self.record(Event::Connecting(addr));
@@ -440,8 +441,9 @@ impl Driver {
                 ));
             }
             if tried.is_multiple_of(n) {
-                // Every node refused: a retry pause before the next round.
-                tokio::time::sleep(self.cfg.retry_pause).await;
+                // Every node refused: a retry pause before the next round, longer each time.
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(self.cfg.retry_pause_max.max(self.cfg.retry_pause));
             }
         }
     }

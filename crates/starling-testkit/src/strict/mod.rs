@@ -90,8 +90,14 @@ pub struct StrictConfig {
     pub ping_interval: Duration,
     /// Most outbound QoS 1/2 messages in flight; further publishes wait (default 10).
     pub window: usize,
-    /// Pause between two rounds over every node when none accepted (default 50 ms).
+    /// Pause between two rounds over every node when none accepted (default 50 ms); it
+    /// doubles with every further round that finds no node, up to
+    /// [`StrictConfig::retry_pause_max`].
     pub retry_pause: Duration,
+    /// Longest pause between two rounds (default 50 ms: no backoff). A short first pause with
+    /// a backoff finds a leader elected a few milliseconds after every node refused without
+    /// hammering nodes that are down for seconds.
+    pub retry_pause_max: Duration,
 }
 
 impl StrictConfig {
@@ -108,6 +114,7 @@ impl StrictConfig {
             ping_interval: Duration::from_secs(1),
             window: 10,
             retry_pause: Duration::from_millis(50),
+            retry_pause_max: Duration::from_millis(50),
         }
     }
 }

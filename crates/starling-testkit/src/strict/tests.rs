@@ -251,6 +251,40 @@ async fn qos1_deliveries_are_acknowledged_and_may_repeat() {
 }
 
 #[tokio::test]
+async fn rounds_of_refusals_back_off_up_to_the_longest_pause() {
+    let srv = Server::bind().await;
+    let mut cfg = config(vec![srv.addr]);
+    cfg.retry_pause = Duration::from_millis(5);
+    cfg.retry_pause_max = Duration::from_millis(40);
+    cfg.failover_deadline = Duration::from_millis(500);
+    let (c, p) = connected(&srv, cfg).await;
+    // The only node goes away for good: every attempt is refused until the deadline.
+    drop(srv);
+    drop(p);
+    crate::wait_until_async(T, "the client gives up", || async { c.fatal().is_some() }).await;
+    let attempts: Vec<Instant> = c
+        .history()
+        .iter()
+        .filter(|r| matches!(r.event, Event::Connecting(_)))
+        .map(|r| r.at)
+        .collect();
+    let gaps: Vec<Duration> = attempts.windows(2).map(|w| w[1] - w[0]).collect();
+    assert!(gaps.len() >= 5, "{gaps:?}");
+    assert!(
+        gaps[0] < Duration::from_millis(30),
+        "starts short: {gaps:?}"
+    );
+    assert!(
+        gaps[4..].iter().all(|g| *g >= Duration::from_millis(39)),
+        "grows to the longest pause: {gaps:?}"
+    );
+    assert!(
+        gaps.iter().all(|g| *g < Duration::from_millis(150)),
+        "and no further: {gaps:?}"
+    );
+}
+
+#[tokio::test]
 async fn fails_over_to_the_next_node_when_the_first_refuses() {
     let refusing = Server::bind().await;
     let nothing = {
