@@ -1,7 +1,9 @@
-//! The three-node compose cluster under its own project name, and the faults Docker can inject
-//! into it: `docker kill -s KILL`, `docker start`, `docker pause` / `unpause`, and
-//! `docker network disconnect` / `connect`. Dropping [`Cluster`] removes the containers and their
-//! volumes, also when the test fails.
+//! The three-node compose cluster under its own project name (the shipped compose file with
+//! `tests/chaos/compose.chaos.yml` laid over it), and the faults Docker can inject into it:
+//! `docker kill -s KILL`, `docker stop` (SIGTERM and the grace period), `docker start`,
+//! `docker pause` / `unpause`, `docker network disconnect` / `connect`, and calls of the admin
+//! endpoint. Dropping [`Cluster`] removes the containers and their volumes, also when the test
+//! fails.
 
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener};
@@ -90,8 +92,11 @@ fn compose_cmd() -> Vec<String> {
 
 /// A running compose project; `down -v` when dropped.
 pub(crate) struct Cluster {
+    /// `docker compose` or `docker-compose`.
     cmd: Vec<String>,
-    file: PathBuf,
+    /// The shipped compose file, then the chaos settings laid over it.
+    files: Vec<PathBuf>,
+    /// Variables the compose files read (image, ports, cluster secret).
     env: Vec<(String, String)>,
     /// Host ports of each node's MQTT listener (127.0.0.1).
     pub(crate) mqtt: Vec<u16>,
@@ -122,7 +127,10 @@ impl Cluster {
         }
         let mut c = Cluster {
             cmd: compose_cmd(),
-            file: repo().join("deploy/compose/docker-compose.yml"),
+            files: vec![
+                repo().join("deploy/compose/docker-compose.yml"),
+                repo().join("tests/chaos/compose.chaos.yml"),
+            ],
             env,
             mqtt,
             admin,
@@ -160,13 +168,11 @@ impl Cluster {
 
     fn compose(&self, args: &[&str]) -> Command {
         let mut c = Command::new(&self.cmd[0]);
-        c.args(&self.cmd[1..])
-            .arg("-p")
-            .arg(PROJECT)
-            .arg("-f")
-            .arg(&self.file)
-            .args(args)
-            .envs(self.env.iter().map(|(k, v)| (k, v)));
+        c.args(&self.cmd[1..]).arg("-p").arg(PROJECT);
+        for f in &self.files {
+            c.arg("-f").arg(f);
+        }
+        c.args(args).envs(self.env.iter().map(|(k, v)| (k, v)));
         c
     }
 
@@ -198,6 +204,13 @@ impl Cluster {
         let mut args = vec!["kill", "-s", "KILL"];
         args.extend(self.containers.iter().map(String::as_str));
         docker(&args).map(drop)
+    }
+
+    /// `docker stop` of node `i`: SIGTERM, then SIGKILL if it has not exited within the grace
+    /// period of the compose file (`stop_grace_period`). Returns how long the stop took.
+    pub(crate) fn stop(&self, i: usize) -> Result<Duration, String> {
+        let t0 = Instant::now();
+        docker(&["stop", &self.containers[i]]).map(|_| t0.elapsed())
     }
 
     /// `docker start` of node `i` (no-op if it runs).
@@ -272,8 +285,23 @@ impl Cluster {
     }
 
     fn admin_get(&self, i: usize, path: &str) -> Result<(u16, String), String> {
-        let addr = SocketAddr::from(([127, 0, 0, 1], self.admin[i]));
-        starling_testkit::cluster::http(addr, "GET", path, None)
+        self.admin_call(i, "GET", path, None)
+    }
+
+    /// The admin address of node `i` as the host reaches it.
+    pub(crate) fn admin_addr(&self, i: usize) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.admin[i]))
+    }
+
+    /// An HTTP call to node `i`'s admin endpoint: status code and body.
+    pub(crate) fn admin_call(
+        &self,
+        i: usize,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+    ) -> Result<(u16, String), String> {
+        starling_testkit::cluster::http(self.admin_addr(i), method, path, body)
     }
 
     /// Polls until every node is ready.
@@ -351,6 +379,22 @@ impl Cluster {
             })
             .collect::<Vec<_>>()
             .join("\n")
+    }
+
+    /// Every log line node `i` wrote, across its restarts, each prefixed with Docker's
+    /// timestamp (`docker logs -t`).
+    pub(crate) fn logs(&self, i: usize) -> String {
+        Command::new("docker")
+            .args(["logs", "-t", &self.containers[i]])
+            .output()
+            .map(|o| {
+                format!(
+                    "{}{}",
+                    String::from_utf8_lossy(&o.stdout),
+                    String::from_utf8_lossy(&o.stderr)
+                )
+            })
+            .unwrap_or_default()
     }
 
     /// The last `n` log lines of node `i`.

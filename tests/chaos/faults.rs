@@ -1,8 +1,8 @@
-//! The faults and their schedule. Every fault is injected through Docker, held for a random
-//! time, healed, and followed by a wait (polling, with a deadline) until every node answers
-//! `/readyz` again; the next fault comes 1 to 3 s later. Kinds are drawn in rounds, each round
-//! a shuffle of every kind, so a run of N faults covers every kind once N reaches the number
-//! of kinds.
+//! The faults and their schedule. Every fault is injected through Docker (or, for a change of
+//! the replicated limits, the admin endpoint), held for a random time, healed, and followed by
+//! a wait (polling, with a deadline) until every node answers `/readyz` again; the next fault
+//! comes 1 to 3 s later. Kinds are drawn in rounds, each round a shuffle of every kind, so a run
+//! of N faults covers every kind once N reaches the number of kinds.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -38,10 +38,17 @@ pub(crate) enum Kind {
     PauseNode,
     /// `docker kill -s KILL` of every node at once, then `docker start` of every node.
     RestartAll,
+    /// `docker stop` (SIGTERM, then the grace period) of a random node, `docker start` later.
+    RestartGraceful,
+    /// The same, of the Raft leader (which hands its leadership over as it stops).
+    RestartGracefulLeader,
+    /// `PUT /cluster/limits` on a random node: `max_inflight` alternately 16 and 32, a
+    /// replicated limit changed while messages flow.
+    LimitsChange,
 }
 
 /// Every kind.
-pub(crate) const ALL: [Kind; 10] = [
+pub(crate) const ALL: [Kind; 13] = [
     Kind::KillRandom,
     Kind::KillLeader,
     Kind::KillPublisherNode,
@@ -52,6 +59,9 @@ pub(crate) const ALL: [Kind; 10] = [
     Kind::IsolateFollower,
     Kind::PauseNode,
     Kind::RestartAll,
+    Kind::RestartGraceful,
+    Kind::RestartGracefulLeader,
+    Kind::LimitsChange,
 ];
 
 impl Kind {
@@ -68,6 +78,9 @@ impl Kind {
             Kind::IsolateFollower => "partition-follower",
             Kind::PauseNode => "pause",
             Kind::RestartAll => "restart-all",
+            Kind::RestartGraceful => "restart-graceful",
+            Kind::RestartGracefulLeader => "restart-graceful-leader",
+            Kind::LimitsChange => "limits-change",
         }
     }
 }
@@ -87,6 +100,9 @@ pub(crate) struct Injected {
     pub(crate) healed: Instant,
     /// From healing to every node ready.
     pub(crate) recovered: Duration,
+    /// The fault could not be injected as meant (a Docker or admin call failed): what failed.
+    /// The run goes on and fails at the end.
+    pub(crate) failure: Option<String>,
 }
 
 pub(crate) use starling_testkit::Rng;
@@ -119,7 +135,13 @@ pub(crate) struct Chaos<'a> {
     pub(crate) log: Vec<Injected>,
     /// Aims at a QoS 2 stage that did not land in time (retried later).
     pub(crate) missed_aims: usize,
+    /// The `max_inflight` the next limits change sets (alternately 16 and 32).
+    next_inflight: usize,
 }
+
+/// The values of `max_inflight` a limits change alternates between: both far above what the
+/// workload keeps in flight per subscriber after a failover, so that no queue fills.
+const INFLIGHT_VALUES: [usize; 2] = [16, 32];
 
 impl<'a> Chaos<'a> {
     pub(crate) fn new(c: &'a Cluster, w: &'a Workload, rng: Rng, start: Instant) -> Chaos<'a> {
@@ -130,6 +152,7 @@ impl<'a> Chaos<'a> {
             start,
             log: Vec::new(),
             missed_aims: 0,
+            next_inflight: 0,
         }
     }
 
@@ -168,6 +191,7 @@ impl<'a> Chaos<'a> {
         let detail;
         let nodes: Vec<usize>;
         let healed;
+        let mut failure = None;
         match kind {
             Kind::KillRandom
             | Kind::KillLeader
@@ -182,7 +206,13 @@ impl<'a> Chaos<'a> {
                         let clients: Vec<Arc<StrictClient>> = if kind == Kind::KillPublisherNode {
                             self.w.publishers.clone()
                         } else {
-                            self.w.subscribers.iter().map(|(s, _)| s.clone()).collect()
+                            // Persistent and clean subscribers alike.
+                            self.w
+                                .subscribers
+                                .iter()
+                                .chain(&self.w.clean)
+                                .map(|(s, _)| s.clone())
+                                .collect()
                         };
                         let cl = self.rng.pick(&clients);
                         match self.node_of_client(&cl) {
@@ -332,6 +362,50 @@ impl<'a> Chaos<'a> {
                 detail = format!("all down {:.1}s", down.as_secs_f64());
                 nodes = (0..NODES).collect();
             }
+            Kind::RestartGraceful | Kind::RestartGracefulLeader => {
+                let leader = self.leader();
+                let victim = if kind == Kind::RestartGracefulLeader {
+                    leader
+                } else {
+                    self.rng.range(0, NODES as u64 - 1) as usize
+                };
+                let down = self.down_time();
+                at = Instant::now();
+                let stopping = blocking(|| c.stop(victim)).unwrap_or_else(|e| panic!("{e}"));
+                tokio::time::sleep(down).await;
+                healed = Instant::now();
+                blocking(|| c.start_node(victim)).unwrap_or_else(|e| panic!("{e}"));
+                detail = format!(
+                    "{} node {} stopped in {:.2}s (SIGTERM), down {:.1}s more",
+                    if victim == leader {
+                        "leader"
+                    } else {
+                        "follower"
+                    },
+                    victim + 1,
+                    stopping.as_secs_f64(),
+                    down.as_secs_f64()
+                );
+                nodes = vec![victim];
+            }
+            Kind::LimitsChange => {
+                let victim = self.rng.range(0, NODES as u64 - 1) as usize;
+                let value = INFLIGHT_VALUES[self.next_inflight % INFLIGHT_VALUES.len()];
+                self.next_inflight += 1;
+                at = Instant::now();
+                let outcome = blocking(|| change_limits(c, victim, value));
+                healed = Instant::now();
+                detail = match &outcome {
+                    Ok(in_force) => format!(
+                        "max_inflight {value} through node {} in {:.2}s; in force: {in_force}",
+                        victim + 1,
+                        (healed - at).as_secs_f64()
+                    ),
+                    Err(_) => format!("max_inflight {value} through node {}", victim + 1),
+                };
+                failure = outcome.err();
+                nodes = vec![victim];
+            }
         }
         let recovered = blocking(|| c.wait_all_ready(RECOVERY)).unwrap_or_else(|e| {
             panic!(
@@ -346,19 +420,52 @@ impl<'a> Chaos<'a> {
             at,
             healed,
             recovered,
+            failure,
         };
         say(&format!(
-            "+{:.1}s fault {}: {} on node {:?} ({}); every node ready {:.1}s after healing",
+            "+{:.1}s fault {}: {} on node {:?} ({}); every node ready {:.1}s after healing{}",
             (f.at - self.start).as_secs_f64(),
             self.log.len() + 1,
             kind.name(),
             f.nodes.iter().map(|n| n + 1).collect::<Vec<_>>(),
             f.detail,
-            f.recovered.as_secs_f64()
+            f.recovered.as_secs_f64(),
+            f.failure
+                .as_ref()
+                .map(|e| format!("; FAILED: {e}"))
+                .unwrap_or_default()
         ));
         self.log.push(f.clone());
         Some(f)
     }
+}
+
+/// `PUT /cluster/limits {"max_inflight": value}` on node `i`, which answers 200 with the limits
+/// in force once the change is committed. `Ok` with that answer if it holds `value`; `Err` says
+/// which call failed and how (status and body), e.g. a 404 from a broker without the endpoint.
+fn change_limits(c: &Cluster, i: usize, value: usize) -> Result<String, String> {
+    let body = format!("{{\"max_inflight\": {value}}}");
+    let call = format!(
+        "PUT /cluster/limits {body} on node {} ({})",
+        i + 1,
+        c.admin_addr(i)
+    );
+    let (status, answer) = c
+        .admin_call(i, "PUT", "/cluster/limits", Some(&body))
+        .map_err(|e| format!("{call}: {e}"))?;
+    let answer = answer.trim().to_string();
+    if status != 200 {
+        return Err(format!("{call} answered {status}: {answer:?}"));
+    }
+    let in_force: serde_json::Value = serde_json::from_str(&answer)
+        .map_err(|e| format!("{call} answered 200 with no JSON ({e}): {answer:?}"))?;
+    if in_force["max_inflight"].as_u64() != Some(value as u64) {
+        return Err(format!(
+            "{call} answered 200 but max_inflight in force is {}: {answer}",
+            in_force["max_inflight"]
+        ));
+    }
+    Ok(answer)
 }
 
 /// Arms a pause of `cl` at `stage` of its next QoS 2 flow and waits for it. `None` (and the

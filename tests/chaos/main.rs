@@ -1,16 +1,20 @@
 //! Jepsen-style chaos tests on the three-node docker-compose cluster (`docs/chaos.md`).
 //!
 //! The FROM-scratch image (`deploy/docker/build.sh`) runs as the compose project
-//! `starling-chaos` (`deploy/compose/docker-compose.yml`, ports on loopback). Persistent-session
-//! strict clients ([`starling_testkit::StrictClient`]) publish sequence-numbered QoS 1 and
-//! QoS 2 messages and subscribe, spread over the nodes, each failing over through the node list
-//! ([`workload`]), while Docker kills, isolates and pauses nodes ([`faults`]): a random node,
-//! the leader, a publisher's node, a subscriber's node, a node in the middle of a QoS 2 flow
-//! (between PUBREC and PUBREL, between PUBREL and PUBCOMP), the leader or a follower cut off
-//! the network, a node paused past the election timeout, every node at once. Then
-//! [`verdict`] checks the recorded history: QoS 2 exactly once, QoS 1 at least once,
-//! per-publisher order per topic, retained messages equal on every node, every acknowledged
-//! subscription still delivering, no session lost, replicas converged.
+//! `starling-chaos` (`deploy/compose/docker-compose.yml` with `tests/chaos/compose.chaos.yml`
+//! over it: a snapshot every 500 entries, so that lagging nodes catch up by snapshot; ports on
+//! loopback). Persistent-session strict clients ([`starling_testkit::StrictClient`]) publish
+//! sequence-numbered QoS 1 and QoS 2 messages and subscribe, and clean-session ones subscribe,
+//! spread over the nodes, each failing over through the node list ([`workload`]), while Docker
+//! kills, stops, isolates and pauses nodes and the admin endpoint changes a replicated limit
+//! ([`faults`]): a random node, the leader, a publisher's node, a subscriber's node, a node in
+//! the middle of a QoS 2 flow (between PUBREC and PUBREL, between PUBREL and PUBCOMP), the
+//! leader or a follower cut off the network, a node paused past the election timeout, every
+//! node at once, a graceful restart (SIGTERM) of a node or of the leader, `max_inflight`
+//! changed. Then [`verdict`] checks the recorded history: QoS 2 exactly once, QoS 1 at least
+//! once, per-publisher order per topic, the clean subscribers' rule per connection, retained
+//! messages equal on every node, every acknowledged subscription still delivering, no session
+//! lost, replicas converged, and at least one snapshot installed.
 //!
 //! Runs only with `STARLING_RUN_DOCKER_TESTS=1` (`tests/chaos/run.sh` sets it); prints SKIPPED
 //! otherwise. The checker's own tests always run.
@@ -35,6 +39,7 @@ mod workload;
 
 use std::collections::{BTreeMap, HashSet};
 use std::io::Write;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -43,9 +48,9 @@ use starling_codec::QoS;
 use starling_testkit::StrictClient;
 
 use crate::check::{ledger_from_history, parse_payload};
-use crate::compose::{say, Cluster, NODES};
+use crate::compose::{say, service, Cluster, NODES};
 use crate::faults::{blocking, Chaos, Kind, Rng, ALL};
-use crate::verdict::{Report, SubscriberView};
+use crate::verdict::{CleanView, Report, SubscriberView};
 use crate::workload::Workload;
 
 const GATE: &str = "STARLING_RUN_DOCKER_TESTS";
@@ -55,6 +60,8 @@ const START: Duration = Duration::from_secs(180);
 const DRAIN: Duration = Duration::from_secs(180);
 /// For the subscribers to receive everything acknowledged, for probes and retained messages.
 const DELIVER: Duration = Duration::from_secs(120);
+/// What each node logs as it installs a snapshot sent by the leader.
+const SNAPSHOT_INSTALLED: &str = "installing snapshot from the leader";
 
 fn env_u64(var: &str, default: u64) -> u64 {
     std::env::var(var)
@@ -84,6 +91,14 @@ async fn poll(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+#[test]
+fn docker_timestamps_are_read() {
+    assert_eq!(unix_secs("1970-01-01T00:00:01.5Z"), Some(1.5));
+    let t = unix_secs("2026-12-07T18:21:58.279590123Z").expect("a time");
+    assert!((t - 1_796_667_718.279_59).abs() < 1e-3, "{t}");
+    assert_eq!(unix_secs("2026-12-07 18:21:58"), None);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -122,6 +137,8 @@ async fn chaos_on_the_compose_cluster() {
     ));
 
     let start = Instant::now();
+    // The nodes' logs are dated by the wall clock; the history by `start`.
+    let started_at = std::time::SystemTime::now();
     let mut w = Workload::start(&c, rate).await;
     let flowing = poll(Duration::from_secs(60), || {
         w.subscribers.iter().all(|(s, _)| s.delivered() >= 20)
@@ -205,6 +222,45 @@ async fn chaos_on_the_compose_cluster() {
         );
     }
 
+    // The clean subscribers' open connections: what they owe arrives.
+    let timings = verdict::timings(
+        w.publishers
+            .iter()
+            .map(|p| p.history())
+            .collect::<Vec<_>>()
+            .iter()
+            .map(Vec::as_slice),
+    );
+    // Whole histories for the verdict; while waiting, only the current connections (the only
+    // ones that can still receive anything), which is cheaper to copy.
+    let clean_views = |whole: bool| -> Vec<CleanView> {
+        w.clean
+            .iter()
+            .map(|(s, q)| CleanView {
+                client: s.client_id().to_string(),
+                qos: *q,
+                history: if whole {
+                    s.history()
+                } else {
+                    s.connection_history()
+                },
+            })
+            .collect()
+    };
+    let name = |a: SocketAddr| {
+        c.node_of(a)
+            .map_or(a.to_string(), |i| format!("node {}", i + 1))
+    };
+    if !poll(DELIVER, || {
+        verdict::check_clean(start, &name, &ledger, &timings, &clean_views(false)).lost_open == 0
+    })
+    .await
+    {
+        say(&format!(
+            "clean subscribers: not everything owed arrived within {DELIVER:?}"
+        ));
+    }
+
     // ---- acknowledged subscriptions: one probe each
     let acked = w
         .acked_subscriptions
@@ -283,6 +339,7 @@ async fn chaos_on_the_compose_cluster() {
             .sessions_lost
             .extend(verdict::sessions_lost(p.client_id(), &p.history()));
     }
+    report.clean = verdict::check_clean(start, &name, &ledger, &timings, &clean_views(true));
     report.retained = verdict::check_retained(&expected_retained, &retained_per_node);
     let by_client: BTreeMap<String, Vec<starling_testkit::strict::Delivery>> = subs
         .iter()
@@ -296,13 +353,14 @@ async fn chaos_on_the_compose_cluster() {
         ));
     }
 
-    let history = write_history(seed, start, &w.clients(), &faults);
-    let failovers: Vec<Duration> = w
+    let history = write_history(seed, (start, started_at), &w.clients(), &faults);
+    let (events, logs) = node_logs(&c, seed, &history, started_at);
+    let snapshots: Vec<usize> = events.iter().map(|e| e.installed.len()).collect();
+    let failovers: Vec<(Instant, Duration)> = w
         .clients()
         .iter()
         .flat_map(|cl| verdict::failover_times(&cl.history()))
         .collect();
-    let recoveries: Vec<Duration> = faults.iter().map(|f| f.recovered).collect();
     summary(&Summary {
         seed,
         chaos_took,
@@ -314,41 +372,141 @@ async fn chaos_on_the_compose_cluster() {
         acked_subscriptions: acked.len(),
         replicas: replicas.as_ref(),
         failovers: &failovers,
-        recoveries: &recoveries,
+        snapshots: &snapshots,
+        events: &events,
+        cluster: &c,
         history: &history,
+        logs: &logs,
     });
 
-    let problems = report.problems();
+    // Everything that fails the run, at once.
+    let mut problems = report.problems();
+    let failed: Vec<String> = faults
+        .iter()
+        .filter_map(|f| {
+            f.failure.as_ref().map(|e| {
+                format!(
+                    "{} at +{:.1}s: {e}",
+                    f.kind.name(),
+                    (f.at - start).as_secs_f64()
+                )
+            })
+        })
+        .collect();
+    if !failed.is_empty() {
+        problems.push(format!(
+            "faults that failed: {} (first: {:?})",
+            failed.len(),
+            &failed[..failed.len().min(5)]
+        ));
+    }
+    if snapshots.iter().sum::<usize>() == 0 {
+        problems.push(format!(
+            "no node installed a snapshot ({SNAPSHOT_INSTALLED:?} never logged): the run did \
+             not test catch-up by snapshot"
+        ));
+    }
+    let kinds: HashSet<Kind> = faults.iter().map(|f| f.kind).collect();
+    let missing: Vec<&str> = ALL
+        .iter()
+        .filter(|k| !kinds.contains(k))
+        .map(|k| k.name())
+        .collect();
+    if faults.len() >= ALL.len() && !missing.is_empty() {
+        problems.push(format!("fault kinds never injected: {missing:?}"));
+    }
+    if faults.len() < min_faults {
+        problems.push(format!("{} faults, fewer than {min_faults}", faults.len()));
+    }
+    if report.completed < 100 {
+        problems.push(format!(
+            "too little traffic: {} messages acknowledged",
+            report.completed
+        ));
+    }
     assert!(
         problems.is_empty(),
         "chaos (seed {seed}): {}\nhistory: {}",
         problems.join("\n"),
         history.display()
     );
-    let kinds: HashSet<Kind> = faults.iter().map(|f| f.kind).collect();
-    if faults.len() >= ALL.len() {
-        let missing: Vec<&str> = ALL
-            .iter()
-            .filter(|k| !kinds.contains(k))
-            .map(|k| k.name())
-            .collect();
-        assert!(
-            missing.is_empty(),
-            "fault kinds never injected: {missing:?}"
-        );
-    }
-    assert!(
-        faults.len() >= min_faults,
-        "{} faults, fewer than {min_faults}",
-        faults.len()
-    );
-    assert!(
-        report.completed >= 100,
-        "too little traffic: {} messages acknowledged",
-        report.completed
-    );
     drop(w);
     drop(c);
+}
+
+/// What a node's log says happened to it, in seconds since the start of the workload.
+#[derive(Debug, Default)]
+struct NodeEvents {
+    /// The process started (first start included).
+    started: Vec<f64>,
+    /// A snapshot from the leader was installed.
+    installed: Vec<f64>,
+}
+
+/// Saves every node's log (`nodes-<seed>/starling-N.log` beside the history, Docker's
+/// timestamps in front) and reads from it, per node, when the process started and when it
+/// installed a snapshot from the leader.
+fn node_logs(
+    c: &Cluster,
+    seed: u64,
+    history: &std::path::Path,
+    started_at: std::time::SystemTime,
+) -> (Vec<NodeEvents>, PathBuf) {
+    let dir = history
+        .parent()
+        .map_or_else(target_dir, PathBuf::from)
+        .join(format!("nodes-{seed}"));
+    let _ = std::fs::create_dir_all(&dir);
+    let origin = started_at
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
+    let mut events = Vec::new();
+    for i in 0..NODES {
+        let log = blocking(|| c.logs(i));
+        let mut e = NodeEvents::default();
+        for line in log.lines() {
+            let at = || {
+                line.split_whitespace()
+                    .next()
+                    .and_then(unix_secs)
+                    .map_or(f64::NAN, |t| t - origin)
+            };
+            if line.contains(SNAPSHOT_INSTALLED) {
+                e.installed.push(at());
+            } else if line.contains(NODE_STARTED) && line.trim_end().ends_with(" starting") {
+                e.started.push(at());
+            }
+        }
+        events.push(e);
+        let _ = std::fs::write(dir.join(format!("{}.log", service(i))), log);
+    }
+    (events, dir)
+}
+
+/// What each node logs as its process starts (`starling version 0.1.0 starting`), and stops.
+const NODE_STARTED: &str = "starling version ";
+
+/// Seconds since the Unix epoch of an RFC 3339 UTC time as `docker logs -t` writes it
+/// (`2026-12-07T18:21:58.279590123Z`).
+fn unix_secs(s: &str) -> Option<f64> {
+    let s = s.strip_suffix('Z')?;
+    let (date, time) = s.split_once('T')?;
+    let mut d = date.split('-').map(|x| x.parse::<i64>().ok());
+    let (y, m, day) = (d.next()??, d.next()??, d.next()??);
+    let mut t = time.splitn(3, ':');
+    let (h, min) = (
+        t.next()?.parse::<i64>().ok()?,
+        t.next()?.parse::<i64>().ok()?,
+    );
+    let sec: f64 = t.next()?.parse().ok()?;
+    // Days from the civil date (H. Hinnant's algorithm).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (m + if m > 2 { -3 } else { 9 }) + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some((days * 86_400 + h * 3600 + min * 60) as f64 + sec)
 }
 
 /// The retained messages a new clean session on node `i` receives for `chaosret/#`: topic →
@@ -385,10 +543,11 @@ async fn retained_on(c: &Cluster, i: usize, want: usize) -> BTreeMap<String, Str
     got(&cl)
 }
 
-/// Every client's history and the faults, as JSON lines ordered by time.
+/// Every client's history and the faults, as JSON lines ordered by time; the first line gives
+/// the wall-clock time of `t` = 0, to read the history beside the nodes' logs.
 fn write_history(
     seed: u64,
-    start: Instant,
+    (start, started_at): (Instant, std::time::SystemTime),
     clients: &[Arc<StrictClient>],
     faults: &[faults::Injected],
 ) -> PathBuf {
@@ -398,7 +557,18 @@ fn write_history(
     if let Some(dir) = path.parent() {
         let _ = std::fs::create_dir_all(dir);
     }
-    let mut lines: Vec<(f64, String)> = Vec::new();
+    let mut lines: Vec<(f64, String)> = vec![(
+        0.0,
+        serde_json::json!({
+            "t": 0.0,
+            "ev": "start",
+            "seed": seed,
+            "unix_s": started_at
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64()),
+        })
+        .to_string(),
+    )];
     for cl in clients {
         for r in cl.history() {
             let v = verdict::record_json(start, cl.client_id(), &r);
@@ -414,6 +584,7 @@ fn write_history(
             "detail": f.detail,
             "healed_t": verdict::secs(start, f.healed),
             "recovered_s": f.recovered.as_secs_f64(),
+            "failure": f.failure,
         });
         lines.push((verdict::secs(start, f.at), v.to_string()));
     }
@@ -438,9 +609,16 @@ struct Summary<'a> {
     retained_topics: usize,
     acked_subscriptions: usize,
     replicas: Option<&'a (u64, String)>,
-    failovers: &'a [Duration],
-    recoveries: &'a [Duration],
+    /// Every client failover: when the connection was lost, and how long to the next CONNACK 0.
+    failovers: &'a [(Instant, Duration)],
+    /// Snapshots installed, per node.
+    snapshots: &'a [usize],
+    /// Restarts and snapshot installs, per node.
+    events: &'a [NodeEvents],
+    /// To name the nodes.
+    cluster: &'a Cluster,
     history: &'a PathBuf,
+    logs: &'a PathBuf,
 }
 
 fn summary(s: &Summary<'_>) {
@@ -502,16 +680,94 @@ fn summary(s: &Summary<'_>) {
             }
         ),
         format!(
+            "lost (clean): {} of {} owed on {} clean connections ({} published through another \
+             node than the subscriber's); duplicated (clean, QoS 2 within a connection): {}, \
+             reordered (clean): {} (allowed: {}), unknown (clean): {}; {} deliveries, {} QoS 1 \
+             repeats",
+            r.clean.lost.len(),
+            r.clean.owed,
+            r.clean.windows,
+            r.clean.crossed,
+            r.clean.duplicated.len(),
+            r.clean.reordered.len(),
+            r.clean.explained_reorders,
+            r.clean.unknown.len(),
+            r.clean.deliveries,
+            r.clean.qos1_redeliveries
+        ),
+        format!(
+            "snapshots installed: {} (per node: {})",
+            s.snapshots.iter().sum::<usize>(),
+            s.snapshots
+                .iter()
+                .map(|n| n.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        format!(
             "failover time (client lost its connection -> next CONNACK 0): {}",
-            verdict::percentiles(&mut s.failovers.to_vec())
+            verdict::percentiles(&mut s.failovers.iter().map(|(_, d)| *d).collect::<Vec<_>>())
         ),
         format!(
             "recovery time (fault healed -> /readyz 200 on every node): {}",
-            verdict::percentiles(&mut s.recoveries.to_vec())
+            verdict::percentiles(&mut s.faults.iter().map(|f| f.recovered).collect::<Vec<_>>())
         ),
-        format!("history (JSON lines): {}", s.history.display()),
     ];
     for l in lines {
         say(&l);
     }
+    for ((connection, through), g) in &r.clean.lost_by_route {
+        let node = through.and_then(|a| s.cluster.node_of(a));
+        // What happened to the node they went through since the subscription: a restart or a
+        // snapshot installed (the routes it holds are derived from what it applied).
+        let events = node.map_or(String::new(), |i| {
+            let e = &s.events[i];
+            let since = |v: &[f64]| -> Vec<String> {
+                v.iter()
+                    .filter(|t| **t >= g.subacked && **t <= g.written.1)
+                    .map(|t| format!("+{t:.1}s"))
+                    .collect()
+            };
+            format!(
+                "; since the SUBACK at +{:.1}s node {} started at {:?}, installed a snapshot at \
+                 {:?}",
+                g.subacked,
+                i + 1,
+                since(&e.started),
+                since(&e.installed)
+            )
+        });
+        say(&format!(
+            "  lost (clean) on {connection}: {} published through {} between +{:.3}s and \
+             +{:.3}s{events}",
+            g.count,
+            node.map_or("?".to_string(), |i| format!("node {}", i + 1)),
+            g.written.0,
+            g.written.1
+        ));
+    }
+    say("per fault kind (failovers are filed under the fault active, or last injected, when the connection was lost):");
+    let injected: Vec<(Instant, &str)> = s.faults.iter().map(|f| (f.at, f.kind.name())).collect();
+    let failovers = verdict::by_fault(s.failovers, &injected);
+    let mut kinds: Vec<&str> = vec![verdict::BEFORE_FAULTS];
+    kinds.extend(ALL.iter().map(|k| k.name()));
+    for kind in kinds {
+        let recoveries: Vec<Duration> = s
+            .faults
+            .iter()
+            .filter(|f| f.kind.name() == kind)
+            .map(|f| f.recovered)
+            .collect();
+        let mut fo = failovers.get(kind).cloned().unwrap_or_default();
+        if fo.is_empty() && recoveries.is_empty() {
+            continue;
+        }
+        say(&format!(
+            "  {kind:<28} failover {:<44} recovery {}",
+            verdict::percentiles(&mut fo),
+            verdict::percentiles(&mut recoveries.clone())
+        ));
+    }
+    say(&format!("history (JSON lines): {}", s.history.display()));
+    say(&format!("node logs: {}", s.logs.display()));
 }

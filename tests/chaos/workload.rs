@@ -7,6 +7,10 @@
 //! - `chaos-sub-{0,1,2}`: `chaos/#`, at QoS 2, QoS 2 and QoS 1 (the QoS 2 messages downgraded).
 //!   Each also subscribes, every few seconds during the run, to a topic of its own
 //!   (`chaossub/<client>/<k>`); the acknowledged ones are probed at the end.
+//! - `chaos-clean-{0,1}`: clean sessions (clean-session=1) with `chaos/#` at QoS 2 and QoS 1,
+//!   starting on nodes 1 and 2. Their deliveries take the fast path (forwarded once to the node
+//!   a clean session is on, no Raft); a clean session dies with its connection, so each new
+//!   connection subscribes again and the checker judges each connection on its own.
 //! - `chaos-ret`: retained messages on `chaosret/<k>` (three topics, QoS 1 and 2 in turn), one at
 //!   a time, compared on every node at the end; it also publishes the probes.
 
@@ -26,6 +30,10 @@ pub(crate) const TOPICS: u64 = 6;
 pub(crate) const RETAINED_TOPICS: u64 = 3;
 /// Publishers and subscribers.
 pub(crate) const CLIENTS: usize = 3;
+/// The filter every subscriber of the checked workload holds.
+pub(crate) const WORKLOAD_FILTER: &str = "chaos/#";
+/// The clean-session subscribers' QoS (one subscriber each).
+const CLEAN_QOS: [QoS; 2] = [QoS::ExactlyOnce, QoS::AtLeastOnce];
 /// Most messages a publisher holds (in flight and queued); beyond it the feeder skips a beat
 /// rather than queueing without bound while the cluster is unavailable.
 const BACKLOG: usize = 256;
@@ -39,18 +47,25 @@ pub(crate) fn qos_of(seq: u64) -> QoS {
     }
 }
 
-/// Strict-client settings: a node silent for 3 s is given up; a failover may take 3 minutes
-/// (a restart of every node at once included) before the client gives up for good.
+/// Strict-client settings: a node silent for 3 s is given up, while connected or while the
+/// client waits for its CONNACK; a failover may take 3 minutes (a restart of every node at
+/// once included) before the client gives up for good.
 pub(crate) fn config(c: &Cluster, client_id: &str, window: usize) -> StrictConfig {
     let nodes = (0..crate::compose::NODES).map(|i| c.mqtt_addr(i)).collect();
     let mut cfg = StrictConfig::new(client_id, nodes);
-    // More than the broker's commit timeout (5 s): a refused CONNECT is seen as CONNACK 3.
-    cfg.connect_timeout = Duration::from_secs(8);
+    // Longer than an election (1 to 2 s, during which a node holds a CONNECT), shorter than
+    // the broker's commit timeout (5 s): a paused node (whose port Docker still accepts) or one
+    // that cannot commit is left for the next instead of being waited for. With 8 s, a client
+    // that failed over onto a paused node waited up to the unpause (4.6 s in a soak).
+    cfg.connect_timeout = Duration::from_secs(3);
     cfg.response_timeout = Duration::from_secs(3);
     cfg.ping_interval = Duration::from_millis(500);
     cfg.failover_deadline = Duration::from_secs(180);
     cfg.window = window;
-    cfg.retry_pause = Duration::from_millis(100);
+    // Every node refused (an election under way, or every node down): try again soon, then
+    // less and less often.
+    cfg.retry_pause = Duration::from_millis(10);
+    cfg.retry_pause_max = Duration::from_millis(200);
     cfg
 }
 
@@ -60,6 +75,8 @@ pub(crate) struct Workload {
     pub(crate) publishers: Vec<Arc<StrictClient>>,
     /// The subscribers with the QoS of their `chaos/#` subscription.
     pub(crate) subscribers: Vec<(Arc<StrictClient>, QoS)>,
+    /// The clean-session subscribers with the QoS of their `chaos/#` subscription.
+    pub(crate) clean: Vec<(Arc<StrictClient>, QoS)>,
     /// The retained-message publisher (and prober).
     pub(crate) retainer: Arc<StrictClient>,
     /// Subscriptions acknowledged during the run: (client, topic).
@@ -83,10 +100,24 @@ impl Workload {
             let s = StrictClient::connect_at(config(c, &id, 16), i)
                 .await
                 .unwrap_or_else(|e| panic!("{id}: {e}"));
-            s.subscribe(&[("chaos/#", qos)], Duration::from_secs(30))
+            s.subscribe(&[(WORKLOAD_FILTER, qos)], Duration::from_secs(30))
                 .await
                 .unwrap_or_else(|e| panic!("{id} subscribe: {e}"));
             subscribers.push((Arc::new(s), qos));
+        }
+        let mut clean = Vec::new();
+        for (i, qos) in CLEAN_QOS.into_iter().enumerate() {
+            let id = format!("chaos-clean-{i}");
+            let mut cfg = config(c, &id, 16);
+            cfg.clean_session = true;
+            let s = StrictClient::connect_at(cfg, i)
+                .await
+                .unwrap_or_else(|e| panic!("{id}: {e}"));
+            // Subscribed again by the client on every later connection.
+            s.subscribe(&[(WORKLOAD_FILTER, qos)], Duration::from_secs(30))
+                .await
+                .unwrap_or_else(|e| panic!("{id} subscribe: {e}"));
+            clean.push((Arc::new(s), qos));
         }
         let mut publishers = Vec::new();
         for i in 0..CLIENTS {
@@ -115,6 +146,7 @@ impl Workload {
         Workload {
             publishers,
             subscribers,
+            clean,
             retainer,
             acked_subscriptions,
             stop,
@@ -126,6 +158,7 @@ impl Workload {
     pub(crate) fn clients(&self) -> Vec<Arc<StrictClient>> {
         let mut all: Vec<Arc<StrictClient>> = self.publishers.clone();
         all.extend(self.subscribers.iter().map(|(s, _)| s.clone()));
+        all.extend(self.clean.iter().map(|(s, _)| s.clone()));
         all.push(self.retainer.clone());
         all
     }
