@@ -1265,6 +1265,16 @@ impl<C: Clone> StoreCore<C> {
         self.clients.is_empty() && self.proposals.is_empty() && self.proposals.waiting() == 0
     }
 
+    /// What keeps the store from being quiet, for the log line of a stop that ran out of time.
+    pub fn not_quiet(&self) -> String {
+        format!(
+            "{} clients still registered, {} commands not yet proposed, requests waiting: {:?}",
+            self.clients.len(),
+            if self.proposals.is_empty() { "no" } else { "some" },
+            self.proposals.waiting_kinds()
+        )
+    }
+
     /// Fails what still waits, snapshots, and stops the log; the answer comes once the log has
     /// written everything (the shell waits for it before the process may exit).
     pub fn finish_shutdown(&mut self) -> oneshot::Receiver<()> {

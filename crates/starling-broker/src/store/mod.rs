@@ -31,7 +31,7 @@ use actix::prelude::*;
 use starling_state::{pb, Message as AppMessage, StateConfig, StateStats};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
-use tracing::error;
+use tracing::{error, warn};
 
 #[cfg(feature = "mutations")]
 pub use self::core::mutations;
@@ -444,7 +444,15 @@ impl ActorFuture<SessionStore> for ShutdownWait {
         ctx: &mut Context<SessionStore>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<()> {
-        if Instant::now() >= self.deadline || act.core.quiet() {
+        if act.core.quiet() {
+            return std::task::Poll::Ready(());
+        }
+        if Instant::now() >= self.deadline {
+            warn!(
+                left = %act.core.not_quiet(),
+                "graceful stop: gave up waiting for the clients' last requests to commit: {}",
+                act.core.not_quiet()
+            );
             return std::task::Poll::Ready(());
         }
         act.clock().flush();

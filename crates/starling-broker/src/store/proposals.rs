@@ -56,6 +56,25 @@ pub(crate) enum Waiter<C = Addr<Connection>> {
     StartLimits,
 }
 
+impl<C> Waiter<C> {
+    /// Its kind, for log lines.
+    pub(crate) fn kind(&self) -> &'static str {
+        match self {
+            Waiter::Connect { .. } => "connect",
+            Waiter::Subscribe { .. } => "subscribe",
+            Waiter::Unsubscribe(_) => "unsubscribe",
+            Waiter::Ack { .. } => "publish",
+            Waiter::OutboundAck(_) => "delivery ack",
+            Waiter::Disconnect(_) => "disconnect",
+            Waiter::Closing { .. } => "connection end",
+            Waiter::NodeDown => "node down",
+            Waiter::Limits(_) => "limits",
+            Waiter::Retained => "retained",
+            Waiter::StartLimits => "start limits",
+        }
+    }
+}
+
 /// Why a command was not queued.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) struct TooLarge {
@@ -245,6 +264,15 @@ impl<C> Proposals<C> {
 
     pub(crate) fn waiting(&self) -> usize {
         self.waiting.len()
+    }
+
+    /// How many requesters of each kind wait (a log line's detail).
+    pub(crate) fn waiting_kinds(&self) -> BTreeMap<&'static str, usize> {
+        let mut kinds = BTreeMap::new();
+        for (_, w) in self.waiting.values() {
+            *kinds.entry(w.kind()).or_default() += 1;
+        }
+        kinds
     }
 
     /// The last request id handed out: everything queued so far has an id up to it.
