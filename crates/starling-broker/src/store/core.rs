@@ -1270,7 +1270,11 @@ impl<C: Clone> StoreCore<C> {
         format!(
             "{} clients still registered, {} commands not yet proposed, requests waiting: {:?}",
             self.clients.len(),
-            if self.proposals.is_empty() { "no" } else { "some" },
+            if self.proposals.is_empty() {
+                "no"
+            } else {
+                "some"
+            },
             self.proposals.waiting_kinds()
         )
     }
