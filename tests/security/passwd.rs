@@ -1,5 +1,5 @@
-//! `starling passwd FILE add|delete|verify USER`, and password files written by Mosquitto's
-//! `mosquitto_passwd` (a migration path).
+//! `starling passwd FILE add|delete|verify USER` (with `$7$` hashes and SCRAM-SHA-256
+//! credentials), and password files written by Mosquitto's `mosquitto_passwd` (a migration path).
 
 use std::io::Write as _;
 use std::path::Path;
@@ -21,12 +21,11 @@ fn passwd(file: &Path, args: &[&str], stdin: &str) -> Output {
         .stderr(Stdio::piped())
         .spawn()
         .expect("run starling passwd");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
+    // A command refused over its arguments exits before it reads the password.
+    match child.stdin.take().unwrap().write_all(stdin.as_bytes()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => panic!("write stdin: {e}"),
+        _ => {}
+    }
     child.wait_with_output().unwrap()
 }
 
@@ -102,6 +101,127 @@ fn add_verify_delete_never_print_secrets() {
         "default iterations: {stored}"
     );
     assert!(!stored.contains("alice"));
+}
+
+#[test]
+fn scram_credentials_add_and_verify() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("users");
+    let secret = "pencil and paper";
+    let o = passwd(
+        &f,
+        &["add", "alice", "--scram", "--iterations", "4096"],
+        &format!("{secret}\n"),
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let stored = std::fs::read_to_string(&f).unwrap();
+    assert!(
+        stored.starts_with("alice:SCRAM-SHA-256$4096:"),
+        "RFC 5803's form: {stored}"
+    );
+    let line = stored.trim().split_once(':').unwrap().1.to_string();
+    let cred = starling_auth::ScramCredential::parse(&line).unwrap();
+    assert!(cred.verify_password(secret.as_bytes()));
+    let outputs = [
+        o,
+        passwd(&f, &["verify", "alice"], &format!("{secret}\n")),
+        passwd(&f, &["verify", "alice"], "pencil\n"),
+        // A $7$ user beside it; both kinds verify.
+        passwd(&f, &["add", "bob", "--iterations", "2000"], "builder\n"),
+        passwd(&f, &["verify", "bob"], "builder\n"),
+        // RFC 7677's floor.
+        passwd(
+            &f,
+            &["add", "carol", "--scram", "--iterations", "4095"],
+            "x\n",
+        ),
+        // SASLprep refuses control characters: the password cannot be used with SCRAM.
+        passwd(
+            &f,
+            &["add", "carol", "--scram", "--iterations", "4096"],
+            "bell\u{7}secret\n",
+        ),
+        // A name SASLprep would change (a soft hyphen maps to nothing): clients would send
+        // another one.
+        passwd(
+            &f,
+            &["add", "I\u{AD}X", "--scram", "--iterations", "4096"],
+            "x\n",
+        ),
+        // Non-ASCII passwords are prepared (NFKC): U+2168 ROMAN NUMERAL NINE is "IX".
+        passwd(
+            &f,
+            &["add", "dave", "--scram", "--iterations", "4096"],
+            "\u{2168}\n",
+        ),
+        passwd(&f, &["verify", "dave"], "IX\n"),
+    ];
+    let codes: Vec<Option<i32>> = outputs.iter().map(|o| o.status.code()).collect();
+    assert_eq!(
+        codes,
+        vec![
+            Some(0),
+            Some(0),
+            Some(1),
+            Some(0),
+            Some(0),
+            Some(2),
+            Some(2),
+            Some(2),
+            Some(0),
+            Some(0)
+        ],
+        "{:#?}",
+        outputs.iter().map(text).collect::<Vec<_>>()
+    );
+    for o in &outputs {
+        let t = text(o);
+        assert!(
+            !t.contains(secret) && !t.contains("builder") && !t.contains("bell"),
+            "{t}"
+        );
+        assert!(!t.contains("SCRAM-SHA-256$") && !t.contains(&line), "{t}");
+    }
+    assert!(text(&outputs[5]).contains("at least 4096"));
+    assert!(text(&outputs[6]).contains("SASLprep"));
+    assert!(text(&outputs[7]).contains("SASLprep"));
+    let stored = std::fs::read_to_string(&f).unwrap();
+    assert!(!stored.contains("carol") && !stored.contains("I\u{AD}X"));
+    assert!(stored.contains("\nbob:$7$2000$"), "{stored}");
+
+    // The default count, and a password changed from $7$ to SCRAM.
+    let o = passwd(&f, &["add", "bob", "--scram"], "builder\n");
+    assert!(o.status.success(), "{}", text(&o));
+    let stored = std::fs::read_to_string(&f).unwrap();
+    assert!(
+        stored.contains("\nbob:SCRAM-SHA-256$600000:"),
+        "default iterations: {stored}"
+    );
+    assert!(passwd(&f, &["verify", "bob"], "builder\n").status.success());
+}
+
+#[tokio::test]
+async fn broker_accepts_scram_users_with_plain_passwords() {
+    let s = Secure::new();
+    let f = s.dir().join("scram-users");
+    let o = passwd(
+        &f,
+        &["add", "alice", "--scram", "--iterations", "4096"],
+        "wonderland\n",
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let r = s
+        .mqtt(&format!("password_file = {:?}", f.display().to_string()))
+        .start();
+    let (_c, ack) =
+        RawClient::connect_with(r.addr(), connect("a", true, Some(("alice", "wonderland")))).await;
+    assert_eq!(ack.code, ConnectReturnCode::Accepted);
+    let (_c, ack) =
+        RawClient::connect_with(r.addr(), connect("b", true, Some(("alice", "wonderlanD")))).await;
+    assert_eq!(ack.code, ConnectReturnCode::BadUserNameOrPassword);
+    let (_c, ack) =
+        RawClient::connect_with(r.addr(), connect("c", true, Some(("nobody", "wonderland")))).await;
+    assert_eq!(ack.code, ConnectReturnCode::BadUserNameOrPassword);
 }
 
 #[tokio::test]

@@ -8,6 +8,11 @@
 //! - `$6$<salt>$<hash>`: one salted SHA-512 (Mosquitto 1.x). Read for migration only: fast to
 //!   brute-force, so [`PasswordHash::is_weak`] flags it and the broker logs a warning; re-set such
 //!   passwords with `starling passwd`.
+//! - `SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>`: a SCRAM-SHA-256 credential
+//!   (RFC 5803, [`crate::scram`]), written by `starling passwd FILE add USER --scram`. Such a
+//!   user can log in with SCRAM and with a plain password; a `$7$`/`$6$` user only with a plain
+//!   password ([`PasswordFile::scram`] is `None` for them), since SCRAM keys cannot be derived
+//!   from those hashes. Mosquitto does not read SCRAM lines: a file with any is Starling's only.
 //!
 //! Blank lines and lines starting with `#` are kept as they are when a file is rewritten.
 //! Verification compares in constant time ([`subtle`]); slow by design (hundreds of milliseconds
@@ -24,6 +29,8 @@ use base64::Engine as _;
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256, Sha512};
 use subtle::ConstantTimeEq;
+
+use crate::scram::{CredentialError, ScramCredential};
 
 /// PBKDF2 iterations of new hashes (OWASP's 2023 figure for PBKDF2-HMAC-SHA512).
 pub const DEFAULT_ITERATIONS: u32 = 210_000;
@@ -60,6 +67,8 @@ pub enum PasswordHash {
         /// Digest.
         hash: Vec<u8>,
     },
+    /// `SCRAM-SHA-256$`: a SCRAM credential (RFC 5803); Starling only.
+    ScramSha256(ScramCredential),
 }
 
 impl fmt::Debug for PasswordHash {
@@ -70,6 +79,13 @@ impl fmt::Debug for PasswordHash {
                 write!(f, "PasswordHash($7$, {iterations} iterations)")
             }
             PasswordHash::Sha512 { .. } => f.write_str("PasswordHash($6$)"),
+            PasswordHash::ScramSha256(c) => {
+                write!(
+                    f,
+                    "PasswordHash(SCRAM-SHA-256, {} iterations)",
+                    c.iterations()
+                )
+            }
         }
     }
 }
@@ -77,8 +93,10 @@ impl fmt::Debug for PasswordHash {
 /// A hash that cannot be read.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum HashError {
-    /// Not `$7$...` or `$6$...`.
-    #[error("unknown password hash format (expected $7$ PBKDF2-SHA512 or $6$ SHA-512)")]
+    /// Not `$7$...`, `$6$...` or `SCRAM-SHA-256$...`.
+    #[error(
+        "unknown password hash format (expected $7$ PBKDF2-SHA512, $6$ SHA-512 or SCRAM-SHA-256)"
+    )]
     UnknownFormat,
     /// A field is missing or not base64 / a number.
     #[error("malformed {0} password hash")]
@@ -86,6 +104,9 @@ pub enum HashError {
     /// Iteration count out of range.
     #[error("iteration count must be between 1 and {MAX_ITERATIONS}")]
     Iterations,
+    /// A SCRAM-SHA-256 credential that cannot be read.
+    #[error(transparent)]
+    Scram(CredentialError),
 }
 
 impl PasswordHash {
@@ -115,6 +136,11 @@ impl PasswordHash {
                 .decode(field)
                 .map_err(|_| HashError::Malformed(what))
         };
+        if s.starts_with("SCRAM-SHA-256$") {
+            return ScramCredential::parse(s)
+                .map(PasswordHash::ScramSha256)
+                .map_err(HashError::Scram);
+        }
         if let Some(rest) = s.strip_prefix("$7$") {
             let mut parts = rest.split('$');
             let (Some(it), Some(salt), Some(hash), None) =
@@ -165,6 +191,7 @@ impl PasswordHash {
             PasswordHash::Sha512 { salt, hash } => {
                 format!("$6${}${}", STANDARD.encode(salt), STANDARD.encode(hash))
             }
+            PasswordHash::ScramSha256(c) => c.encode(),
         }
     }
 
@@ -187,6 +214,7 @@ impl PasswordHash {
                 d.update(salt);
                 d.finalize().as_slice().ct_eq(hash).into()
             }
+            PasswordHash::ScramSha256(c) => c.verify_password(password),
         }
     }
 
@@ -195,6 +223,16 @@ impl PasswordHash {
         match self {
             PasswordHash::Pbkdf2Sha512 { iterations, .. } => *iterations < 10_000,
             PasswordHash::Sha512 { .. } => true,
+            PasswordHash::ScramSha256(c) => c.is_weak(),
+        }
+    }
+
+    /// The SCRAM credential, if this is one (`None` for `$7$` and `$6$` hashes: those users
+    /// can log in with a password, not with SCRAM).
+    pub fn scram(&self) -> Option<&ScramCredential> {
+        match self {
+            PasswordHash::ScramSha256(c) => Some(c),
+            PasswordHash::Pbkdf2Sha512 { .. } | PasswordHash::Sha512 { .. } => None,
         }
     }
 }
@@ -279,6 +317,12 @@ impl PasswordFile {
             Some(Line::User { hash, .. }) => Some(hash),
             _ => None,
         }
+    }
+
+    /// The SCRAM credential of `user`: `None` for an unknown user and for a user with a `$7$` or
+    /// `$6$` hash (who can log in with a password but not with SCRAM).
+    pub fn scram(&self, user: &str) -> Option<&ScramCredential> {
+        self.get(user)?.scram()
     }
 
     /// Adds `user` or replaces their hash. Returns true if the user was new.
@@ -527,6 +571,46 @@ mod tests {
         assert_eq!(PasswordFile::parse(&dup).unwrap_err().line, 2);
         let e = PasswordFile::parse("u:$7$10$AAAA$AAAA$x\n").unwrap_err();
         assert!(!e.to_string().contains("AAAA"), "errors never echo hashes");
+    }
+
+    #[test]
+    fn scram_lines_sit_beside_pbkdf2_lines() {
+        let scram = ScramCredential::generate(b"pencil", crate::scram::MIN_ITERATIONS).unwrap();
+        let a = PasswordHash::new(b"a", 1).encode();
+        let text = format!("# mixed\nalice:{a}\nuser:{}\n", scram.encode());
+        let f = PasswordFile::parse(&text).unwrap();
+        assert_eq!(f.to_text(), text, "both kinds re-encode unchanged");
+        assert!(f.get("user").unwrap().verify(b"pencil"));
+        assert!(!f.get("user").unwrap().verify(b"a"));
+        assert!(f.get("alice").unwrap().verify(b"a"));
+        assert_eq!(f.scram("user"), Some(&scram));
+        assert_eq!(f.scram("alice"), None, "a $7$ user has no SCRAM credential");
+        assert_eq!(f.scram("nobody"), None);
+        assert!(f.get("user").unwrap().is_weak(), "4096 iterations");
+        let h = f.get("user").unwrap();
+        assert_eq!(PasswordHash::parse(&h.encode()).unwrap(), *h);
+        assert_eq!(
+            format!("{h:?}"),
+            "PasswordHash(SCRAM-SHA-256, 4096 iterations)"
+        );
+
+        let bad = format!(
+            "user:{}\n",
+            scram
+                .encode()
+                .replace("SCRAM-SHA-256$4096", "SCRAM-SHA-256$40")
+        );
+        let e = PasswordFile::parse(&bad).unwrap_err();
+        assert_eq!(e.line, 1);
+        assert!(e.reason.contains("iteration count"), "{e}");
+        let key = STANDARD.encode(scram.stored_key());
+        let bad = format!("user:{}\n", scram.encode().replace(&key, "AAAA"));
+        let e = PasswordFile::parse(&bad).unwrap_err().to_string();
+        assert!(e.contains("StoredKey") && !e.contains("AAAA"), "{e}");
+        assert_eq!(
+            PasswordHash::parse("SCRAM-SHA-1$4096:AAAA$AAAA:AAAA"),
+            Err(HashError::UnknownFormat)
+        );
     }
 
     #[test]

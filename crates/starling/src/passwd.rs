@@ -1,11 +1,12 @@
 //! `starling passwd FILE add|delete|verify USER`: manages a password file without ever printing a
 //! password or a hash. The password is read from standard input (one line), e.g.
 //! `read -rs PW && printf '%s\n' "$PW" | starling passwd users.txt add alice`.
+//! `add --scram` stores a SCRAM-SHA-256 credential instead of a `$7$` hash (docs/security.md).
 
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::{Path, PathBuf};
 
-use starling_auth::{PasswordFile, PasswordHash, DEFAULT_ITERATIONS};
+use starling_auth::{scram, PasswordFile, PasswordHash, ScramCredential, DEFAULT_ITERATIONS};
 
 /// What to do with the password file.
 #[derive(clap::Subcommand, Debug)]
@@ -15,9 +16,14 @@ pub(crate) enum PasswdOp {
     Add {
         /// User name (no ':').
         user: String,
-        /// PBKDF2-SHA512 iterations of the new hash.
-        #[arg(long, default_value_t = DEFAULT_ITERATIONS)]
-        iterations: u32,
+        /// PBKDF2 iterations of the new entry [default: 210000 for a $7$ hash, 600000 with
+        /// --scram].
+        #[arg(long)]
+        iterations: Option<u32>,
+        /// Store a SCRAM-SHA-256 credential (for SCRAM logins as well as passwords; Starling
+        /// only: Mosquitto does not read such lines) instead of a $7$ PBKDF2-SHA512 hash.
+        #[arg(long)]
+        scram: bool,
     },
     /// Remove a user.
     Delete {
@@ -100,23 +106,47 @@ fn save(file: &Path, f: &PasswordFile) -> Result<(), String> {
 /// An unreadable or malformed file, a bad user name, no password on standard input.
 pub(crate) fn run(file: &Path, op: &PasswdOp) -> Result<Outcome, String> {
     match op {
-        PasswdOp::Add { user, iterations } => {
-            if *iterations == 0 {
+        PasswdOp::Add {
+            user,
+            iterations,
+            scram,
+        } => {
+            let default = if *scram {
+                scram::DEFAULT_ITERATIONS
+            } else {
+                DEFAULT_ITERATIONS
+            };
+            let iterations = iterations.unwrap_or(default);
+            if *scram {
+                if iterations < scram::MIN_ITERATIONS {
+                    return Err(format!(
+                        "--iterations must be at least {} for SCRAM-SHA-256 (RFC 7677)",
+                        scram::MIN_ITERATIONS
+                    ));
+                }
+                scram::check_user_name(user).map_err(|e| e.to_string())?;
+            } else if iterations == 0 {
                 return Err("--iterations must be at least 1".into());
             }
             let mut f = load(file, true)?;
             let password = read_password()?;
-            let new = f
-                .set(user, PasswordHash::new(&password, *iterations))
-                .map_err(|e| e.to_string())?;
-            save(file, &f)?;
-            if *iterations < 10_000 {
-                eprintln!("warning: {iterations} iterations make a weak hash (default {DEFAULT_ITERATIONS})");
-            }
-            Ok(Outcome::Done(if new {
-                format!("added user {user}")
+            let hash = if *scram {
+                let c =
+                    ScramCredential::generate(&password, iterations).map_err(|e| e.to_string())?;
+                PasswordHash::ScramSha256(c)
             } else {
-                format!("changed the password of user {user}")
+                PasswordHash::new(&password, iterations)
+            };
+            let new = f.set(user, hash).map_err(|e| e.to_string())?;
+            save(file, &f)?;
+            if iterations < 10_000 {
+                eprintln!("warning: {iterations} iterations make a weak hash (default {default})");
+            }
+            let kind = if *scram { " (SCRAM-SHA-256)" } else { "" };
+            Ok(Outcome::Done(if new {
+                format!("added user {user}{kind}")
+            } else {
+                format!("changed the password of user {user}{kind}")
             }))
         }
         PasswdOp::Delete { user } => {
