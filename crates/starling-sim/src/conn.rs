@@ -429,6 +429,7 @@ impl SimConn {
             payload: p.payload,
             qos: p.qos,
             retain: p.retain,
+            ..AppMessage::default()
         };
         match f.on_publish(p.packet_id, message) {
             Inbound::Routed { .. } => {
@@ -545,6 +546,7 @@ impl SimConn {
                             payload: w.payload.clone(),
                             qos: w.qos,
                             retain: w.retain,
+                            ..AppMessage::default()
                         },
                         token: None,
                     }],

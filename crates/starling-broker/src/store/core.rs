@@ -13,7 +13,9 @@ use actix::Addr;
 use bytes::Bytes;
 use bytestring::ByteString;
 use starling_codec::QoS;
-use starling_state::{pb, FastMap, Message as AppMessage, RetainedStore, State, StateConfig};
+use starling_state::{
+    pb, FastMap, Message as AppMessage, RetainedStore, State, StateConfig, SubOptions,
+};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tracing::{error, info, warn};
@@ -182,6 +184,8 @@ pub struct StoreCore<C = Addr<Connection>> {
     pub(crate) recovered: bool,
     /// Last time a full session queue was logged (rate limit).
     pub(crate) last_queue_full_log: Option<Instant>,
+    /// Last time a message over a client's Maximum Packet Size was logged (rate limit).
+    pub(crate) last_oversized_log: Option<Instant>,
     /// Clustered mode: clean sessions are recorded in the replicated state too.
     pub(crate) track_clean: bool,
     /// Entries proposed and not yet committed, decoded (only for a log that commits them as
@@ -259,6 +263,7 @@ impl<C: Clone> StoreCore<C> {
             ready: Some(ready),
             recovered: false,
             last_queue_full_log: None,
+            last_oversized_log: None,
             track_clean,
             decoded: VecDeque::new(),
             self_down: SelfDown::Done,
@@ -819,6 +824,7 @@ impl<C: Clone> StoreCore<C> {
             epoch,
             sent_up_to: c.sent_up_to,
             publish_will: c.publish_will,
+            session_expiry_secs: None,
         });
         self.propose(kind, Some(Waiter::Closing { client_id, epoch }));
     }
@@ -925,6 +931,7 @@ impl<C: Clone> StoreCore<C> {
                     payload: w.payload.clone(),
                     qos: w.qos,
                     retain: w.retain,
+                    ..AppMessage::default()
                 }
                 .to_pb()
             })
@@ -941,6 +948,9 @@ impl<C: Clone> StoreCore<C> {
                 .as_ref()
                 .map_or(String::new(), |u| u.to_string()),
             track,
+            protocol_level: u32::from(req.info.protocol.level()),
+            // No session expiry, limits or will delay: what 3.1 / 3.1.1 mean.
+            ..pb::SessionConnect::default()
         });
         let waiter = Waiter::Connect {
             reply: req.reply,
@@ -1006,7 +1016,7 @@ impl<C: Clone> StoreCore<C> {
                     self.broadcast(RouteUpdate::Add {
                         key: req.key,
                         filter: filter.clone(),
-                        qos: *qos,
+                        options: SubOptions::qos(*qos),
                         durable: false,
                         target: Some(RouteTarget::Local(req.target.clone())),
                     });
@@ -1043,6 +1053,7 @@ impl<C: Clone> StoreCore<C> {
                 .map(|(f, q)| pb::SubscriptionRequest {
                     filter: f.to_string(),
                     qos: u32::from(q.as_u8()),
+                    ..pb::SubscriptionRequest::default()
                 })
                 .collect(),
         });
@@ -1115,6 +1126,7 @@ impl<C: Clone> StoreCore<C> {
                     epoch,
                     sent_up_to,
                     publish_will: false,
+                    session_expiry_secs: None,
                 });
                 self.propose(kind, Some(Waiter::Disconnect(reply)));
             }

@@ -175,6 +175,7 @@ impl<C: Clone> StoreCore<C> {
                 owner,
                 epoch,
                 message,
+                subscription_ids: _,
             } => {
                 if let Some(t) = self.local_target(&client_id, owner) {
                     out.conn(&t, Some(epoch)).qos0.push(message);
@@ -215,7 +216,7 @@ impl<C: Clone> StoreCore<C> {
             Effect::RouteAdd {
                 client_id,
                 filter,
-                qos,
+                options,
                 durable,
             } => {
                 let key = self.key_of(&client_id);
@@ -225,7 +226,7 @@ impl<C: Clone> StoreCore<C> {
                 self.broadcast(RouteUpdate::Add {
                     key,
                     filter,
-                    qos,
+                    options,
                     durable,
                     target,
                 });
@@ -307,6 +308,22 @@ impl<C: Clone> StoreCore<C> {
                         "session queue full for client {client_id} (limits max_queued_messages / max_queued_bytes); dropping new messages");
                 }
             }
+            Effect::PacketTooLarge {
+                client_id,
+                size,
+                limit,
+            } => {
+                // Counted in the state (oversized_messages); logged at most every 10 s.
+                let now = self.now;
+                if self
+                    .last_oversized_log
+                    .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(10))
+                {
+                    self.last_oversized_log = Some(now);
+                    warn!(client_id = %client_id, size, limit,
+                        "message of {size} bytes for client {client_id} exceeds the Maximum Packet Size it accepts ({limit}); dropped");
+                }
+            }
         }
     }
 
@@ -376,7 +393,7 @@ impl<C: Clone> StoreCore<C> {
                 clean,
             } => {
                 let outcome = match result {
-                    CommandResult::Subscribed(granted) => {
+                    CommandResult::Subscribed { granted, .. } => {
                         // A persistent session's replicated retained messages arrive as
                         // deliveries; a clean session gets them here; `$SYS` ones are local.
                         SubscribeOutcome::Done {

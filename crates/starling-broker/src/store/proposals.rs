@@ -299,6 +299,7 @@ mod tests {
                 payload: Bytes::from(vec![0u8; bytes]),
                 qos: 1,
                 retain: true,
+                ..pb::AppMessage::default()
             }),
             ..pb::Publish::default()
         })

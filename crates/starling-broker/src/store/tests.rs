@@ -198,6 +198,7 @@ fn connect_cmd(id: &str, node: u64, conn: u64, clean: bool) -> pb::command::Kind
         will: None,
         username: String::new(),
         track: clean,
+        ..pb::SessionConnect::default()
     })
 }
 
@@ -208,6 +209,7 @@ fn subscribe_cmd(id: &str, epoch: u64, filter: &str) -> pb::command::Kind {
         filters: vec![pb::SubscriptionRequest {
             filter: filter.into(),
             qos: 1,
+            ..pb::SubscriptionRequest::default()
         }],
     })
 }
@@ -538,6 +540,7 @@ fn a_durable_publish_larger_than_an_entry_is_refused_for_its_publisher_alone() {
         payload: Bytes::from(vec![0u8; 2 << 20]),
         qos: QoS::AtLeastOnce,
         retain: true,
+        ..starling_state::Message::default()
     };
     let small = starling_state::Message {
         payload: Bytes::from_static(b"ok"),
@@ -696,6 +699,7 @@ fn retained_item(payload: &'static [u8]) -> DurableItem<u64> {
             payload: Bytes::from_static(payload),
             qos: QoS::AtMostOnce,
             retain: true,
+            ..starling_state::Message::default()
         },
         reply: None,
     }
@@ -778,6 +782,7 @@ fn snapshots_follow_bytes_logged_at_least_the_size_of_the_state() {
             payload: Bytes::from(vec![b'x'; 1000]),
             qos: QoS::AtMostOnce,
             retain: true,
+            ..starling_state::Message::default()
         },
         reply: None,
     };
