@@ -184,6 +184,8 @@ pub struct StoreCore<C = Addr<Connection>> {
     pub(crate) recovered: bool,
     /// Last time a full session queue was logged (rate limit).
     pub(crate) last_queue_full_log: Option<Instant>,
+    /// A `Tick` proposed by this node has not applied (or failed) yet: no other is proposed.
+    pub(crate) tick_in_flight: bool,
     /// Last time a message over a client's Maximum Packet Size was logged (rate limit).
     pub(crate) last_oversized_log: Option<Instant>,
     /// Clustered mode: clean sessions are recorded in the replicated state too.
@@ -263,6 +265,7 @@ impl<C: Clone> StoreCore<C> {
             ready: Some(ready),
             recovered: false,
             last_queue_full_log: None,
+            tick_in_flight: false,
             last_oversized_log: None,
             track_clean,
             decoded: VecDeque::new(),
@@ -470,6 +473,8 @@ impl<C: Clone> StoreCore<C> {
             // A single node's own log: proposed again (nothing listens until it applies).
             Waiter::StartLimits => self.propose_start_limits(),
             Waiter::Retained => {}
+            // Proposed again at a later tick if the deadline is still ahead of the log.
+            Waiter::Tick => self.tick_in_flight = false,
         }
     }
 
@@ -756,7 +761,7 @@ impl<C: Clone> StoreCore<C> {
     // ---- timers ----
 
     /// The periodic work (every half second): fail requests that waited past the commit timeout,
-    /// propose again what must apply, flush.
+    /// propose again what must apply, move the log's clock past a deadline, flush.
     pub fn tick(&mut self) {
         let deadline = self.now - self.config.commit_timeout();
         for w in self.proposals.expire(deadline) {
@@ -767,9 +772,35 @@ impl<C: Clone> StoreCore<C> {
             self.retry_at = None;
             self.retry();
         }
+        self.propose_tick_if_due();
         if !self.proposals.is_empty() {
             self.flush();
         }
+    }
+
+    /// Proposes a `Tick` once this node's clock has passed the state's next deadline (a session
+    /// expiry, a delayed will, a retained message's expiry): the state machine passes deadlines
+    /// only as entries move the log's clock (starling_state's "Log time"), and nothing else may
+    /// be logged for a while. Only the node whose log takes proposals at once proposes it (a
+    /// single node, or a cluster's leader: followers would only forward duplicates), one at a
+    /// time; any other entry that applies meanwhile passes the deadline just as well.
+    fn propose_tick_if_due(&mut self) {
+        if self.tick_in_flight || !self.recovered {
+            return;
+        }
+        let Some(due) = self.state.next_deadline_ms() else {
+            return;
+        };
+        if self.wall_ms < due || !matches!(self.log.status().role, "single" | "leader") {
+            return;
+        }
+        tracing::debug!(
+            due,
+            log_clock = self.state.log_clock_ms(),
+            "proposing a tick: the log's clock is to pass a deadline"
+        );
+        self.tick_in_flight = true;
+        self.propose(pb::command::Kind::Tick(pb::Tick {}), Some(Waiter::Tick));
     }
 
     /// Proposes again this node's `NodeDown` and the ends of connections whose proposal failed.
@@ -829,8 +860,9 @@ impl<C: Clone> StoreCore<C> {
         self.propose(kind, Some(Waiter::Closing { client_id, epoch }));
     }
 
-    /// Proposes the removal of persistent sessions offline for longer than the expiry (every
-    /// ten seconds), and reconciles the registry with the state.
+    /// Proposes the removal of 3.1 / 3.1.1 persistent sessions offline for longer than the
+    /// configured expiry (every ten seconds), and reconciles the registry with the state. (An
+    /// MQTT 5 session carries its own expiry, which the state machine applies in log time.)
     pub fn expire_sessions(&mut self) {
         if self.config.session_expiry_secs > 0 {
             let expiry = self.config.session_expiry_secs * 1000;
@@ -838,7 +870,11 @@ impl<C: Clone> StoreCore<C> {
             let mut expired: Vec<(String, u64)> = self
                 .state
                 .sessions()
-                .filter(|s| s.owner.is_none() && s.disconnected_at_ms + expiry < now_ms)
+                .filter(|s| {
+                    s.owner.is_none()
+                        && s.expiry_secs.is_none()
+                        && s.disconnected_at_ms + expiry < now_ms
+                })
                 .map(|s| (s.client_id.to_string(), s.disconnected_at_ms))
                 .collect();
             expired.sort_unstable();

@@ -438,6 +438,7 @@ impl<C: Clone> StoreCore<C> {
             }
             Waiter::StartLimits => self.start_limits_applied(),
             Waiter::Retained => {}
+            Waiter::Tick => self.tick_in_flight = false,
         }
     }
 }

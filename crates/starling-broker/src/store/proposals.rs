@@ -54,6 +54,9 @@ pub(crate) enum Waiter<C = Addr<Connection>> {
     /// A single node's configured limits, proposed at start: the node reports itself ready
     /// (and listens) once they apply, so that no connection runs under the previous ones.
     StartLimits,
+    /// A `Tick` that moves the log's clock past a deadline (see `StoreCore::tick`): nobody
+    /// waits, but only one is in flight at a time.
+    Tick,
 }
 
 impl<C> Waiter<C> {
@@ -71,6 +74,7 @@ impl<C> Waiter<C> {
             Waiter::Limits(_) => "limits",
             Waiter::Retained => "retained",
             Waiter::StartLimits => "start limits",
+            Waiter::Tick => "tick",
         }
     }
 }

@@ -26,6 +26,8 @@ struct TestLog {
     proposed: Arc<Mutex<Vec<Bytes>>>,
     /// Snapshots handed to the log: (index, size).
     snapshots: Arc<Mutex<Vec<(u64, usize)>>>,
+    /// The role its status reports.
+    role: Arc<Mutex<&'static str>>,
 }
 
 impl ReplicatedLog for TestLog {
@@ -40,7 +42,10 @@ impl ReplicatedLog for TestLog {
         self.snapshots.lock().unwrap().push((index, data.len()));
     }
     fn status(&self) -> LogStatus {
-        LogStatus::default()
+        LogStatus {
+            role: *self.role.lock().unwrap(),
+            ..LogStatus::default()
+        }
     }
     fn shutdown(&mut self, _: oneshot::Sender<()>) {}
 }
@@ -808,4 +813,147 @@ fn snapshots_follow_bytes_logged_at_least_the_size_of_the_state() {
     }
     // The state of 100 messages is about 100 KB: far fewer snapshots than 100 KB / 10 KB.
     assert!(snaps.len() <= 6, "{snaps:?}");
+}
+
+fn ticks(batches: &[pb::Batch]) -> usize {
+    batches
+        .iter()
+        .flat_map(|b| &b.commands)
+        .filter(|c| matches!(c.kind, Some(pb::command::Kind::Tick(_))))
+        .count()
+}
+
+#[test]
+fn the_leader_proposes_one_tick_when_its_clock_passes_the_next_deadline() {
+    let mut n = Node::new(1, true, BrokerConfig::default());
+    n.core.on_log_event(LogEvent::Recovered);
+    n.pump();
+    // An MQTT 5 session on node 2 that ends 2 s after its connection (log time 1).
+    let connect = pb::command::Kind::Connect(pb::SessionConnect {
+        protocol_level: 5,
+        session_expiry_secs: Some(2),
+        ..match connect_cmd("s", 2, 5, false) {
+            pb::command::Kind::Connect(c) => c,
+            _ => unreachable!(),
+        }
+    });
+    n.commit(vec![batch(2, vec![connect])]);
+    let epoch = n.core.state().session("s").unwrap().epoch;
+    let disconnect = pb::command::Kind::Disconnect(pb::SessionDisconnect {
+        client_id: "s".into(),
+        epoch,
+        ..Default::default()
+    });
+    n.commit(vec![batch(2, vec![disconnect])]);
+    assert_eq!(n.core.state().next_deadline_ms(), Some(2_001));
+    n.at(0);
+    for role in ["follower", "candidate"] {
+        *n.log.role.lock().unwrap() = role;
+        n.core.tick();
+        n.pump();
+        assert_eq!(ticks(&n.log.take()), 0, "a {role} proposes none");
+    }
+    *n.log.role.lock().unwrap() = "leader";
+    n.core.tick();
+    n.pump();
+    n.core.tick();
+    n.pump();
+    let proposed = n.log.take();
+    assert_eq!(ticks(&proposed), 1, "one in flight at a time");
+    // It fails (a leader change): proposed again at the next tick.
+    n.core.on_log_event(LogEvent::LeaderChanged {
+        leader: Some(1),
+        term: 2,
+    });
+    n.core.tick();
+    n.pump();
+    let proposed = n.log.take();
+    assert_eq!(ticks(&proposed), 1);
+    n.commit(proposed);
+    assert!(n.core.state().session("s").is_none(), "expired on the tick");
+    assert_eq!(n.core.state().next_deadline_ms(), None);
+    assert_eq!(n.check(), Ok(()));
+    n.core.tick();
+    n.pump();
+    assert_eq!(ticks(&n.log.take()), 0, "nothing left to pass");
+}
+
+#[test]
+fn a_single_node_ticks_through_its_log_and_3_1_1_sessions_keep_the_configured_expiry() {
+    let config = BrokerConfig {
+        session_expiry_secs: 60,
+        ..BrokerConfig::default()
+    };
+    let mut n = Node::new(1, false, config);
+    *n.log.role.lock().unwrap() = "single";
+    n.core.on_log_event(LogEvent::Recovered);
+    n.commit_proposed();
+    let v5 = pb::command::Kind::Connect(pb::SessionConnect {
+        protocol_level: 5,
+        session_expiry_secs: Some(u32::MAX),
+        ..match connect_cmd("five", 2, 5, false) {
+            pb::command::Kind::Connect(c) => c,
+            _ => unreachable!(),
+        }
+    });
+    n.commit(vec![batch(
+        2,
+        vec![
+            v5,
+            connect_cmd("three", 2, 6, false),
+            connect_cmd("short", 2, 7, false),
+        ],
+    )]);
+    n.commit(vec![batch(
+        2,
+        vec![pb::command::Kind::NodeDown(pb::NodeDown { node_id: 2 })],
+    )]);
+    // The configured expiry (60 s) applies to the 3.1.1 sessions only.
+    n.at(61_000);
+    n.core.expire_sessions();
+    n.pump();
+    let drops: Vec<String> = n
+        .log
+        .take()
+        .iter()
+        .flat_map(|b| &b.commands)
+        .filter_map(|c| match &c.kind {
+            Some(pb::command::Kind::DropSession(d)) => Some(d.client_id.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(drops, vec!["short".to_string(), "three".to_string()]);
+    assert_eq!(
+        n.core.state().next_deadline_ms(),
+        None,
+        "u32::MAX never expires"
+    );
+    // A retained message that expires: the single node's own log carries the tick.
+    let retained = pb::command::Kind::Publish(pb::Publish {
+        message: Some(pb::AppMessage {
+            topic: "r".into(),
+            payload: Bytes::from_static(b"x"),
+            retain: true,
+            expires_at_ms: 1_062_000,
+            ..pb::AppMessage::default()
+        }),
+        fast_path_done: true,
+        ..pb::Publish::default()
+    });
+    n.commit(vec![batch(2, vec![retained])]);
+    assert_eq!(n.core.state().next_deadline_ms(), Some(1_062_000));
+    n.at(61_999);
+    n.core.tick();
+    n.pump();
+    assert_eq!(ticks(&n.log.take()), 0, "not yet due");
+    n.at(62_000);
+    n.core.tick();
+    let proposed = {
+        n.pump();
+        n.log.take()
+    };
+    assert_eq!(ticks(&proposed), 1);
+    n.commit(proposed);
+    assert!(n.core.state().retained().is_empty());
+    assert_eq!(n.check(), Ok(()));
 }
