@@ -209,12 +209,28 @@ pub struct FastPath {
     pub messages: Vec<AppMessage>,
 }
 
+/// What an MQTT 5 CONNECT asks of its session (MQTT 5 §3.1.2.11, §3.1.3.2).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SessionSettings {
+    /// Session Expiry Interval (absent: 0, the session ends with the connection;
+    /// `u32::MAX`: never).
+    pub expiry_secs: u32,
+    /// Receive Maximum (0: not given).
+    pub receive_maximum: u32,
+    /// Maximum Packet Size (0: no limit).
+    pub maximum_packet_size: u32,
+    /// Will Delay Interval of the will.
+    pub will_delay_secs: u32,
+    /// Message Expiry Interval of the will (0: none).
+    pub will_expiry_secs: u32,
+}
+
 /// What a connection tells the store about its CONNECT.
 #[derive(Debug)]
 pub struct ConnectInfo {
     /// Client id (assigned one if the client sent none).
     pub client_id: ByteString,
-    /// Clean-session flag.
+    /// Clean Session (3.1, 3.1.1) or Clean Start (5).
     pub clean_session: bool,
     /// Protocol.
     pub protocol: ProtocolVersion,
@@ -224,6 +240,8 @@ pub struct ConnectInfo {
     pub username: Option<ByteString>,
     /// Peer address.
     pub peer: SocketAddr,
+    /// The MQTT 5 session settings; `None` for 3.1 / 3.1.1.
+    pub session: Option<SessionSettings>,
 }
 
 /// Result of a connect.

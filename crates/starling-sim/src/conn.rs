@@ -347,6 +347,7 @@ impl SimConn {
                         will: c.will.clone(),
                         username: None,
                         peer: ([127, 0, 0, 1], 1).into(),
+                        session: None,
                     },
                     reply: tx,
                 }));

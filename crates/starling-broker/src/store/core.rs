@@ -930,16 +930,20 @@ impl<C: Clone> StoreCore<C> {
                 epoch: 0,
             },
         );
-        let clean = req.info.clean_session;
+        let clean_start = req.info.clean_session;
+        let stored = self.state.session(&id).is_some();
+        // A clean session ends with its connection: Clean Session (3.1, 3.1.1), or an MQTT 5
+        // Session Expiry Interval of 0 that does not resume a stored session (one resumed ends
+        // with this connection, by the state machine).
+        let clean = match req.info.session {
+            None => clean_start,
+            Some(v5) => v5.expiry_secs == 0 && (clean_start || !stored),
+        };
         // On a single node a clean session never enters the replicated state (unless it must
         // discard a stored session); in a cluster it is recorded so that every node can route
         // to it, take it over, and publish its will if this node dies.
         let track = clean && self.track_clean;
-        if clean
-            && !track
-            && self.state.session(&id).is_none()
-            && !self.connecting.contains_key(&id)
-        {
+        if clean && !track && !stored && !self.connecting.contains_key(&id) {
             self.out.replies.push(Reply::Connect {
                 reply: req.reply,
                 outcome: ConnectOutcome::Accepted {
@@ -972,9 +976,10 @@ impl<C: Clone> StoreCore<C> {
                 .to_pb()
             })
         };
+        let v5 = req.info.session.unwrap_or_default();
         let kind = pb::command::Kind::Connect(pb::SessionConnect {
             client_id: id.to_string(),
-            clean_session: clean,
+            clean_session: clean_start,
             node_id: self.node_id,
             connection_id: req.target.conn_id,
             will,
@@ -984,15 +989,20 @@ impl<C: Clone> StoreCore<C> {
                 .as_ref()
                 .map_or(String::new(), |u| u.to_string()),
             track,
-            protocol_level: u32::from(req.info.protocol.level()),
-            // No session expiry, limits or will delay: what 3.1 / 3.1.1 mean.
-            ..pb::SessionConnect::default()
+            protocol_level: match req.info.session {
+                Some(_) => 5,
+                None => u32::from(req.info.protocol.level()),
+            },
+            session_expiry_secs: req.info.session.map(|s| s.expiry_secs),
+            receive_maximum: v5.receive_maximum,
+            maximum_packet_size: v5.maximum_packet_size,
+            will_delay_secs: v5.will_delay_secs,
+            will_expiry_secs: v5.will_expiry_secs,
         });
         let waiter = Waiter::Connect {
             reply: req.reply,
             target: req.target,
             client_id: id,
-            local: clean && !track,
         };
         self.propose(kind, Some(waiter));
     }

@@ -347,7 +347,6 @@ impl<C: Clone> StoreCore<C> {
                 reply,
                 target,
                 client_id,
-                local,
             } => {
                 self.connect_done(&client_id);
                 let CommandResult::Connected {
@@ -360,6 +359,10 @@ impl<C: Clone> StoreCore<C> {
                     let _ = reply.send(ConnectOutcome::Unavailable);
                     return;
                 };
+                // Epoch 0: an untracked clean session (single node), keyed by its connection in
+                // the router. Decided by the state machine: an MQTT 5 CONNECT that meant to
+                // resume a stored session gets a clean one if the session went meanwhile.
+                let local = epoch == 0;
                 let key = if local {
                     target.conn_id
                 } else {

@@ -21,8 +21,6 @@ pub(crate) enum Waiter<C = Addr<Connection>> {
         reply: oneshot::Sender<ConnectOutcome>,
         target: Target<C>,
         client_id: ByteString,
-        /// An untracked clean session (single node): keyed by its connection in the router.
-        local: bool,
     },
     /// SUBSCRIBE of a persistent or tracked clean session.
     Subscribe {

@@ -159,6 +159,16 @@ impl Node {
     }
 
     fn connect(&mut self, id: &str, conn: u64, clean: bool) -> oneshot::Receiver<ConnectOutcome> {
+        self.connect_with(id, conn, clean, None)
+    }
+
+    fn connect_with(
+        &mut self,
+        id: &str,
+        conn: u64,
+        clean: bool,
+        session: Option<SessionSettings>,
+    ) -> oneshot::Receiver<ConnectOutcome> {
         let (tx, rx) = oneshot::channel();
         self.core.connect(ConnectRequest {
             target: Target {
@@ -172,6 +182,7 @@ impl Node {
                 will: None,
                 username: None,
                 peer: "127.0.0.1:1".parse().unwrap(),
+                session,
             },
             reply: tx,
         });
@@ -956,4 +967,92 @@ fn a_single_node_ticks_through_its_log_and_3_1_1_sessions_keep_the_configured_ex
     n.commit(proposed);
     assert!(n.core.state().retained().is_empty());
     assert_eq!(n.check(), Ok(()));
+}
+
+fn connects(batches: &[pb::Batch]) -> Vec<pb::SessionConnect> {
+    batches
+        .iter()
+        .flat_map(|b| &b.commands)
+        .filter_map(|c| match &c.kind {
+            Some(pb::command::Kind::Connect(c)) => Some(c.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn an_mqtt5_connect_is_persistent_by_its_expiry_and_carries_its_settings() {
+    let mut n = Node::new(1, false, BrokerConfig::default());
+    n.core.on_log_event(LogEvent::Recovered);
+    n.commit_proposed();
+    let v5 = |expiry_secs| {
+        Some(SessionSettings {
+            expiry_secs,
+            receive_maximum: 10,
+            maximum_packet_size: 4096,
+            will_delay_secs: 5,
+            will_expiry_secs: 60,
+        })
+    };
+    // Expiry 0 and nothing stored: a clean session, served without the log on a single node.
+    let mut rx = n.connect_with("zero", 1, false, v5(0));
+    n.pump();
+    assert!(matches!(
+        rx.try_recv(),
+        Ok(ConnectOutcome::Accepted { epoch: 0, .. })
+    ));
+    assert!(n.log.take().is_empty());
+    // Clean Start with an expiry: a new persistent session, through the log.
+    let mut rx = n.connect_with("kept", 2, true, v5(300));
+    n.pump();
+    let proposed = n.log.take();
+    let c = &connects(&proposed)[0];
+    assert_eq!(
+        (c.protocol_level, c.session_expiry_secs, c.clean_session),
+        (5, Some(300), true)
+    );
+    assert_eq!(
+        (
+            c.receive_maximum,
+            c.maximum_packet_size,
+            c.will_delay_secs,
+            c.will_expiry_secs
+        ),
+        (10, 4096, 5, 60)
+    );
+    n.commit(proposed);
+    assert!(matches!(
+        rx.try_recv(),
+        Ok(ConnectOutcome::Accepted { session_present: false, epoch, .. }) if epoch > 0
+    ));
+    let epoch = n.core.state().session("kept").unwrap().epoch;
+    n.core.connection_closed(ConnectionClosed {
+        conn_id: 2,
+        client_id: "kept".into(),
+        key: 0,
+        epoch,
+        persistent: true,
+        publish_will: false,
+        sent_up_to: 0,
+        filters: Vec::new(),
+    });
+    n.commit_proposed();
+    // Expiry 0 without Clean Start resumes the stored session (which ends with it).
+    let mut rx = n.connect_with("kept", 3, false, v5(0));
+    n.pump();
+    let proposed = n.log.take();
+    assert_eq!(connects(&proposed)[0].session_expiry_secs, Some(0));
+    n.commit(proposed);
+    assert!(matches!(
+        rx.try_recv(),
+        Ok(ConnectOutcome::Accepted {
+            session_present: true,
+            ..
+        })
+    ));
+    // A 3.1.1 CONNECT carries none of it.
+    n.connect("old", 4, false);
+    n.pump();
+    let c = &connects(&n.log.take())[0];
+    assert_eq!((c.protocol_level, c.session_expiry_secs), (4, None));
 }
