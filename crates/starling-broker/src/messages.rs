@@ -18,7 +18,7 @@ use std::sync::Arc;
 use actix::prelude::*;
 use bytestring::ByteString;
 use starling_codec::{LastWill, ProtocolVersion, QoS};
-use starling_state::{Message as AppMessage, Outbound, Resume};
+use starling_state::{Message as AppMessage, Outbound, Resume, SubOptions};
 use tokio::sync::oneshot;
 
 use crate::connection::Connection;
@@ -136,8 +136,8 @@ pub struct RouteEntry<C = Addr<Connection>> {
     pub key: u64,
     /// Filter.
     pub filter: Arc<str>,
-    /// Granted QoS.
-    pub qos: QoS,
+    /// Granted QoS and the other subscription options.
+    pub options: SubOptions,
     /// Persistent session: QoS 1/2 go through the store.
     pub durable: bool,
     /// Where non-durable deliveries go; `None` while offline.
@@ -154,8 +154,8 @@ pub enum RouteUpdate<C = Addr<Connection>> {
         key: u64,
         /// Filter.
         filter: Arc<str>,
-        /// Granted QoS.
-        qos: QoS,
+        /// Granted QoS (what routing uses) and the other subscription options.
+        options: SubOptions,
         /// Persistent session: QoS 1/2 go through the store.
         durable: bool,
         /// Where QoS 0 (and, if not durable, all) deliveries go; `None` while offline.
@@ -188,15 +188,16 @@ pub enum RouteUpdate<C = Addr<Connection>> {
     /// from the state gives now) and report a difference: the check that the incrementally
     /// maintained index equals a rebuild.
     Check {
-        /// The expected subscriptions, sorted: (key, filter, QoS, durable, target).
+        /// The expected subscriptions, sorted: (key, filter, options, durable, target).
         entries: Arc<Vec<ExpectedRoute>>,
         /// Where the outcome goes (`None`: a difference is logged, and is fatal in debug builds).
         reply: Option<tokio::sync::mpsc::Sender<Result<(), String>>>,
     },
 }
 
-/// One expected subscription in a [`RouteUpdate::Check`]: (key, filter, QoS, durable, target).
-pub type ExpectedRoute = (u64, Arc<str>, QoS, bool, Option<RouteTargetId>);
+/// One expected subscription in a [`RouteUpdate::Check`]: (key, filter, options, durable,
+/// target).
+pub type ExpectedRoute = (u64, Arc<str>, SubOptions, bool, Option<RouteTargetId>);
 
 /// → router shard: deliver to this node's non-durable subscribers only (never forwarded: the
 /// store's deferred fast path runs on every node that applies the entry, and messages received
@@ -204,8 +205,24 @@ pub type ExpectedRoute = (u64, Arc<str>, QoS, bool, Option<RouteTargetId>);
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct FastPath {
-    /// Messages in order, RETAIN cleared.
+    /// Messages in order; every delivery clears RETAIN.
     pub messages: Vec<AppMessage>,
+}
+
+/// What an MQTT 5 CONNECT asks of its session (MQTT 5 §3.1.2.11, §3.1.3.2).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SessionSettings {
+    /// Session Expiry Interval (absent: 0, the session ends with the connection;
+    /// `u32::MAX`: never).
+    pub expiry_secs: u32,
+    /// Receive Maximum (0: not given).
+    pub receive_maximum: u32,
+    /// Maximum Packet Size (0: no limit).
+    pub maximum_packet_size: u32,
+    /// Will Delay Interval of the will.
+    pub will_delay_secs: u32,
+    /// Message Expiry Interval of the will (0: none).
+    pub will_expiry_secs: u32,
 }
 
 /// What a connection tells the store about its CONNECT.
@@ -213,7 +230,7 @@ pub struct FastPath {
 pub struct ConnectInfo {
     /// Client id (assigned one if the client sent none).
     pub client_id: ByteString,
-    /// Clean-session flag.
+    /// Clean Session (3.1, 3.1.1) or Clean Start (5).
     pub clean_session: bool,
     /// Protocol.
     pub protocol: ProtocolVersion,
@@ -223,6 +240,8 @@ pub struct ConnectInfo {
     pub username: Option<ByteString>,
     /// Peer address.
     pub peer: SocketAddr,
+    /// The MQTT 5 session settings; `None` for 3.1 / 3.1.1.
+    pub session: Option<SessionSettings>,
 }
 
 /// Result of a connect.

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use starling_codec::QoS;
-use starling_state::{Message as AppMessage, TopicTrie};
+use starling_state::{Message as AppMessage, SubOptions, TopicTrie};
 use tracing::warn;
 
 use crate::messages::{
@@ -53,7 +53,8 @@ pub(crate) fn derived_index_differs(what: &str, difference: &str) {
 /// One subscription in a shard's index.
 #[derive(Clone, Debug)]
 struct Sub<C> {
-    qos: QoS,
+    /// Granted QoS (what routing reads) and the subscription's other options.
+    options: SubOptions,
     durable: bool,
     target: Option<RouteTarget<C>>,
 }
@@ -110,7 +111,7 @@ impl<C: Clone> RouteTable<C> {
             RouteUpdate::Add {
                 key,
                 filter,
-                qos,
+                options,
                 durable,
                 target,
             } => {
@@ -118,7 +119,7 @@ impl<C: Clone> RouteTable<C> {
                     &filter,
                     key,
                     Sub {
-                        qos,
+                        options,
                         durable,
                         target,
                     },
@@ -146,7 +147,7 @@ impl<C: Clone> RouteTable<C> {
                 self.trie.retain(|key, _| key & SESSION_KEY == 0);
                 for e in entries.iter() {
                     let sub = Sub {
-                        qos: e.qos,
+                        options: e.options,
                         durable: e.durable,
                         target: e.target.clone(),
                     };
@@ -177,7 +178,7 @@ impl<C: Clone> RouteTable<C> {
                 out.push((
                     *key,
                     Arc::from(filter),
-                    sub.qos,
+                    sub.options,
                     sub.durable,
                     sub.target.as_ref().map(RouteTarget::id),
                 ));
@@ -224,7 +225,7 @@ impl<C: Clone> RouteTable<C> {
         let scratch = &mut self.scratch;
         scratch.clear();
         self.trie.for_each_match(&message.topic, |k, s| {
-            scratch.push((*k, s.qos, s.durable, s.target.clone()));
+            scratch.push((*k, s.options.qos, s.durable, s.target.clone()));
         });
         // One delivery per subscriber, at the highest QoS of its matching filters.
         if scratch.len() > 1 {
@@ -548,6 +549,7 @@ mod tests {
             payload: bytes::Bytes::from_static(b"p"),
             qos,
             retain,
+            ..AppMessage::default()
         }
     }
 
@@ -555,7 +557,7 @@ mod tests {
         t.update(RouteUpdate::Add {
             key,
             filter: filter.into(),
-            qos,
+            options: SubOptions::qos(qos),
             durable,
             target: None,
         });
@@ -610,7 +612,7 @@ mod tests {
             t.update(RouteUpdate::Add {
                 key,
                 filter: filter.into(),
-                qos: QoS::AtLeastOnce,
+                options: SubOptions::qos(QoS::AtLeastOnce),
                 durable: false,
                 target: Some(RouteTarget::Remote(node)),
             });
@@ -639,7 +641,7 @@ mod tests {
         t.update(RouteUpdate::Add {
             key: session,
             filter: "stale/#".into(),
-            qos: QoS::AtLeastOnce,
+            options: SubOptions::qos(QoS::AtLeastOnce),
             durable: true,
             target: None,
         });
@@ -647,7 +649,7 @@ mod tests {
         t.update(RouteUpdate::Add {
             key: 42,
             filter: "local".into(),
-            qos: QoS::AtMostOnce,
+            options: SubOptions::qos(QoS::AtMostOnce),
             durable: false,
             target: Some(RouteTarget::Local(Target {
                 conn_id: 42,
@@ -657,7 +659,7 @@ mod tests {
         let entries = vec![crate::messages::RouteEntry {
             key: SESSION_KEY | 2,
             filter: Arc::from("t/#"),
-            qos: QoS::ExactlyOnce,
+            options: SubOptions::qos(QoS::ExactlyOnce),
             durable: true,
             target: Some(RouteTarget::Remote(3)),
         }];
@@ -668,7 +670,7 @@ mod tests {
         let want = vec![(
             SESSION_KEY | 2,
             Arc::from("t/#"),
-            QoS::ExactlyOnce,
+            SubOptions::qos(QoS::ExactlyOnce),
             true,
             Some(crate::messages::RouteTargetId::Remote(3)),
         )];

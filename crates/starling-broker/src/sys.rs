@@ -198,6 +198,7 @@ impl SysPublisher {
                         payload: Bytes::from(value),
                         qos: QoS::AtMostOnce,
                         retain: true,
+                        ..AppMessage::default()
                     })
                     .collect();
                 act.store.do_send(SysPublish { messages });

@@ -364,6 +364,7 @@ mod tests {
                 payload: Bytes::from_static(b"kept"),
                 qos: 1,
                 retain: true,
+                ..Default::default()
             }),
             ..Default::default()
         });

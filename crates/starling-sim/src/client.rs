@@ -9,6 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use bytes::Bytes;
 use bytestring::ByteString;
+use starling_broker::messages::SessionSettings;
 use starling_codec::{
     ConnectReturnCode, LastWill, Packet, ProtocolVersion, Publish, QoS, Subscribe, SubscribeFilter,
     SubscribeReturnCode,
@@ -51,10 +52,31 @@ pub struct ClientSpec {
     /// When it dies (ms): from then on it sends nothing, answers nothing, never reconnects; its
     /// broker finds out by the keep-alive (a device that lost power).
     pub dies_at: Option<u64>,
+    /// MQTT 5: the session settings its CONNECTs carry (Session Expiry Interval, Will Delay
+    /// Interval); `None`: a 3.1.1 client.
+    pub session: Option<SessionSettings>,
 }
 
 /// The keep-alive every client asks for, seconds.
 pub const KEEP_ALIVE_SECS: u16 = 5;
+
+/// No client is kept from its session this long in a run (faults stop after 40 s, and no
+/// outage lasts long): an MQTT 5 session with at least this expiry must never be lost.
+pub const NEVER_EXPIRES_IN_A_RUN_SECS: u32 = 60;
+
+impl ClientSpec {
+    /// Its MQTT 5 session may expire while it is away in a run: a CONNACK without a session is
+    /// then no violation.
+    pub fn session_may_expire(&self) -> bool {
+        self.session
+            .is_some_and(|s| s.expiry_secs < NEVER_EXPIRES_IN_A_RUN_SECS)
+    }
+
+    /// Its wills wait for a delay: a will its client cancelled by reconnecting is not owed.
+    pub fn will_delayed(&self) -> bool {
+        self.session.is_some_and(|s| s.will_delay_secs > 0)
+    }
+}
 
 /// What a client asks the world to do.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -605,10 +627,12 @@ impl SimClient {
                                 gen,
                             },
                         );
-                        h.violation(
-                            now,
-                            format!("client {}: persistent session lost (CONNACK without session present)", self.spec.name),
-                        );
+                        if !self.spec.session_may_expire() {
+                            h.violation(
+                                now,
+                                format!("client {}: persistent session lost (CONNACK without session present)", self.spec.name),
+                            );
+                        }
                         self.subscribed = false;
                         self.inbound_q2.clear();
                     }

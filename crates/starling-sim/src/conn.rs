@@ -13,7 +13,7 @@ use bytestring::ByteString;
 use starling_broker::connection::{ClientFlow, FlowLimits, Inbound, Offer, Outgoing, Release};
 use starling_broker::messages::{
     AckKind, ConnectInfo, ConnectOutcome, ConnectRequest, ConnectionClosed, KickReason, Route,
-    RoutedPublish, SessionRequest, SubscribeOutcome, SubscribeRequest, Target,
+    RoutedPublish, SessionRequest, SessionSettings, SubscribeOutcome, SubscribeRequest, Target,
 };
 use starling_broker::store::output::ConnMessage;
 use starling_codec::{
@@ -122,6 +122,9 @@ pub struct SimConn {
     pub keep_alive: u16,
     /// When the last packet arrived (µs of simulated time).
     pub last_read: u64,
+    /// The MQTT 5 session settings its client's CONNECT carries (the simulated packets are
+    /// 3.1.1 ones; these travel beside them).
+    session: Option<SessionSettings>,
 }
 
 fn target(conn_id: u64) -> Target<()> {
@@ -129,13 +132,20 @@ fn target(conn_id: u64) -> Target<()> {
 }
 
 impl SimConn {
-    /// A new connection from `client`'s connection `gen`.
-    pub fn new(id: u64, client: ClientIdx, gen: u64, limits: FlowLimits) -> SimConn {
+    /// A new connection from `client`'s connection `gen`, whose CONNECT will carry `session`.
+    pub fn new(
+        id: u64,
+        client: ClientIdx,
+        gen: u64,
+        limits: FlowLimits,
+        session: Option<SessionSettings>,
+    ) -> SimConn {
         SimConn {
             id,
             client,
             gen,
             limits,
+            session,
             flow: None,
             will: None,
             connected: false,
@@ -347,6 +357,7 @@ impl SimConn {
                         will: c.will.clone(),
                         username: None,
                         peer: ([127, 0, 0, 1], 1).into(),
+                        session: self.session,
                     },
                     reply: tx,
                 }));
@@ -429,6 +440,7 @@ impl SimConn {
             payload: p.payload,
             qos: p.qos,
             retain: p.retain,
+            ..AppMessage::default()
         };
         match f.on_publish(p.packet_id, message) {
             Inbound::Routed { .. } => {
@@ -545,6 +557,7 @@ impl SimConn {
                             payload: w.payload.clone(),
                             qos: w.qos,
                             retain: w.retain,
+                            ..AppMessage::default()
                         },
                         token: None,
                     }],

@@ -16,7 +16,8 @@ use raft::eraftpb::{Message as RaftMessage, MessageType};
 use starling_broker::config::{BrokerConfig, SharedLimits};
 use starling_broker::connection::FlowLimits;
 use starling_broker::messages::{
-    Acked, ConnectRequest, DurableItem, KickReason, Route, RouteTargetId, RouteUpdate, Target,
+    Acked, ConnectRequest, DurableItem, KickReason, Route, RouteTargetId, RouteUpdate,
+    SessionSettings, Target,
 };
 use starling_broker::replication::{
     LogEvent, LogStartError, LogStatus, ProposeError, ReplicatedLog,
@@ -382,12 +383,14 @@ impl SimNode {
         self.store.set_clock(s.instant(), s.wall_ms());
     }
 
-    /// A new connection from `client`'s connection `gen`; its id.
-    pub fn accept(&mut self, client: ClientIdx, gen: u64) -> u64 {
+    /// A new connection from `client`'s connection `gen`, with the MQTT 5 session settings of
+    /// its CONNECT; its id.
+    pub fn accept(&mut self, client: ClientIdx, gen: u64, session: Option<SessionSettings>) -> u64 {
         self.next_conn += 1;
         let id = self.next_conn;
         let limits = FlowLimits::from_shared(&self.limits);
-        self.conns.insert(id, SimConn::new(id, client, gen, limits));
+        self.conns
+            .insert(id, SimConn::new(id, client, gen, limits, session));
         id
     }
 

@@ -12,13 +12,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use starling_broker::config::BrokerConfig;
+use starling_broker::messages::SessionSettings;
 use starling_cluster::raft::MemberChange;
 use starling_codec::QoS;
 use starling_state::pb;
 use tokio::sync::oneshot;
 
 use crate::check;
-use crate::client::{ClientIdx, ClientOut, ClientSpec, PublishSpec, SimClient};
+use crate::client::{
+    ClientIdx, ClientOut, ClientSpec, PublishSpec, SimClient, NEVER_EXPIRES_IN_A_RUN_SECS,
+};
 use crate::conn::ConnInput;
 use crate::disk::SimDisk;
 use crate::history::{Ev, MsgId};
@@ -515,7 +518,7 @@ impl World {
                     let Some(node) = self.slots.get_mut(&id).and_then(|s| s.node.as_mut()) else {
                         return;
                     };
-                    let conn = node.accept(c, gen);
+                    let conn = node.accept(c, gen, self.clients[c].spec.session);
                     let inc = node.inc;
                     self.links.insert((c, gen), (id, inc, conn));
                     self.s.history.push(
@@ -1237,6 +1240,7 @@ fn workload(s: &mut Sched) -> Vec<SimClient> {
             }),
             will: s.rng.chance(500),
             dies_at: None,
+            session: None,
         });
     }
     let filters = ["t/#", "t/+", "t/1", "t/2", "#"];
@@ -1248,6 +1252,7 @@ fn workload(s: &mut Sched) -> Vec<SimClient> {
             publishes: None,
             will: s.rng.chance(500),
             dies_at: None,
+            session: None,
         });
     }
     for i in 0..2 {
@@ -1258,6 +1263,7 @@ fn workload(s: &mut Sched) -> Vec<SimClient> {
             publishes: None,
             will: s.rng.chance(500),
             dies_at: None,
+            session: None,
         });
     }
     specs.push(ClientSpec {
@@ -1273,6 +1279,7 @@ fn workload(s: &mut Sched) -> Vec<SimClient> {
         }),
         will: false,
         dies_at: None,
+        session: None,
     });
     specs.push(ClientSpec {
         name: "wills".into(),
@@ -1281,6 +1288,7 @@ fn workload(s: &mut Sched) -> Vec<SimClient> {
         publishes: None,
         will: false,
         dies_at: None,
+        session: None,
     });
     // Devices with wills that die at some point (their brokers learn of it by the keep-alive).
     for i in 0..3 {
@@ -1291,7 +1299,27 @@ fn workload(s: &mut Sched) -> Vec<SimClient> {
             publishes: None,
             will: true,
             dies_at: s.rng.chance(800).then(|| s.rng.range(3_000, 35_000)),
+            session: None,
         });
+    }
+    // MQTT 5 sessions: a persistent subscriber whose expiry outlasts any outage of a run (it
+    // must never lose its session, across failovers), and devices whose sessions expire soon
+    // after they die, with wills that wait for a delay (published when due, or when the
+    // session ends first). Both expire in log time, through the Ticks of whichever node leads.
+    for spec in specs.iter_mut() {
+        let v5 = match spec.name.as_str() {
+            "sub-0" if s.rng.chance(500) => Some(SessionSettings {
+                expiry_secs: s.rng.pick(&[NEVER_EXPIRES_IN_A_RUN_SECS, u32::MAX]),
+                ..SessionSettings::default()
+            }),
+            "device-0" | "device-1" if s.rng.chance(500) => Some(SessionSettings {
+                expiry_secs: s.rng.range(1, 6) as u32,
+                will_delay_secs: s.rng.pick(&[0, 1, 3, 10]),
+                ..SessionSettings::default()
+            }),
+            _ => None,
+        };
+        spec.session = v5;
     }
     specs
         .into_iter()

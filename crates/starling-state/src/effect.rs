@@ -7,7 +7,7 @@ use std::sync::Arc;
 use starling_codec::QoS;
 
 use crate::message::Message;
-use crate::session::{Outbound, Owner};
+use crate::session::{Outbound, Owner, SubOptions};
 use crate::state::StateConfig;
 
 /// Why a command was not applied.
@@ -22,8 +22,8 @@ pub enum Rejection {
 /// What a session's resumed connection must know, as of the connect entry.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Resume {
-    /// Subscriptions (filter, granted QoS).
-    pub subscriptions: Vec<(Arc<str>, QoS)>,
+    /// Subscriptions (filter, options).
+    pub subscriptions: Vec<(Arc<str>, SubOptions)>,
     /// Outbound messages not yet completed, in order: resend PUBREL for `released` ones,
     /// PUBLISH (DUP as marked) for the rest.
     pub outbound: Vec<Outbound>,
@@ -48,8 +48,15 @@ pub enum CommandResult {
         /// True when the message was not routed again.
         duplicate: bool,
     },
-    /// Subscriptions applied, with the QoS granted per filter (in request order).
-    Subscribed(Vec<QoS>),
+    /// Subscriptions applied.
+    Subscribed {
+        /// The QoS granted per filter, in request order.
+        granted: Vec<QoS>,
+        /// Per filter, whether its Retain Handling asks for the retained messages now (0, or 1
+        /// and the subscription is new). A persistent session gets them as deliveries; this is
+        /// for whoever sends those of a clean session.
+        send_retained: Vec<bool>,
+    },
     /// Unsubscribed.
     Unsubscribed,
     /// Inbound packet id released.
@@ -64,6 +71,8 @@ pub enum CommandResult {
     NodeDownApplied,
     /// Limits changed: the limits now in force.
     LimitsSet(StateConfig),
+    /// A `Tick` applied (the log's clock moved).
+    Ticked,
     /// Not applied.
     Rejected(Rejection),
 }
@@ -103,6 +112,8 @@ pub enum Effect {
         epoch: u64,
         /// The message (QoS 0).
         message: Message,
+        /// Subscription Identifier of the subscription it is sent for (none or one).
+        subscription_ids: Vec<u32>,
     },
     /// PUBREC committed: the connection may now send PUBREL.
     Release {
@@ -118,7 +129,8 @@ pub enum Effect {
     /// Deliver to non-durable subscribers through the router (a message whose fast path was
     /// deferred until commit, or a will).
     FastPath {
-        /// The message, RETAIN already cleared for live delivery.
+        /// The message with RETAIN as published: each delivery clears it unless its
+        /// subscription has Retain As Published.
         message: Message,
     },
     /// Close the connection that served the session (takeover or session drop).
@@ -131,14 +143,14 @@ pub enum Effect {
         /// its node is down.
         by: Option<Owner>,
     },
-    /// A subscription was added or its QoS changed.
+    /// A subscription was added or its options changed.
     RouteAdd {
         /// Session.
         client_id: Arc<str>,
         /// Filter.
         filter: Arc<str>,
-        /// Granted QoS.
-        qos: QoS,
+        /// Granted QoS and the other options, for the router's own deliveries.
+        options: SubOptions,
         /// Persistent session: its QoS 1/2 deliveries are durable (queued here).
         durable: bool,
     },
@@ -183,5 +195,15 @@ pub enum Effect {
         queued: usize,
         /// Bytes in the queue.
         queued_bytes: usize,
+    },
+    /// A message for the session was dropped because its PUBLISH would exceed the Maximum
+    /// Packet Size the client accepts (MQTT 5 §3.1.2.11.4).
+    PacketTooLarge {
+        /// Session.
+        client_id: Arc<str>,
+        /// Size of the PUBLISH (see [`crate::message::publish_packet_size`]).
+        size: usize,
+        /// The client's Maximum Packet Size.
+        limit: u32,
     },
 }

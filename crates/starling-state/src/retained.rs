@@ -2,8 +2,12 @@
 //!
 //! A tree of topic levels with ordered children, so that the messages matching a filter are
 //! visited in the same order on every node (they are enqueued into sessions in that order).
+//! Messages that expire (MQTT 5 Message Expiry Interval) are also indexed by their expiry, so
+//! that the state machine removes them, in log time, without walking the tree.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+
+use bytestring::ByteString;
 
 use crate::message::Message;
 
@@ -13,6 +17,10 @@ pub struct RetainedStore {
     root: RNode,
     count: usize,
     bytes: usize,
+    /// (expiry, topic) of every retained message that expires. Derived from the tree (kept by
+    /// [`RetainedStore::set`]; [`RetainedStore::check_expiry_index`] compares it with a
+    /// rebuild).
+    expiry: BTreeSet<(u64, ByteString)>,
 }
 
 #[derive(Debug, Default)]
@@ -60,10 +68,7 @@ impl RetainedStore {
     pub fn set(&mut self, message: &Message) {
         let topic = message.topic.clone();
         if message.payload.is_empty() {
-            if let Some(old) = Self::remove_in(&mut self.root, Some(&topic)) {
-                self.count -= 1;
-                self.bytes -= old.cost();
-            }
+            self.remove(&topic);
             return;
         }
         let mut node = &mut self.root;
@@ -75,10 +80,73 @@ impl RetainedStore {
         }
         let stored = message.with(message.qos, true);
         self.bytes += stored.cost();
+        if stored.expires_at_ms != 0 {
+            self.expiry.insert((stored.expires_at_ms, topic.clone()));
+        }
         match node.message.replace(stored) {
-            Some(old) => self.bytes -= old.cost(),
+            Some(old) => {
+                self.bytes -= old.cost();
+                if old.expires_at_ms != 0 && old.expires_at_ms != message.expires_at_ms {
+                    self.expiry.remove(&(old.expires_at_ms, topic));
+                }
+            }
             None => self.count += 1,
         }
+    }
+
+    /// Removes the retained message of `topic`; returns it.
+    pub fn remove(&mut self, topic: &ByteString) -> Option<Message> {
+        let old = Self::remove_in(&mut self.root, Some(topic))?;
+        self.count -= 1;
+        self.bytes -= old.cost();
+        if old.expires_at_ms != 0 {
+            self.expiry.remove(&(old.expires_at_ms, topic.clone()));
+        }
+        Some(old)
+    }
+
+    /// Removes every message that has expired at `now_ms` (log time); returns how many.
+    pub fn expire(&mut self, now_ms: u64) -> usize {
+        let mut n = 0;
+        while self.expiry.first().is_some_and(|(at, _)| *at <= now_ms) {
+            let Some((at, topic)) = self.expiry.pop_first() else {
+                break;
+            };
+            if self.get(&topic).is_some_and(|m| m.expires_at_ms == at) {
+                self.remove(&topic);
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// When the next retained message expires (log time).
+    pub fn next_expiry(&self) -> Option<u64> {
+        self.expiry.first().map(|(at, _)| *at)
+    }
+
+    /// Compares the expiry index with one rebuilt from the stored messages.
+    ///
+    /// # Errors
+    /// They differ: the sizes and the first difference.
+    pub fn check_expiry_index(&self) -> Result<(), String> {
+        let mut want = BTreeSet::new();
+        self.for_each(|m| {
+            if m.expires_at_ms != 0 {
+                want.insert((m.expires_at_ms, m.topic.clone()));
+            }
+        });
+        if want == self.expiry {
+            return Ok(());
+        }
+        let extra = self.expiry.difference(&want).next();
+        let missing = want.difference(&self.expiry).next();
+        Err(format!(
+            "retained-expiry index differs from its rebuild: {} entries kept, {} expected; \
+             first extra {extra:?}, first missing {missing:?}",
+            self.expiry.len(),
+            want.len()
+        ))
     }
 
     fn remove_in(node: &mut RNode, rest: Option<&str>) -> Option<Message> {
@@ -173,12 +241,7 @@ mod tests {
     use starling_codec::{topic, QoS};
 
     fn msg(t: &str, p: &str) -> Message {
-        Message {
-            topic: t.into(),
-            payload: Bytes::from(p.to_string()),
-            qos: QoS::AtLeastOnce,
-            retain: true,
-        }
+        Message::new(t.into(), Bytes::from(p.to_string()), QoS::AtLeastOnce, true)
     }
 
     fn found(s: &RetainedStore, f: &str) -> Vec<String> {
@@ -212,6 +275,34 @@ mod tests {
         assert_eq!(found(&s, "+/+"), vec!["/", "a/b", "b/"]);
         assert_eq!(found(&s, "$SYS/#"), vec!["$SYS/x"]);
         assert_eq!(found(&s, "a/b"), vec!["a/b"]);
+    }
+
+    #[test]
+    fn expiring_messages_are_indexed_replaced_and_expired_in_order() {
+        let mut s = RetainedStore::new();
+        let at = |t: &str, ms: u64| Message {
+            expires_at_ms: ms,
+            ..msg(t, "x")
+        };
+        s.set(&at("a", 30));
+        s.set(&at("b", 10));
+        s.set(&msg("c", "forever"));
+        s.set(&at("a", 20));
+        assert_eq!(s.next_expiry(), Some(10));
+        assert_eq!(s.check_expiry_index(), Ok(()));
+        assert_eq!(s.expire(19), 1, "b");
+        assert_eq!(s.expire(19), 0);
+        assert_eq!(s.expire(20), 1, "a, at its replaced expiry");
+        assert_eq!(s.next_expiry(), None);
+        assert_eq!(found(&s, "#"), vec!["c"]);
+        s.set(&at("d", 5));
+        s.set(&msg("d", ""));
+        assert_eq!(s.next_expiry(), None, "a cleared message leaves the index");
+        s.set(&at("e", 5));
+        s.set(&msg("e", "y"));
+        assert_eq!(s.next_expiry(), None, "a replacement that does not expire");
+        assert_eq!(s.check_expiry_index(), Ok(()));
+        assert_eq!(s.len(), 2);
     }
 
     fn level() -> impl Strategy<Value = String> {

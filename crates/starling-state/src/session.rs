@@ -1,12 +1,102 @@
 //! A persistent session as replicated: subscriptions, outbound queue with QoS stages, inbound QoS 2
-//! packet ids, will, and ownership (which node and connection serve it, under which epoch).
+//! packet ids, will, and ownership (which node and connection serve it, under which epoch); for
+//! MQTT 5 also its expiry, the client's limits and a will waiting for its delay.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 
 use starling_codec::QoS;
+use starling_proto::state::v1 as pb;
 
 use crate::message::Message;
+
+/// What a subscription asks for (MQTT 5 §3.8.3.1); a 3.1.1 subscription has only the QoS.
+///
+/// Retain Handling is not kept: it only decides what the SUBSCRIBE itself sends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SubOptions {
+    /// Granted QoS.
+    pub qos: QoS,
+    /// Messages the session's own client published are not delivered through it.
+    pub no_local: bool,
+    /// Routed messages keep their RETAIN flag (else it is cleared).
+    pub retain_as_published: bool,
+    /// Subscription Identifier; 0: none.
+    pub subscription_id: u32,
+}
+
+/// A QoS from the log encoding, out-of-range values clamped to 2.
+pub(crate) fn qos_of(v: u32) -> QoS {
+    QoS::from_u8(v.min(2) as u8).unwrap_or(QoS::ExactlyOnce)
+}
+
+impl SubOptions {
+    /// A subscription with only a QoS (3.1, 3.1.1).
+    pub fn qos(qos: QoS) -> SubOptions {
+        SubOptions {
+            qos,
+            no_local: false,
+            retain_as_published: false,
+            subscription_id: 0,
+        }
+    }
+
+    /// The options a SUBSCRIBE asks for.
+    pub fn from_request(r: &pb::SubscriptionRequest) -> SubOptions {
+        SubOptions {
+            qos: qos_of(r.qos),
+            no_local: r.no_local,
+            retain_as_published: r.retain_as_published,
+            subscription_id: r.subscription_id,
+        }
+    }
+
+    /// The snapshot record of a subscription to `filter`.
+    pub fn to_record(self, filter: &str) -> pb::SubscriptionRecord {
+        pb::SubscriptionRecord {
+            filter: filter.to_string(),
+            qos: self.qos.as_u8().into(),
+            no_local: self.no_local,
+            retain_as_published: self.retain_as_published,
+            subscription_id: self.subscription_id,
+        }
+    }
+
+    /// The options of a snapshot record.
+    pub fn from_record(r: &pb::SubscriptionRecord) -> SubOptions {
+        SubOptions {
+            qos: qos_of(r.qos),
+            no_local: r.no_local,
+            retain_as_published: r.retain_as_published,
+            subscription_id: r.subscription_id,
+        }
+    }
+}
+
+/// A connection's will.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Will {
+    /// The message (its `expires_at_ms` is unused: see `expiry_secs`).
+    pub message: Message,
+    /// Will Delay Interval (MQTT 5): how long after the connection ends it is published, unless
+    /// the client reconnects or the session ends first. 0: at once.
+    pub delay_secs: u32,
+    /// Message Expiry Interval, counted from the publication; 0: never expires.
+    pub expiry_secs: u32,
+}
+
+impl Will {
+    /// The message as published at `now_ms` (log time).
+    pub fn publication(&self, now_ms: u64) -> Message {
+        let mut m = self.message.clone();
+        m.expires_at_ms = if self.expiry_secs == 0 {
+            0
+        } else {
+            now_ms.saturating_add(u64::from(self.expiry_secs) * 1000)
+        };
+        m
+    }
+}
 
 /// The node and connection that serve a connected session.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -26,6 +116,9 @@ pub struct Queued {
     pub message: Message,
     /// PUBREC received and committed: PUBREL is what is owed.
     pub released: bool,
+    /// Subscription Identifiers of the session's subscriptions it matched, ascending (MQTT 5:
+    /// one copy carries them all).
+    pub subscription_ids: Vec<u32>,
 }
 
 /// The packet id of the outbound message with sequence number `seq`.
@@ -50,6 +143,8 @@ pub struct Outbound {
     pub released: bool,
     /// The message (QoS and RETAIN as to be sent).
     pub message: Message,
+    /// Subscription Identifiers to send with it, ascending.
+    pub subscription_ids: Vec<u32>,
 }
 
 /// A persistent (clean-session=0) session.
@@ -61,8 +156,8 @@ pub struct Session {
     pub owner: Option<Owner>,
     /// Incremented by every connect (takeover); commands carry it and stale ones are rejected.
     pub epoch: u64,
-    /// Topic filter → granted QoS.
-    pub subscriptions: BTreeMap<Arc<str>, QoS>,
+    /// Topic filter → subscription options (granted QoS first).
+    pub subscriptions: BTreeMap<Arc<str>, SubOptions>,
     /// Outbound QoS 1/2 messages not yet completed, in sequence order.
     pub queue: VecDeque<Queued>,
     /// Sequence number of the next enqueued message.
@@ -71,14 +166,27 @@ pub struct Session {
     pub sent_up_to: u64,
     /// Inbound QoS 2 packet ids received and awaiting PUBREL.
     pub inbound: BTreeSet<u16>,
-    /// Will of the current connection.
-    pub will: Option<Message>,
-    /// When the last connection ended (ms since the epoch, from the log); 0 while connected.
+    /// Will of the current connection; after the connection ended, a will waiting for its
+    /// delay (`will_due_at_ms`).
+    pub will: Option<Will>,
+    /// When the will waiting for its delay is published (log time); 0: no will waits.
+    pub will_due_at_ms: u64,
+    /// When the last connection ended (log time, ms since the Unix epoch); 0 while connected.
     pub disconnected_at_ms: u64,
     /// User name of the client that created the session.
     pub username: String,
     /// Bytes held by `queue` (see [`Message::cost`]).
     pub queued_bytes: usize,
+    /// Protocol level of the last CONNECT (3, 4, 5; 0 in states that predate it: 3.1.1).
+    pub protocol_level: u8,
+    /// Session Expiry Interval (MQTT 5): the session ends this long after its connection does;
+    /// `u32::MAX`: never. `None` for a 3.1 / 3.1.1 session, whose expiry is each node's
+    /// `persistent_client_expiration` (a `DropSession` proposed by the store).
+    pub expiry_secs: Option<u32>,
+    /// Receive Maximum of the client (0: not given, i.e. 65535).
+    pub receive_maximum: u32,
+    /// Maximum Packet Size of the client (0: no limit): larger messages are not queued.
+    pub maximum_packet_size: u32,
 }
 
 impl Session {
@@ -99,7 +207,52 @@ impl Session {
             dup: q.released || q.seq <= self.sent_up_to,
             released: q.released,
             message: q.message.clone(),
+            subscription_ids: q.subscription_ids.clone(),
         }
+    }
+
+    /// When the session ends, in log time: its connection ended and its expiry runs out then.
+    /// `None` while connected, for a session that never expires, and for a 3.1 / 3.1.1 one.
+    pub fn expires_at_ms(&self) -> Option<u64> {
+        match self.expiry_secs {
+            Some(secs) if self.owner.is_none() && secs != u32::MAX => Some(
+                self.disconnected_at_ms
+                    .saturating_add(u64::from(secs) * 1000),
+            ),
+            _ => None,
+        }
+    }
+
+    /// When its delayed will is due, in log time, if one waits.
+    pub fn will_due_at(&self) -> Option<u64> {
+        (self.will_due_at_ms != 0 && self.will.is_some()).then_some(self.will_due_at_ms)
+    }
+
+    /// Receive Maximum of the client: 65535 when it gave none.
+    pub fn receive_maximum(&self) -> u32 {
+        if self.receive_maximum == 0 {
+            65535
+        } else {
+            self.receive_maximum
+        }
+    }
+
+    /// Removes the messages that expired before they were sent (sequence above `sent_up_to`,
+    /// not released): a message sent once stays until acknowledged, as MQTT 5 §3.3.2.3.3
+    /// requires. Returns how many went.
+    pub fn drop_expired_unsent(&mut self, now_ms: u64) -> usize {
+        let sent = self.sent_up_to;
+        let before = self.queue.len();
+        let mut freed = 0;
+        self.queue.retain(|q| {
+            let drop = q.seq > sent && !q.released && q.message.is_expired(now_ms);
+            if drop {
+                freed += q.message.cost();
+            }
+            !drop
+        });
+        self.queued_bytes -= freed;
+        before - self.queue.len()
     }
 
     /// Position of `seq` in the queue.
@@ -116,7 +269,7 @@ impl Session {
     }
 
     /// Appends a message with the next sequence number; returns its sequence number.
-    pub fn push(&mut self, message: Message) -> u64 {
+    pub fn push(&mut self, message: Message, subscription_ids: Vec<u32>) -> u64 {
         let seq = self.next_seq;
         self.next_seq += 1;
         self.queued_bytes += message.cost();
@@ -124,6 +277,7 @@ impl Session {
             seq,
             message,
             released: false,
+            subscription_ids,
         });
         seq
     }
@@ -139,10 +293,10 @@ pub struct CleanSession {
     pub owner: Owner,
     /// Epoch of that connection.
     pub epoch: u64,
-    /// Topic filter → granted QoS.
-    pub subscriptions: BTreeMap<Arc<str>, QoS>,
-    /// Will of the connection.
-    pub will: Option<Message>,
+    /// Topic filter → subscription options.
+    pub subscriptions: BTreeMap<Arc<str>, SubOptions>,
+    /// Will of the connection (published as soon as it ends: the session ends with it).
+    pub will: Option<Will>,
 }
 
 #[cfg(test)]

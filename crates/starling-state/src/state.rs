@@ -3,16 +3,37 @@
 //! Every node applies the same entries in the same order and ends with the same state; nothing
 //! here reads a clock, a random number or the iteration order of a hash map when that order could
 //! change the state. Effects are returned for the node to act on.
+//!
+//! # Log time
+//! What depends on time (MQTT 5 session expiry, delayed wills, message expiry) is measured
+//! against the log's clock, [`State::log_clock_ms`]: the highest batch timestamp applied so far,
+//! part of the replicated state. Applying a batch first moves that clock, then passes the
+//! deadlines it reached, in time order, then applies the commands:
+//!
+//! ```text
+//!  batch(timestamp) ─▶ log_clock = max(log_clock, timestamp)
+//!                   ─▶ expired retained messages removed        (retained-expiry index)
+//!                   ─▶ delayed wills published, expired sessions ended   (deadline index)
+//!                   ─▶ commands
+//! ```
+//!
+//! The deadline indexes are derived from the sessions and retained messages: rebuilt by
+//! [`State::from_snapshot`] and compared with a rebuild by [`State::check_derived`]. A deadline
+//! that no entry passes is reached by a `Tick`, which the node that may propose one (a single
+//! node, or a cluster's leader) proposes once its own clock passes
+//! [`State::next_deadline_ms`]: so every expiry happens once, in the same entry on every node,
+//! and after a failover too.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use starling_codec::{topic, QoS};
 use starling_proto::state::v1 as pb;
 
 use crate::effect::{CommandResult, Effect, Rejection, Resume};
-use crate::message::Message;
+use crate::message::{publish_packet_size, Message};
 use crate::retained::RetainedStore;
-use crate::session::{CleanSession, Owner, Session};
+use crate::session::{CleanSession, Owner, Queued, Session, SubOptions, Will};
 use crate::trie::TopicTrie;
 use crate::FastMap;
 
@@ -102,6 +123,9 @@ pub struct StateStats {
     pub retained_messages: usize,
     /// Messages dropped because a session queue was full, since the beginning of the log.
     pub dropped_messages: u64,
+    /// Messages not queued because they exceeded a session's Maximum Packet Size, since the
+    /// beginning of the log.
+    pub oversized_messages: u64,
     /// Clean sessions tracked (clustered mode).
     pub clean_sessions: usize,
 }
@@ -114,6 +138,37 @@ pub enum SnapshotError {
     Decode(#[from] prost::DecodeError),
 }
 
+/// The deadlines of sessions, in log time. Derived from the sessions: each key is a function of
+/// one session's fields ([`Session::expires_at_ms`], [`Session::will_due_at`]), removed before
+/// the session changes and inserted again after.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Deadlines {
+    /// (when it ends, client id) of every disconnected MQTT 5 session that expires.
+    sessions: BTreeSet<(u64, Arc<str>)>,
+    /// (when it is published, client id) of every will waiting for its delay.
+    wills: BTreeSet<(u64, Arc<str>)>,
+}
+
+impl Deadlines {
+    fn remove(&mut self, s: &Session) {
+        if let Some(at) = s.expires_at_ms() {
+            self.sessions.remove(&(at, s.client_id.clone()));
+        }
+        if let Some(at) = s.will_due_at() {
+            self.wills.remove(&(at, s.client_id.clone()));
+        }
+    }
+
+    fn insert(&mut self, s: &Session) {
+        if let Some(at) = s.expires_at_ms() {
+            self.sessions.insert((at, s.client_id.clone()));
+        }
+        if let Some(at) = s.will_due_at() {
+            self.wills.insert((at, s.client_id.clone()));
+        }
+    }
+}
+
 /// The replicated state: persistent sessions and retained messages.
 #[derive(Debug)]
 pub struct State {
@@ -124,7 +179,13 @@ pub struct State {
     /// Subscriptions of persistent sessions, for routing durable messages. Derived from
     /// `sessions` (rebuilt by [`State::from_snapshot`]; [`State::check_index`] compares it with a
     /// rebuild).
-    index: TopicTrie<Arc<str>, QoS>,
+    index: TopicTrie<Arc<str>, SubOptions>,
+    /// Session expiries and delayed wills by time. Derived from `sessions` (rebuilt by
+    /// [`State::from_snapshot`]; [`State::check_deadlines`] compares it with a rebuild).
+    deadlines: Deadlines,
+    /// The log's clock: the highest batch timestamp applied (ms since the Unix epoch). The only
+    /// time apply reads.
+    log_clock_ms: u64,
     /// Retained messages by topic.
     retained: RetainedStore,
     /// Clean sessions tracked in clustered mode.
@@ -136,6 +197,8 @@ pub struct State {
     applied_index: u64,
     /// Messages dropped because a session's queue was full, since the beginning of the log.
     dropped_messages: u64,
+    /// Messages not queued because they exceeded a session's Maximum Packet Size.
+    oversized_messages: u64,
 }
 
 impl Default for State {
@@ -150,7 +213,6 @@ struct Origin {
     node: u64,
     incarnation: u64,
     request_id: u64,
-    timestamp_ms: u64,
 }
 
 impl Origin {
@@ -166,8 +228,32 @@ impl Origin {
     }
 }
 
-fn qos_of(v: u32) -> QoS {
-    QoS::from_u8(v.min(2) as u8).unwrap_or(QoS::ExactlyOnce)
+/// Whether a subscription's Retain Handling asks for the retained messages now: 0 always, 1
+/// when the subscription is new, 2 (and anything else) never (MQTT 5 §3.3.1.3).
+fn retained_wanted(retain_handling: u32, existed: bool) -> bool {
+    match retain_handling {
+        0 => true,
+        1 => !existed,
+        _ => false,
+    }
+}
+
+/// The Subscription Identifier of a subscription, as the list a delivery carries.
+fn ids_of(options: &SubOptions) -> Vec<u32> {
+    if options.subscription_id == 0 {
+        Vec::new()
+    } else {
+        vec![options.subscription_id]
+    }
+}
+
+/// Whether a PUBLISH of `m` with `ids` fits the session's Maximum Packet Size; else its size.
+fn oversized(s: &Session, m: &Message, ids: &[u32]) -> Option<usize> {
+    if s.maximum_packet_size == 0 {
+        return None;
+    }
+    let size = publish_packet_size(m, ids);
+    (size > s.maximum_packet_size as usize).then_some(size)
 }
 
 /// Whether a connection taken over by a CONNECT of the same client id gets its will published.
@@ -188,12 +274,35 @@ impl State {
             config,
             sessions: FastMap::default(),
             index: TopicTrie::new(),
+            deadlines: Deadlines::default(),
+            log_clock_ms: 0,
             retained: RetainedStore::new(),
             clean: FastMap::default(),
             last_epoch: 0,
             applied_index: 0,
             dropped_messages: 0,
+            oversized_messages: 0,
         }
+    }
+
+    /// The log's clock: the highest batch timestamp applied (ms since the Unix epoch).
+    pub fn log_clock_ms(&self) -> u64 {
+        self.log_clock_ms
+    }
+
+    /// The earliest deadline in log time (a session's expiry, a delayed will, a retained
+    /// message's expiry) that the log's clock has not passed yet. The first batch with a
+    /// timestamp at or after it passes it; a node proposes a `Tick` for that when nothing else
+    /// would.
+    pub fn next_deadline_ms(&self) -> Option<u64> {
+        [
+            self.deadlines.sessions.first().map(|(at, _)| *at),
+            self.deadlines.wills.first().map(|(at, _)| *at),
+            self.retained.next_expiry(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// Index of the last applied entry.
@@ -296,13 +405,14 @@ impl State {
     /// # Errors
     /// The incrementally maintained index differs from the rebuilt one.
     pub fn check_index(&self) -> Result<(), String> {
-        let mut have: Vec<(String, Arc<str>, QoS)> = Vec::with_capacity(self.index.len());
+        type Entry = (String, Arc<str>, SubOptions);
+        let mut have: Vec<Entry> = Vec::with_capacity(self.index.len());
         self.index
-            .for_each_entry(|f, k, q| have.push((f.to_string(), k.clone(), *q)));
-        let mut want: Vec<(String, Arc<str>, QoS)> = Vec::with_capacity(have.len());
+            .for_each_entry(|f, k, o| have.push((f.to_string(), k.clone(), *o)));
+        let mut want: Vec<Entry> = Vec::with_capacity(have.len());
         for s in self.sessions.values() {
-            for (f, q) in &s.subscriptions {
-                want.push((f.to_string(), s.client_id.clone(), *q));
+            for (f, o) in &s.subscriptions {
+                want.push((f.to_string(), s.client_id.clone(), *o));
             }
         }
         have.sort_unstable();
@@ -320,6 +430,46 @@ impl State {
         ))
     }
 
+    /// Compares the deadline indexes (session expiries, delayed wills) with ones rebuilt from
+    /// the sessions; `Err` describes the first difference.
+    ///
+    /// # Errors
+    /// An incrementally maintained index differs from its rebuild.
+    pub fn check_deadlines(&self) -> Result<(), String> {
+        let mut want = Deadlines::default();
+        for s in self.sessions.values() {
+            want.insert(s);
+        }
+        for (what, have, want) in [
+            ("session-expiry", &self.deadlines.sessions, &want.sessions),
+            ("delayed-will", &self.deadlines.wills, &want.wills),
+        ] {
+            if have != want {
+                let extra = have.difference(want).next();
+                let missing = want.difference(have).next();
+                return Err(format!(
+                    "{what} index differs from its rebuild: {} entries kept, {} expected; \
+                     first extra {extra:?}, first missing {missing:?}",
+                    have.len(),
+                    want.len()
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Compares every index derived from the state with a rebuild: the subscription index
+    /// ([`State::check_index`]), the deadline indexes ([`State::check_deadlines`]) and the
+    /// retained-expiry index; `Err` describes the first difference.
+    ///
+    /// # Errors
+    /// An incrementally maintained index differs from its rebuild.
+    pub fn check_derived(&self) -> Result<(), String> {
+        self.check_index()?;
+        self.check_deadlines()?;
+        self.retained.check_expiry_index()
+    }
+
     /// Counts (walks all sessions).
     pub fn stats(&self) -> StateStats {
         let mut s = StateStats {
@@ -327,6 +477,7 @@ impl State {
             subscriptions: self.index.len(),
             retained_messages: self.retained.len(),
             dropped_messages: self.dropped_messages,
+            oversized_messages: self.oversized_messages,
             clean_sessions: self.clean.len(),
             ..StateStats::default()
         };
@@ -343,16 +494,81 @@ impl State {
         if index <= self.applied_index {
             return;
         }
+        self.advance_clock(batch.timestamp_ms, effects);
         for command in &batch.commands {
             let origin = Origin {
                 node: batch.node_id,
                 incarnation: batch.incarnation,
                 request_id: command.request_id,
-                timestamp_ms: batch.timestamp_ms,
             };
             self.apply_command(&origin, command, effects);
         }
         self.applied_index = index;
+    }
+
+    /// Moves the log's clock to `timestamp_ms` (never back) and passes the deadlines it
+    /// reached: expired retained messages go, then delayed wills are published and expired
+    /// sessions end, in time order (a will due at the moment its session ends goes first; it
+    /// goes once either way).
+    fn advance_clock(&mut self, timestamp_ms: u64, effects: &mut Vec<Effect>) {
+        self.log_clock_ms = self.log_clock_ms.max(timestamp_ms);
+        let now = self.log_clock_ms;
+        self.retained.expire(now);
+        loop {
+            let session = self.deadlines.sessions.first().filter(|(at, _)| *at <= now);
+            let will = self.deadlines.wills.first().filter(|(at, _)| *at <= now);
+            let will_first = match (session, will) {
+                (None, None) => break,
+                (Some((s, _)), Some((w, _))) => w <= s,
+                (None, Some(_)) => true,
+                (Some(_), None) => false,
+            };
+            if will_first {
+                if let Some((_, id)) = self.deadlines.wills.pop_first() {
+                    self.publish_delayed_will(&id, effects);
+                }
+            } else if let Some((_, id)) = self.deadlines.sessions.pop_first() {
+                // MQTT 5 §4.1: the session state is discarded when its expiry has passed.
+                if let Some(s) = self.remove_session(&id) {
+                    self.forget(s, None, effects);
+                }
+            }
+        }
+    }
+
+    /// Publishes the will that waited for its delay (MQTT 5 §3.1.3.2.2).
+    fn publish_delayed_will(&mut self, client_id: &str, effects: &mut Vec<Effect>) {
+        let Some(s) = self.sessions.get_mut(client_id) else {
+            return;
+        };
+        self.deadlines.remove(s);
+        let will = s.will.take();
+        s.will_due_at_ms = 0;
+        self.deadlines.insert(s);
+        if let Some(w) = will {
+            let m = w.publication(self.log_clock_ms);
+            self.publish_message(&m, false, effects);
+        }
+    }
+
+    /// Removes a session from the map and its deadlines from the index.
+    fn remove_session(&mut self, client_id: &str) -> Option<Session> {
+        let s = self.sessions.remove(client_id)?;
+        self.deadlines.remove(&s);
+        Some(s)
+    }
+
+    /// A new connection of the client: a will waiting for its delay is not published
+    /// (MQTT-3.1.2-8).
+    fn cancel_delayed_will(&mut self, client_id: &str) {
+        if let Some(s) = self.sessions.get_mut(client_id) {
+            if s.will_due_at().is_some() {
+                self.deadlines.remove(s);
+                s.will = None;
+                s.will_due_at_ms = 0;
+                self.deadlines.insert(s);
+            }
+        }
     }
 
     fn apply_command(&mut self, origin: &Origin, command: &pb::Command, effects: &mut Vec<Effect>) {
@@ -377,6 +593,8 @@ impl State {
                 });
                 origin.reply(effects, CommandResult::LimitsSet(limits));
             }
+            // Its work is the clock's move, done for every batch.
+            Some(Kind::Tick(_)) => origin.reply(effects, CommandResult::Ticked),
             None => origin.reply(effects, CommandResult::Rejected(Rejection::NoSession)),
         }
     }
@@ -403,10 +621,28 @@ impl State {
             node: c.node_id,
             connection: c.connection_id,
         };
-        let will = c.will.clone().map(Message::from_pb);
-        // A client id has one session: a connect of either kind replaces the other kind.
+        let now = self.log_clock_ms;
+        // MQTT 5: `clean_session` is Clean Start, and the session's life is its expiry. The v5
+        // fields of an older connect are ignored, so that 3.1 / 3.1.1 behave as before them.
+        let v5 = c.protocol_level >= 5;
+        let will = c.will.clone().map(|m| {
+            let mut message = Message::from_pb(m);
+            message.expires_at_ms = 0;
+            if message.publisher.is_empty() {
+                message.publisher = c.client_id.as_str().into();
+            }
+            Will {
+                message,
+                delay_secs: if v5 { c.will_delay_secs } else { 0 },
+                expiry_secs: if v5 { c.will_expiry_secs } else { 0 },
+            }
+        });
+        // A new connection of the client: a will waiting for its delay is not published.
+        self.cancel_delayed_will(&c.client_id);
+        // A client id has one session: Clean Start discards a stored one, and a connect of
+        // either kind replaces a tracked clean session.
         if c.clean_session {
-            if let Some(s) = self.sessions.remove(c.client_id.as_str()) {
+            if let Some(s) = self.remove_session(&c.client_id) {
                 self.forget(s, Some(owner), effects);
             }
         }
@@ -414,7 +650,16 @@ impl State {
             let will = will_on_takeover(old.owner, owner);
             self.forget_clean(old, will, Some(owner), effects);
         }
-        if c.clean_session {
+        // A session outlives its connection iff its expiry is non-zero (3.1.1: iff Clean
+        // Session is 0). A v5 client with expiry 0 and without Clean Start resumes a stored
+        // session, which then ends with this connection; without one it is a clean session.
+        let expiry = c.session_expiry_secs.unwrap_or(0);
+        let persistent = if v5 {
+            expiry > 0 || (!c.clean_session && self.sessions.contains_key(c.client_id.as_str()))
+        } else {
+            !c.clean_session
+        };
+        if !persistent {
             let epoch = if c.track {
                 let epoch = self.next_epoch();
                 let client_id: Arc<str> = Arc::from(c.client_id.as_str());
@@ -453,6 +698,7 @@ impl State {
             .sessions
             .entry(Arc::from(c.client_id.as_str()))
             .or_insert_with_key(|id| Session::new(id.clone()));
+        self.deadlines.remove(s);
         let mut old_will = None;
         if let Some(old) = s.owner {
             // The previous connection never reported what it sent: assume it sent everything.
@@ -462,7 +708,11 @@ impl State {
                 by: Some(owner),
             });
             s.sent_up_to = s.next_seq - 1;
-            old_will = s.will.take().filter(|_| will_on_takeover(old, owner));
+            // A will with a delay is cut short by this very connection (MQTT-3.1.2-8).
+            old_will = s
+                .will
+                .take()
+                .filter(|w| will_on_takeover(old, owner) && w.delay_secs == 0);
         }
         if !present {
             s.username = c.username.clone();
@@ -470,12 +720,20 @@ impl State {
         s.epoch = epoch;
         s.owner = Some(owner);
         s.will = will;
+        s.will_due_at_ms = 0;
         s.disconnected_at_ms = 0;
+        s.protocol_level = c.protocol_level.min(u32::from(u8::MAX)) as u8;
+        s.expiry_secs = v5.then_some(expiry);
+        s.receive_maximum = if v5 { c.receive_maximum } else { 0 };
+        s.maximum_packet_size = if v5 { c.maximum_packet_size } else { 0 };
+        // What expired while the session was offline is not sent; what was sent stays.
+        s.drop_expired_unsent(now);
+        self.deadlines.insert(s);
         let resume = Box::new(Resume {
             subscriptions: s
                 .subscriptions
                 .iter()
-                .map(|(f, q)| (f.clone(), *q))
+                .map(|(f, o)| (f.clone(), *o))
                 .collect(),
             outbound: s.queue.iter().map(|q| s.outbound(q)).collect(),
             inbound: s.inbound.iter().copied().collect(),
@@ -488,7 +746,7 @@ impl State {
         // A connection taken over on its own node loses its network connection: its will is
         // published (see `will_on_takeover`).
         if let Some(w) = old_will {
-            self.publish_message(&w, false, effects);
+            self.publish_message(&w.publication(now), false, effects);
         }
         origin.reply(
             effects,
@@ -521,15 +779,17 @@ impl State {
         });
         if publish_will {
             if let Some(w) = cs.will {
-                self.publish_message(&w, false, effects);
+                self.publish_message(&w.publication(self.log_clock_ms), false, effects);
             }
         }
     }
 
-    /// Removes a session's subscriptions and closes its connection, if any.
-    /// Removes a session; `taken_over_by` is the connection of the same client id that replaces
-    /// it, if that is why.
+    /// Removes a session's subscriptions and closes its connection, if any; `taken_over_by` is
+    /// the connection of the same client id that replaces it, if that is why. The session ends:
+    /// the will of its connection is published (unless the client reconnected through another
+    /// node, or cut its delay short), and so is a will that waited for its delay.
     fn forget(&mut self, s: Session, taken_over_by: Option<Owner>, effects: &mut Vec<Effect>) {
+        let mut will = None;
         if let Some(owner) = s.owner {
             effects.push(Effect::Kick {
                 client_id: s.client_id.clone(),
@@ -537,11 +797,18 @@ impl State {
                 by: taken_over_by,
             });
             // Its connection is closed by this: its will is due, unless the client itself
-            // reconnected through another node.
-            let due = taken_over_by.is_none_or(|new| will_on_takeover(owner, new));
-            if let (true, Some(w)) = (due, &s.will) {
-                self.publish_message(w, false, effects);
+            // reconnected through another node, or reconnected before the will's delay.
+            let due = taken_over_by.is_none_or(|new| {
+                will_on_takeover(owner, new) && s.will.as_ref().is_some_and(|w| w.delay_secs == 0)
+            });
+            if due {
+                will = s.will.as_ref();
             }
+        } else if s.will_due_at().is_some() {
+            will = s.will.as_ref();
+        }
+        if let Some(w) = will {
+            self.publish_message(&w.publication(self.log_clock_ms), false, effects);
         }
         for filter in s.subscriptions.keys() {
             self.index.remove(filter, &s.client_id);
@@ -572,114 +839,194 @@ impl State {
                 });
                 if d.publish_will {
                     if let Some(w) = cs.will {
-                        self.publish_message(&w, false, effects);
+                        self.publish_message(&w.publication(self.log_clock_ms), false, effects);
                     }
                 }
             }
             return origin.reply(effects, CommandResult::Disconnected);
         }
-        let s = match self.owned(&d.client_id, d.epoch) {
-            Ok(s) => s,
-            Err(r) => return origin.reply(effects, CommandResult::Rejected(r)),
-        };
-        let will = Self::go_offline(s, d.sent_up_to, origin.timestamp_ms, effects);
-        if d.publish_will {
-            if let Some(w) = will {
-                self.publish_message(&w, false, effects);
-            }
+        if let Err(r) = self.owned(&d.client_id, d.epoch) {
+            return origin.reply(effects, CommandResult::Rejected(r));
         }
+        self.end_connection(
+            &d.client_id,
+            d.sent_up_to,
+            d.publish_will,
+            d.session_expiry_secs,
+            effects,
+        );
         origin.reply(effects, CommandResult::Disconnected);
     }
 
-    fn go_offline(
-        s: &mut Session,
+    /// The connection of session `client_id` ended. Its will (if `publish_will`) is published
+    /// now, or kept until its delay has passed (MQTT 5 §3.1.3.2.2); `expiry` is a new Session
+    /// Expiry Interval (MQTT 5 DISCONNECT). A session whose expiry has run out by now (expiry
+    /// 0) ends here, and its will goes at once.
+    fn end_connection(
+        &mut self,
+        client_id: &str,
         sent_up_to: u64,
-        now_ms: u64,
+        publish_will: bool,
+        expiry: Option<u32>,
         effects: &mut Vec<Effect>,
-    ) -> Option<Message> {
+    ) {
+        let now = self.log_clock_ms;
+        let Some(s) = self.sessions.get_mut(client_id) else {
+            return;
+        };
+        self.deadlines.remove(s);
         s.owner = None;
         s.sent_up_to = s.sent_up_to.max(sent_up_to.min(s.next_seq - 1));
-        s.disconnected_at_ms = now_ms.max(1);
+        s.disconnected_at_ms = now.max(1);
+        if let (Some(secs), Some(_)) = (expiry, s.expiry_secs) {
+            s.expiry_secs = Some(secs);
+        }
         effects.push(Effect::Offline {
             client_id: s.client_id.clone(),
         });
-        s.will.take()
+        let ends = s.expires_at_ms().is_some_and(|at| at <= now);
+        let mut publish = None;
+        match s.will.take().filter(|_| publish_will) {
+            Some(w) if w.delay_secs > 0 && !ends => {
+                s.will_due_at_ms = now.saturating_add(u64::from(w.delay_secs) * 1000);
+                s.will = Some(w);
+            }
+            w => publish = w,
+        }
+        if ends {
+            let id = s.client_id.clone();
+            if let Some(s) = self.sessions.remove(&id) {
+                self.forget(s, None, effects);
+            }
+        } else {
+            self.deadlines.insert(s);
+        }
+        if let Some(w) = publish {
+            self.publish_message(&w.publication(now), false, effects);
+        }
     }
 
     fn subscribe(&mut self, origin: &Origin, sub: &pb::Subscribe, effects: &mut Vec<Effect>) {
+        let mut granted = Vec::with_capacity(sub.filters.len());
+        let mut send_retained = Vec::with_capacity(sub.filters.len());
         if let Some(cs) = self
             .clean
             .get_mut(sub.client_id.as_str())
             .filter(|c| c.epoch == sub.epoch)
         {
             // Retained messages for a clean session are sent by the node serving it.
-            let mut granted = Vec::with_capacity(sub.filters.len());
             for f in &sub.filters {
-                let qos = qos_of(f.qos);
-                granted.push(qos);
-                if topic::validate_filter(&f.filter).is_ok() {
-                    let filter: Arc<str> = Arc::from(f.filter.as_str());
-                    cs.subscriptions.insert(filter.clone(), qos);
-                    effects.push(Effect::RouteAdd {
-                        client_id: cs.client_id.clone(),
-                        filter,
-                        qos,
-                        durable: false,
-                    });
+                let options = SubOptions::from_request(f);
+                granted.push(options.qos);
+                if topic::validate_filter(&f.filter).is_err() {
+                    send_retained.push(false);
+                    continue;
                 }
+                let filter: Arc<str> = Arc::from(f.filter.as_str());
+                let existed = cs.subscriptions.insert(filter.clone(), options).is_some();
+                send_retained.push(retained_wanted(f.retain_handling, existed));
+                effects.push(Effect::RouteAdd {
+                    client_id: cs.client_id.clone(),
+                    filter,
+                    options,
+                    durable: false,
+                });
             }
-            return origin.reply(effects, CommandResult::Subscribed(granted));
+            return origin.reply(
+                effects,
+                CommandResult::Subscribed {
+                    granted,
+                    send_retained,
+                },
+            );
         }
         let s = match self.owned(&sub.client_id, sub.epoch) {
             Ok(s) => s,
             Err(r) => return origin.reply(effects, CommandResult::Rejected(r)),
         };
         let client_id = s.client_id.clone();
-        let mut granted = Vec::with_capacity(sub.filters.len());
         let mut added = Vec::with_capacity(sub.filters.len());
         for f in &sub.filters {
-            let qos = qos_of(f.qos);
-            granted.push(qos);
+            let options = SubOptions::from_request(f);
+            granted.push(options.qos);
             if topic::validate_filter(&f.filter).is_err() {
+                send_retained.push(false);
                 continue;
             }
             let filter: Arc<str> = Arc::from(f.filter.as_str());
-            s.subscriptions.insert(filter.clone(), qos);
-            added.push((filter, qos));
+            let existed = s.subscriptions.insert(filter.clone(), options).is_some();
+            let send = retained_wanted(f.retain_handling, existed);
+            send_retained.push(send);
+            added.push((filter, options, send));
         }
-        for (filter, qos) in &added {
-            self.index.insert(filter, client_id.clone(), *qos);
+        for (filter, options, _) in &added {
+            self.index.insert(filter, client_id.clone(), *options);
             effects.push(Effect::RouteAdd {
                 client_id: client_id.clone(),
                 filter: filter.clone(),
-                qos: *qos,
+                options: *options,
                 durable: true,
             });
         }
-        origin.reply(effects, CommandResult::Subscribed(granted));
-        // Retained messages follow the SUBACK, for every filter, also when re-subscribing.
+        origin.reply(
+            effects,
+            CommandResult::Subscribed {
+                granted,
+                send_retained,
+            },
+        );
+        // Retained messages follow the SUBACK, for every filter whose Retain Handling asks for
+        // them (3.1.1: every filter, also when re-subscribing), RETAIN set, with the
+        // subscription's identifier.
+        let now = self.log_clock_ms;
         let mut retained = Vec::new();
-        for (filter, qos) in &added {
-            self.retained
-                .for_each_matching(filter, |m| retained.push(m.with(m.qos.min(*qos), true)));
-        }
-        for m in retained {
-            if m.qos == QoS::AtMostOnce {
-                if let Some(s) = self.sessions.get(&*client_id) {
-                    if let Some(owner) = s.owner {
-                        let (client_id, epoch) = (client_id.clone(), s.epoch);
-                        effects.push(Effect::DeliverQos0 {
-                            client_id,
-                            owner,
-                            epoch,
-                            message: m,
-                        });
-                    }
+        for (filter, options, _) in added.iter().filter(|(_, _, send)| *send) {
+            self.retained.for_each_matching(filter, |m| {
+                if !m.is_expired(now) {
+                    retained.push((m.with(m.qos.min(options.qos), true), ids_of(options)));
                 }
+            });
+        }
+        for (m, ids) in retained {
+            if m.qos == QoS::AtMostOnce {
+                self.deliver_qos0(&client_id, m, ids, effects);
             } else {
-                self.enqueue(&client_id, m, effects);
+                self.enqueue(&client_id, m, ids, effects);
             }
         }
+    }
+
+    /// Sends a QoS 0 message (a retained one on subscribe) to the session's connection, if it
+    /// has one and the message fits its Maximum Packet Size.
+    fn deliver_qos0(
+        &mut self,
+        client_id: &str,
+        message: Message,
+        subscription_ids: Vec<u32>,
+        effects: &mut Vec<Effect>,
+    ) {
+        let Some(s) = self.sessions.get(client_id) else {
+            return;
+        };
+        let Some(owner) = s.owner else {
+            return;
+        };
+        if let Some(size) = oversized(s, &message, &subscription_ids) {
+            self.oversized_messages += 1;
+            effects.push(Effect::PacketTooLarge {
+                client_id: s.client_id.clone(),
+                size,
+                limit: s.maximum_packet_size,
+            });
+            return;
+        }
+        effects.push(Effect::DeliverQos0 {
+            client_id: s.client_id.clone(),
+            owner,
+            epoch: s.epoch,
+            message,
+            subscription_ids,
+        });
     }
 
     fn unsubscribe(&mut self, origin: &Origin, u: &pb::Unsubscribe, effects: &mut Vec<Effect>) {
@@ -736,32 +1083,87 @@ impl State {
     }
 
     /// Retains and routes a message to persistent sessions; asks for the fast path unless done.
+    /// A message that has expired (log time) is neither delivered nor retained, and clears the
+    /// retained message it would have replaced.
     fn publish_message(&mut self, m: &Message, fast_path_done: bool, effects: &mut Vec<Effect>) {
+        let expired = m.is_expired(self.log_clock_ms);
         if m.retain {
-            self.retained.set(m);
+            if expired {
+                self.retained.remove(&m.topic);
+            } else {
+                self.retained.set(m);
+            }
         }
-        let mut targets: Vec<(Arc<str>, QoS)> = Vec::new();
-        self.index
-            .for_each_match(&m.topic, |k, q| targets.push((k.clone(), *q)));
-        targets.sort_unstable_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
-        targets.dedup_by(|a, b| a.0 == b.0);
-        for (client_id, sub_qos) in targets {
+        if expired {
+            return;
+        }
+        // Every matching subscription, less those with No Local of the publisher's session.
+        let mut matches: Vec<(Arc<str>, SubOptions)> = Vec::new();
+        self.index.for_each_match(&m.topic, |k, o| {
+            if !(o.no_local && *m.publisher == **k) {
+                matches.push((k.clone(), *o));
+            }
+        });
+        matches.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        // One copy per session, at the highest QoS of its matching subscriptions, with all their
+        // identifiers; RETAIN kept if one of them has Retain As Published.
+        let mut targets: Vec<(Arc<str>, QoS, bool, Vec<u32>)> = Vec::new();
+        for group in matches.chunk_by(|a, b| a.0 == b.0) {
+            let qos = group
+                .iter()
+                .map(|(_, o)| o.qos)
+                .max()
+                .unwrap_or(QoS::AtMostOnce);
+            let keep_retain = group.iter().any(|(_, o)| o.retain_as_published);
+            let mut ids: Vec<u32> = group
+                .iter()
+                .map(|(_, o)| o.subscription_id)
+                .filter(|id| *id != 0)
+                .collect();
+            ids.sort_unstable();
+            ids.dedup();
+            targets.push((group[0].0.clone(), qos, keep_retain, ids));
+        }
+        for (client_id, sub_qos, keep_retain, ids) in targets {
             let qos = m.qos.min(sub_qos);
             if qos != QoS::AtMostOnce {
-                self.enqueue(&client_id, m.with(qos, false), effects);
+                self.enqueue(
+                    &client_id,
+                    m.with(qos, m.retain && keep_retain),
+                    ids,
+                    effects,
+                );
             }
         }
         if !fast_path_done {
-            effects.push(Effect::FastPath {
-                message: m.with(m.qos, false),
-            });
+            effects.push(Effect::FastPath { message: m.clone() });
         }
     }
 
-    fn enqueue(&mut self, client_id: &str, m: Message, effects: &mut Vec<Effect>) {
+    /// Queues a message for a session (and hands it to its connection, if any), unless it has
+    /// expired, is larger than the client accepts, or the session's queue is full.
+    fn enqueue(
+        &mut self,
+        client_id: &str,
+        m: Message,
+        subscription_ids: Vec<u32>,
+        effects: &mut Vec<Effect>,
+    ) {
         let Some(s) = self.sessions.get_mut(client_id) else {
             return;
         };
+        if m.is_expired(self.log_clock_ms) {
+            return;
+        }
+        if let Some(size) = oversized(s, &m, &subscription_ids) {
+            self.oversized_messages += 1;
+            effects.push(Effect::PacketTooLarge {
+                client_id: s.client_id.clone(),
+                size,
+                limit: s.maximum_packet_size,
+            });
+            return;
+        }
         if s.queue.len() >= self.config.max_queued_messages + self.config.max_inflight
             || s.queued_bytes + m.cost() > self.config.max_queued_bytes
         {
@@ -773,7 +1175,7 @@ impl State {
             });
             return;
         }
-        s.push(m);
+        s.push(m, subscription_ids);
         if let Some(owner) = s.owner {
             let message = s.queue.back().map(|q| s.outbound(q)).expect("just pushed");
             effects.push(Effect::Deliver {
@@ -837,7 +1239,7 @@ impl State {
             }
         };
         if !keep {
-            if let Some(s) = self.sessions.remove(d.client_id.as_str()) {
+            if let Some(s) = self.remove_session(d.client_id.as_str()) {
                 self.forget(s, None, effects);
             }
         }
@@ -853,7 +1255,7 @@ impl State {
             .collect();
         ids.sort_unstable();
         for id in ids {
-            let Some(s) = self.sessions.get_mut(&*id) else {
+            let Some(s) = self.sessions.get(&*id) else {
                 continue;
             };
             let all = s.next_seq - 1;
@@ -865,9 +1267,7 @@ impl State {
                     by: None,
                 });
             }
-            if let Some(w) = Self::go_offline(s, all, origin.timestamp_ms, effects) {
-                self.publish_message(&w, false, effects);
-            }
+            self.end_connection(&id, all, true, None, effects);
         }
         let mut clean: Vec<Arc<str>> = self
             .clean
@@ -886,6 +1286,9 @@ impl State {
 
     /// The whole state as a snapshot message, in a canonical order.
     pub fn to_snapshot(&self) -> pb::Snapshot {
+        let subscriptions = |subs: &std::collections::BTreeMap<Arc<str>, SubOptions>| {
+            subs.iter().map(|(f, o)| o.to_record(f)).collect()
+        };
         let mut ids: Vec<&Arc<str>> = self.sessions.keys().collect();
         ids.sort_unstable();
         let sessions = ids
@@ -898,14 +1301,7 @@ impl State {
                     owner_node: s.owner.map_or(0, |o| o.node),
                     owner_connection: s.owner.map_or(0, |o| o.connection),
                     epoch: s.epoch,
-                    subscriptions: s
-                        .subscriptions
-                        .iter()
-                        .map(|(f, q)| pb::SubscriptionRecord {
-                            filter: f.to_string(),
-                            qos: q.as_u8().into(),
-                        })
-                        .collect(),
+                    subscriptions: subscriptions(&s.subscriptions),
                     queue: s
                         .queue
                         .iter()
@@ -914,14 +1310,22 @@ impl State {
                             qos: q.message.qos.as_u8().into(),
                             released: q.released,
                             message: Some(q.message.to_pb()),
+                            subscription_ids: q.subscription_ids.clone(),
                         })
                         .collect(),
                     next_seq: s.next_seq,
                     sent_up_to: s.sent_up_to,
                     inbound: s.inbound.iter().map(|&p| u32::from(p)).collect(),
-                    will: s.will.as_ref().map(Message::to_pb),
+                    will: s.will.as_ref().map(|w| w.message.to_pb()),
                     disconnected_at_ms: s.disconnected_at_ms,
                     username: s.username.clone(),
+                    protocol_level: u32::from(s.protocol_level),
+                    session_expiry_secs: s.expiry_secs,
+                    receive_maximum: s.receive_maximum,
+                    maximum_packet_size: s.maximum_packet_size,
+                    will_delay_secs: s.will.as_ref().map_or(0, |w| w.delay_secs),
+                    will_expiry_secs: s.will.as_ref().map_or(0, |w| w.expiry_secs),
+                    will_due_at_ms: s.will_due_at_ms,
                 }
             })
             .collect();
@@ -938,15 +1342,10 @@ impl State {
                     owner_node: c.owner.node,
                     owner_connection: c.owner.connection,
                     epoch: c.epoch,
-                    subscriptions: c
-                        .subscriptions
-                        .iter()
-                        .map(|(f, q)| pb::SubscriptionRecord {
-                            filter: f.to_string(),
-                            qos: q.as_u8().into(),
-                        })
-                        .collect(),
-                    will: c.will.as_ref().map(Message::to_pb),
+                    subscriptions: subscriptions(&c.subscriptions),
+                    will: c.will.as_ref().map(|w| w.message.to_pb()),
+                    will_delay_secs: c.will.as_ref().map_or(0, |w| w.delay_secs),
+                    will_expiry_secs: c.will.as_ref().map_or(0, |w| w.expiry_secs),
                 }
             })
             .collect();
@@ -958,10 +1357,14 @@ impl State {
             clean_sessions,
             last_epoch: self.last_epoch,
             limits: Some(self.config.to_pb()),
+            log_clock_ms: self.log_clock_ms,
+            oversized_messages: self.oversized_messages,
         }
     }
 
-    /// Rebuilds a state from a snapshot (limits included: the defaults when it has none).
+    /// Rebuilds a state from a snapshot (limits included: the defaults when it has none), with
+    /// every index derived from it. A snapshot written before a field existed restores that
+    /// field's default, which means what a 3.1.1 session always meant.
     pub fn from_snapshot(snap: pb::Snapshot) -> State {
         let config = match &snap.limits {
             Some(l) => StateConfig::default().updated(l),
@@ -970,27 +1373,34 @@ impl State {
         let mut state = State::new(config);
         state.applied_index = snap.applied_index;
         state.dropped_messages = snap.dropped_messages;
+        state.oversized_messages = snap.oversized_messages;
         state.last_epoch = snap.last_epoch;
+        state.log_clock_ms = snap.log_clock_ms;
+        let subscription = |r: pb::SubscriptionRecord| {
+            let options = SubOptions::from_record(&r);
+            (Arc::<str>::from(r.filter), options)
+        };
+        let will = |m: Option<pb::AppMessage>, delay_secs, expiry_secs| {
+            m.map(|m| Will {
+                message: Message::from_pb(m),
+                delay_secs,
+                expiry_secs,
+            })
+        };
         for c in snap.clean_sessions {
             let id: Arc<str> = Arc::from(c.client_id.as_str());
-            let subscriptions = c
-                .subscriptions
-                .into_iter()
-                .map(|s| (Arc::from(s.filter.as_str()), qos_of(s.qos)))
-                .collect();
             let owner = Owner {
                 node: c.owner_node,
                 connection: c.owner_connection,
             };
-            let will = c.will.map(Message::from_pb);
             state.clean.insert(
                 id.clone(),
                 CleanSession {
                     client_id: id,
                     owner,
                     epoch: c.epoch,
-                    subscriptions,
-                    will,
+                    subscriptions: c.subscriptions.into_iter().map(subscription).collect(),
+                    will: will(c.will, c.will_delay_secs, c.will_expiry_secs),
                 },
             );
         }
@@ -1005,28 +1415,33 @@ impl State {
                 connection: r.owner_connection,
             });
             s.epoch = r.epoch;
-            for sub in r.subscriptions {
-                let filter: Arc<str> = Arc::from(sub.filter.as_str());
-                let qos = qos_of(sub.qos);
-                state.index.insert(&filter, id.clone(), qos);
-                s.subscriptions.insert(filter, qos);
+            for (filter, options) in r.subscriptions.into_iter().map(subscription) {
+                state.index.insert(&filter, id.clone(), options);
+                s.subscriptions.insert(filter, options);
             }
             for q in r.queue {
                 let Some(m) = q.message else { continue };
                 let message = Message::from_pb(m);
                 s.queued_bytes += message.cost();
-                s.queue.push_back(crate::session::Queued {
+                s.queue.push_back(Queued {
                     seq: q.seq,
                     message,
                     released: q.released,
+                    subscription_ids: q.subscription_ids,
                 });
             }
             s.next_seq = r.next_seq.max(1);
             s.sent_up_to = r.sent_up_to;
             s.inbound = r.inbound.into_iter().map(|p| p as u16).collect();
-            s.will = r.will.map(Message::from_pb);
+            s.will = will(r.will, r.will_delay_secs, r.will_expiry_secs);
+            s.will_due_at_ms = r.will_due_at_ms;
             s.disconnected_at_ms = r.disconnected_at_ms;
             s.username = r.username;
+            s.protocol_level = r.protocol_level.min(u32::from(u8::MAX)) as u8;
+            s.expiry_secs = r.session_expiry_secs;
+            s.receive_maximum = r.receive_maximum;
+            s.maximum_packet_size = r.maximum_packet_size;
+            state.deadlines.insert(&s);
             state.sessions.insert(id, s);
         }
         state

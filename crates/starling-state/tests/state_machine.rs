@@ -70,6 +70,7 @@ impl Log {
             will: None,
             username: String::new(),
             track: false,
+            ..Default::default()
         }));
         match r {
             Some(CommandResult::Connected {
@@ -94,6 +95,7 @@ impl Log {
             filters: vec![pb::SubscriptionRequest {
                 filter: filter.into(),
                 qos,
+                ..Default::default()
             }],
         }))
     }
@@ -131,6 +133,7 @@ impl Log {
             epoch,
             sent_up_to,
             publish_will: will,
+            ..Default::default()
         }))
         .0
     }
@@ -142,6 +145,16 @@ fn msg(topic: &str, payload: &str, qos: u32, retain: bool) -> pb::AppMessage {
         payload: Bytes::from(payload.to_string()),
         qos,
         retain,
+        ..Default::default()
+    }
+}
+
+/// What a 3.1.1 SUBSCRIBE of valid filters gets: the QoS granted, retained messages for all.
+fn subscribed(granted: Vec<QoS>) -> CommandResult {
+    let send_retained = vec![true; granted.len()];
+    CommandResult::Subscribed {
+        granted,
+        send_retained,
     }
 }
 
@@ -194,7 +207,7 @@ fn takeover_kicks_old_owner_and_fences_its_commands() {
     let (r, _) = log.subscribe("c", e1, "a", 1);
     assert_eq!(r, Some(CommandResult::Rejected(Rejection::StaleEpoch)));
     let (r, _) = log.subscribe("c", e2, "a", 1);
-    assert_eq!(r, Some(CommandResult::Subscribed(vec![QoS::AtLeastOnce])));
+    assert_eq!(r, Some(subscribed(vec![QoS::AtLeastOnce])));
 }
 
 #[test]
@@ -420,6 +433,7 @@ fn node_down_disconnects_its_sessions_and_publishes_wills_once() {
         will: Some(msg("will/dying", "gone", 1, true)),
         username: String::new(),
         track: false,
+        ..Default::default()
     }));
     let (_, effects) = log.run(Kind::NodeDown(pb::NodeDown { node_id: 2 }));
     assert_eq!(deliveries(&effects).len(), 1);
@@ -447,6 +461,7 @@ fn takeover_publishes_the_old_connections_will() {
             will: Some(msg("w", "old", 0, true)),
             username: String::new(),
             track: false,
+            ..Default::default()
         })
     };
     log.run(connect(1));
@@ -469,6 +484,7 @@ fn graceful_disconnect_discards_will() {
         will: Some(msg("w", "x", 0, true)),
         username: String::new(),
         track: false,
+        ..Default::default()
     }));
     log.disconnect("c", 1, 0, false);
     assert!(log.state.retained().is_empty());
@@ -520,6 +536,72 @@ fn replayed_entries_are_ignored() {
 
 // ---- Determinism: the same entries give the same state, snapshots restore it exactly ----
 
+/// MQTT 5 properties, or none.
+fn arb_properties() -> impl Strategy<Value = Option<pb::MessageProperties>> {
+    prop_oneof![
+        Just(None),
+        (
+            any::<bool>(),
+            prop_oneof![Just(None), Just(Some("json".to_string()))],
+            0..3usize
+        )
+            .prop_map(|(utf8, content_type, users)| Some(pb::MessageProperties {
+                payload_format_indicator: utf8,
+                content_type,
+                response_topic: None,
+                correlation_data: Some(Bytes::from_static(b"corr")),
+                user_properties: (0..users)
+                    .map(|i| pb::UserProperty {
+                        key: "k".into(),
+                        value: i.to_string(),
+                    })
+                    .collect(),
+            })),
+    ]
+}
+
+/// A Session Expiry Interval as a connect or a disconnect carries it.
+fn arb_expiry() -> impl Strategy<Value = Option<u32>> {
+    prop_oneof![
+        Just(None),
+        Just(Some(0)),
+        Just(Some(1)),
+        Just(Some(3)),
+        Just(Some(u32::MAX))
+    ]
+}
+
+/// An epoch a generated command carries: mostly the client's current one (resolved against the
+/// state when the command is applied, see [`resolve_epochs`]), sometimes any.
+const CURRENT_EPOCH: u64 = u64::MAX;
+
+fn arb_epoch() -> impl Strategy<Value = u64> {
+    prop_oneof![3 => Just(CURRENT_EPOCH), 1 => 0..6u64]
+}
+
+/// Replaces [`CURRENT_EPOCH`] in `kind` with the epoch `state` gives the client now (0 if none).
+fn resolve_epochs(kind: &mut Kind, state: &State) {
+    let current = |id: &str| {
+        state
+            .session(id)
+            .map(|s| s.epoch)
+            .or_else(|| state.clean_session(id).map(|c| c.epoch))
+            .unwrap_or(0)
+    };
+    let (id, epoch) = match kind {
+        Kind::Disconnect(d) => (&d.client_id, &mut d.epoch),
+        Kind::Subscribe(x) => (&x.client_id, &mut x.epoch),
+        Kind::Unsubscribe(x) => (&x.client_id, &mut x.epoch),
+        Kind::Publish(p) => (&p.origin_client, &mut p.origin_epoch),
+        Kind::Release(r) => (&r.client_id, &mut r.epoch),
+        Kind::Ack(a) => (&a.client_id, &mut a.epoch),
+        _ => return,
+    };
+    if *epoch == CURRENT_EPOCH {
+        *epoch = current(id);
+    }
+}
+
 fn arb_kind() -> impl Strategy<Value = Kind> {
     let id = prop_oneof![Just("a"), Just("b"), Just("c")].prop_map(String::from);
     let topic = prop_oneof![Just("x"), Just("x/y"), Just("z"), Just("$s/x")].prop_map(String::from);
@@ -532,36 +614,77 @@ fn arb_kind() -> impl Strategy<Value = Kind> {
         Just("$s/#")
     ]
     .prop_map(String::from);
+    // Expiry instants across the run's timeline (batches move the clock by up to 4 s each).
+    let expires = prop_oneof![Just(0u64), 1..120_000u64];
     prop_oneof![
-        (id.clone(), any::<bool>(), 1..3u64, 1..4u64, any::<bool>()).prop_map(
-            |(c, clean, node, conn, track)| {
-                Kind::Connect(pb::SessionConnect {
-                    client_id: c.clone(),
-                    clean_session: clean,
-                    node_id: node,
-                    connection_id: conn,
-                    will: Some(msg(&format!("will/{c}"), "w", 1, false)),
-                    username: String::new(),
-                    track,
+        (
+            id.clone(),
+            any::<bool>(),
+            1..3u64,
+            1..4u64,
+            any::<bool>(),
+            prop_oneof![Just(4u32), Just(5u32)],
+            arb_expiry(),
+            prop_oneof![Just(0u32), Just(60), Just(1000)],
+            (0..3u32, 0..2u32, any::<bool>()),
+        )
+            .prop_map(
+                |(c, clean, node, conn, track, level, expiry, max_packet, (delay, wexp, will))| {
+                    Kind::Connect(pb::SessionConnect {
+                        client_id: c.clone(),
+                        clean_session: clean,
+                        node_id: node,
+                        connection_id: conn,
+                        will: will.then(|| msg(&format!("will/{c}"), "w", 1, false)),
+                        username: String::new(),
+                        track,
+                        protocol_level: level,
+                        session_expiry_secs: expiry,
+                        receive_maximum: 10,
+                        maximum_packet_size: max_packet,
+                        will_delay_secs: delay,
+                        will_expiry_secs: wexp,
+                    })
+                }
+            ),
+        (
+            id.clone(),
+            arb_epoch(),
+            0..8u64,
+            any::<bool>(),
+            arb_expiry()
+        )
+            .prop_map(|(c, epoch, sent, will, expiry)| {
+                Kind::Disconnect(pb::SessionDisconnect {
+                    client_id: c,
+                    epoch,
+                    sent_up_to: sent,
+                    publish_will: will,
+                    session_expiry_secs: expiry,
                 })
-            }
-        ),
-        (id.clone(), 0..6u64, 0..8u64, any::<bool>()).prop_map(|(c, epoch, sent, will)| {
-            Kind::Disconnect(pb::SessionDisconnect {
-                client_id: c,
-                epoch,
-                sent_up_to: sent,
-                publish_will: will,
-            })
-        }),
-        (id.clone(), 0..6u64, filter.clone(), 0..3u32).prop_map(|(c, epoch, f, qos)| {
-            Kind::Subscribe(pb::Subscribe {
-                client_id: c,
-                epoch,
-                filters: vec![pb::SubscriptionRequest { filter: f, qos }],
-            })
-        }),
-        (id.clone(), 0..6u64, filter).prop_map(|(c, epoch, f)| Kind::Unsubscribe(
+            }),
+        (
+            id.clone(),
+            arb_epoch(),
+            filter.clone(),
+            0..3u32,
+            (any::<bool>(), any::<bool>(), 0..3u32, 0..3u32)
+        )
+            .prop_map(|(c, epoch, f, qos, (no_local, rap, handling, sub_id))| {
+                Kind::Subscribe(pb::Subscribe {
+                    client_id: c,
+                    epoch,
+                    filters: vec![pb::SubscriptionRequest {
+                        filter: f,
+                        qos,
+                        no_local,
+                        retain_as_published: rap,
+                        retain_handling: handling,
+                        subscription_id: sub_id,
+                    }],
+                })
+            }),
+        (id.clone(), arb_epoch(), filter).prop_map(|(c, epoch, f)| Kind::Unsubscribe(
             pb::Unsubscribe {
                 client_id: c,
                 epoch,
@@ -573,27 +696,49 @@ fn arb_kind() -> impl Strategy<Value = Kind> {
             0..3u32,
             any::<bool>(),
             prop_oneof![Just(""), Just("a"), Just("b")],
-            0..6u64,
+            arb_epoch(),
             0..3u32,
-            any::<bool>()
+            any::<bool>(),
+            (
+                arb_properties(),
+                expires,
+                prop_oneof![Just(""), Just("a"), Just("c")]
+            )
         )
-            .prop_map(|(t, qos, retain, origin, epoch, pid, empty)| Kind::Publish(
-                pb::Publish {
-                    message: Some(msg(&t, if empty { "" } else { "p" }, qos, retain)),
-                    origin_client: origin.into(),
-                    origin_epoch: epoch,
-                    packet_id: pid,
-                    fast_path_done: false
+            .prop_map(
+                |(
+                    t,
+                    qos,
+                    retain,
+                    origin,
+                    epoch,
+                    pid,
+                    empty,
+                    (properties, expires_at_ms, publisher),
+                )| {
+                    let message = pb::AppMessage {
+                        properties,
+                        expires_at_ms,
+                        publisher: publisher.into(),
+                        ..msg(&t, if empty { "" } else { "p" }, qos, retain)
+                    };
+                    Kind::Publish(pb::Publish {
+                        message: Some(message),
+                        origin_client: origin.into(),
+                        origin_epoch: epoch,
+                        packet_id: pid,
+                        fast_path_done: false,
+                    })
                 }
-            )),
-        (id.clone(), 0..6u64, 0..3u32).prop_map(|(c, epoch, pid)| Kind::Release(
+            ),
+        (id.clone(), arb_epoch(), 0..3u32).prop_map(|(c, epoch, pid)| Kind::Release(
             pb::ReleaseInbound {
                 client_id: c,
                 epoch,
                 packet_id: pid
             }
         )),
-        (id.clone(), 0..6u64, 0..8u64, 1..4i32).prop_map(|(c, epoch, seq, kind)| Kind::Ack(
+        (id.clone(), arb_epoch(), 0..8u64, 1..4i32).prop_map(|(c, epoch, seq, kind)| Kind::Ack(
             pb::OutboundAck {
                 client_id: c,
                 epoch,
@@ -618,28 +763,61 @@ fn arb_kind() -> impl Strategy<Value = Kind> {
                     max_queued_bytes: b,
                 }),
             })),
+        Just(Kind::Tick(pb::Tick {})),
+    ]
+}
+
+/// How far each batch's timestamp moves from the previous one's: mostly forward, by up to 4 s
+/// (expiries and will delays of a few seconds pass within a run), sometimes back (a proposer
+/// whose clock is behind: the log's clock never goes back).
+fn arb_step() -> impl Strategy<Value = i64> {
+    prop_oneof![
+        Just(0i64),
+        Just(10),
+        Just(500),
+        Just(1500),
+        Just(4000),
+        Just(-3000)
     ]
 }
 
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(256))]
     #[test]
-    fn same_log_same_state_and_snapshot_restores_it(kinds in proptest::collection::vec(arb_kind(), 1..60), cut in 0usize..60) {
+    fn same_log_same_state_and_snapshot_restores_it(
+        kinds in proptest::collection::vec((arb_kind(), arb_step()), 1..60),
+        cut in 0usize..60,
+    ) {
         let config = StateConfig { max_queued_messages: 3, max_inflight: 2, max_queued_bytes: 1 << 20 };
-        let batches: Vec<pb::Batch> = kinds.into_iter().enumerate().map(|(i, k)| pb::Batch {
-            node_id: 1, incarnation: 1, timestamp_ms: i as u64 * 10,
-            commands: vec![pb::Command { request_id: i as u64 + 1, kind: Some(k) }],
+        let mut clock: i64 = 10_000;
+        let mut batches: Vec<pb::Batch> = kinds.into_iter().enumerate().map(|(i, (k, step))| {
+            clock += step;
+            pb::Batch {
+                node_id: 1, incarnation: 1, timestamp_ms: clock as u64,
+                commands: vec![pb::Command { request_id: i as u64 + 1, kind: Some(k) }],
+            }
         }).collect();
         let mut a = State::new(config.clone());
         let mut b = State::new(config.clone());
         let mut fa = Vec::new();
         let mut fb = Vec::new();
         let cut = cut.min(batches.len());
-        for (i, batch) in batches.iter().enumerate() {
+        for (i, batch) in batches.iter_mut().enumerate() {
+            for c in &mut batch.commands {
+                if let Some(k) = c.kind.as_mut() {
+                    resolve_epochs(k, &a);
+                }
+            }
+            let batch = &*batch;
             a.apply(i as u64 + 1, batch, &mut fa);
+            prop_assert_eq!(a.check_derived(), Ok(()), "after entry {}", i + 1);
+            prop_assert!(a.log_clock_ms() >= batch.timestamp_ms);
+            prop_assert!(a.next_deadline_ms().is_none_or(|d| d > a.log_clock_ms()), "a passed deadline stays behind");
             if i == cut {
                 // b restarts from a snapshot taken here, as a node catching up would.
                 b = State::decode_snapshot(a.encode_snapshot()).unwrap();
+                prop_assert_eq!(b.check_derived(), Ok(()), "restored at entry {}", i + 1);
+                prop_assert_eq!(b.digest(), a.digest());
                 fb = fa.clone();
             } else {
                 b.apply(i as u64 + 1, batch, &mut fb);
@@ -649,13 +827,20 @@ proptest! {
         prop_assert_eq!(a.to_snapshot(), b.to_snapshot());
         prop_assert_eq!(a.stats(), b.stats());
         prop_assert_eq!(a.config(), b.config(), "the limits travel in the snapshot");
-        prop_assert_eq!(a.check_index(), Ok(()));
-        prop_assert_eq!(b.check_index(), Ok(()));
+        prop_assert_eq!(a.next_deadline_ms(), b.next_deadline_ms());
+        prop_assert_eq!(&fa, &fb, "the restored state has the same effects from there on");
+        prop_assert_eq!(a.check_derived(), Ok(()));
+        prop_assert_eq!(b.check_derived(), Ok(()));
         // Invariants: queue ordered, bytes accounted, in-flight ids distinct.
         for s in a.sessions() {
             prop_assert!(s.queue.iter().zip(s.queue.iter().skip(1)).all(|(x, y)| x.seq < y.seq));
             prop_assert_eq!(s.queued_bytes, s.queue.iter().map(|q| q.message.cost()).sum::<usize>());
             prop_assert!(s.queue.len() <= a.config().max_queued_messages + a.config().max_inflight);
+            prop_assert!(s.queue.iter().all(|q| q.subscription_ids.windows(2).all(|w| w[0] < w[1])));
+            // A connected session has no expiry deadline.
+            if s.owner.is_some() {
+                prop_assert!(s.expires_at_ms().is_none());
+            }
         }
     }
 }
@@ -677,6 +862,7 @@ fn tracked(
         will,
         username: String::new(),
         track: true,
+        ..Default::default()
     }));
     match r {
         Some(CommandResult::Connected {
@@ -694,11 +880,11 @@ fn tracked_clean_session_routes_without_queueing_and_ends_at_disconnect() {
     let (e, _) = tracked(&mut log, "c", 2, 9, None);
     assert!(e > 0);
     let (r, effects) = log.subscribe("c", e, "t/#", 1);
-    assert_eq!(r, Some(CommandResult::Subscribed(vec![QoS::AtLeastOnce])));
+    assert_eq!(r, Some(subscribed(vec![QoS::AtLeastOnce])));
     assert!(effects.contains(&Effect::RouteAdd {
         client_id: "c".into(),
         filter: "t/#".into(),
-        qos: QoS::AtLeastOnce,
+        options: starling_state::SubOptions::qos(QoS::AtLeastOnce),
         durable: false
     }));
     // Not a durable target: nothing is queued for it.
@@ -725,6 +911,7 @@ fn persistent_on(
         will,
         username: String::new(),
         track: false,
+        ..Default::default()
     }));
     match r {
         Some(CommandResult::Connected {

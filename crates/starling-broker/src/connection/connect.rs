@@ -212,6 +212,7 @@ impl Connection {
             will: c.will.clone(),
             username: username.clone(),
             peer: self.peer,
+            session: None,
         };
         let (tx, rx) = oneshot::channel();
         self.worker.store.do_send(ConnectRequest {

@@ -541,6 +541,7 @@ mod tests {
             payload: bytes::Bytes::from_static(b"x"),
             qos,
             retain,
+            ..AppMessage::default()
         }
     }
 
@@ -557,6 +558,7 @@ mod tests {
             dup,
             released,
             message: m(qos, false),
+            subscription_ids: Vec::new(),
         }
     }
 

@@ -306,6 +306,7 @@ impl Actor for Connection {
                     payload: w.payload.clone(),
                     qos: w.qos,
                     retain: w.retain,
+                    ..AppMessage::default()
                 };
                 self.worker.router.do_send(Route {
                     from: None,

@@ -338,6 +338,7 @@ mod tests {
             payload: bytes::Bytes::from_static(p.as_bytes()),
             qos,
             retain: false,
+            ..AppMessage::default()
         }
     }
 
@@ -422,6 +423,7 @@ mod tests {
             dup: false,
             released,
             message: m(qos, "x"),
+            subscription_ids: Vec::new(),
         }
     }
 

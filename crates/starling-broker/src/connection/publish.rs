@@ -47,6 +47,7 @@ impl Connection {
             payload: p.payload,
             qos: p.qos,
             retain: p.retain,
+            ..AppMessage::default()
         };
         match s.flow.on_publish(p.packet_id, message) {
             Inbound::Routed { token } => {

@@ -13,7 +13,9 @@ use actix::Addr;
 use bytes::Bytes;
 use bytestring::ByteString;
 use starling_codec::QoS;
-use starling_state::{pb, FastMap, Message as AppMessage, RetainedStore, State, StateConfig};
+use starling_state::{
+    pb, FastMap, Message as AppMessage, RetainedStore, State, StateConfig, SubOptions,
+};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tracing::{error, info, warn};
@@ -182,6 +184,10 @@ pub struct StoreCore<C = Addr<Connection>> {
     pub(crate) recovered: bool,
     /// Last time a full session queue was logged (rate limit).
     pub(crate) last_queue_full_log: Option<Instant>,
+    /// A `Tick` proposed by this node has not applied (or failed) yet: no other is proposed.
+    pub(crate) tick_in_flight: bool,
+    /// Last time a message over a client's Maximum Packet Size was logged (rate limit).
+    pub(crate) last_oversized_log: Option<Instant>,
     /// Clustered mode: clean sessions are recorded in the replicated state too.
     pub(crate) track_clean: bool,
     /// Entries proposed and not yet committed, decoded (only for a log that commits them as
@@ -259,6 +265,8 @@ impl<C: Clone> StoreCore<C> {
             ready: Some(ready),
             recovered: false,
             last_queue_full_log: None,
+            tick_in_flight: false,
+            last_oversized_log: None,
             track_clean,
             decoded: VecDeque::new(),
             self_down: SelfDown::Done,
@@ -465,6 +473,8 @@ impl<C: Clone> StoreCore<C> {
             // A single node's own log: proposed again (nothing listens until it applies).
             Waiter::StartLimits => self.propose_start_limits(),
             Waiter::Retained => {}
+            // Proposed again at a later tick if the deadline is still ahead of the log.
+            Waiter::Tick => self.tick_in_flight = false,
         }
     }
 
@@ -751,7 +761,7 @@ impl<C: Clone> StoreCore<C> {
     // ---- timers ----
 
     /// The periodic work (every half second): fail requests that waited past the commit timeout,
-    /// propose again what must apply, flush.
+    /// propose again what must apply, move the log's clock past a deadline, flush.
     pub fn tick(&mut self) {
         let deadline = self.now - self.config.commit_timeout();
         for w in self.proposals.expire(deadline) {
@@ -762,9 +772,35 @@ impl<C: Clone> StoreCore<C> {
             self.retry_at = None;
             self.retry();
         }
+        self.propose_tick_if_due();
         if !self.proposals.is_empty() {
             self.flush();
         }
+    }
+
+    /// Proposes a `Tick` once this node's clock has passed the state's next deadline (a session
+    /// expiry, a delayed will, a retained message's expiry): the state machine passes deadlines
+    /// only as entries move the log's clock (starling_state's "Log time"), and nothing else may
+    /// be logged for a while. Only the node whose log takes proposals at once proposes it (a
+    /// single node, or a cluster's leader: followers would only forward duplicates), one at a
+    /// time; any other entry that applies meanwhile passes the deadline just as well.
+    fn propose_tick_if_due(&mut self) {
+        if self.tick_in_flight || !self.recovered {
+            return;
+        }
+        let Some(due) = self.state.next_deadline_ms() else {
+            return;
+        };
+        if self.wall_ms < due || !matches!(self.log.status().role, "single" | "leader") {
+            return;
+        }
+        tracing::debug!(
+            due,
+            log_clock = self.state.log_clock_ms(),
+            "proposing a tick: the log's clock is to pass a deadline"
+        );
+        self.tick_in_flight = true;
+        self.propose(pb::command::Kind::Tick(pb::Tick {}), Some(Waiter::Tick));
     }
 
     /// Proposes again this node's `NodeDown` and the ends of connections whose proposal failed.
@@ -819,12 +855,14 @@ impl<C: Clone> StoreCore<C> {
             epoch,
             sent_up_to: c.sent_up_to,
             publish_will: c.publish_will,
+            session_expiry_secs: None,
         });
         self.propose(kind, Some(Waiter::Closing { client_id, epoch }));
     }
 
-    /// Proposes the removal of persistent sessions offline for longer than the expiry (every
-    /// ten seconds), and reconciles the registry with the state.
+    /// Proposes the removal of 3.1 / 3.1.1 persistent sessions offline for longer than the
+    /// configured expiry (every ten seconds), and reconciles the registry with the state. (An
+    /// MQTT 5 session carries its own expiry, which the state machine applies in log time.)
     pub fn expire_sessions(&mut self) {
         if self.config.session_expiry_secs > 0 {
             let expiry = self.config.session_expiry_secs * 1000;
@@ -832,7 +870,11 @@ impl<C: Clone> StoreCore<C> {
             let mut expired: Vec<(String, u64)> = self
                 .state
                 .sessions()
-                .filter(|s| s.owner.is_none() && s.disconnected_at_ms + expiry < now_ms)
+                .filter(|s| {
+                    s.owner.is_none()
+                        && s.expiry_secs.is_none()
+                        && s.disconnected_at_ms + expiry < now_ms
+                })
                 .map(|s| (s.client_id.to_string(), s.disconnected_at_ms))
                 .collect();
             expired.sort_unstable();
@@ -888,16 +930,20 @@ impl<C: Clone> StoreCore<C> {
                 epoch: 0,
             },
         );
-        let clean = req.info.clean_session;
+        let clean_start = req.info.clean_session;
+        let stored = self.state.session(&id).is_some();
+        // A clean session ends with its connection: Clean Session (3.1, 3.1.1), or an MQTT 5
+        // Session Expiry Interval of 0 that does not resume a stored session (one resumed ends
+        // with this connection, by the state machine).
+        let clean = match req.info.session {
+            None => clean_start,
+            Some(v5) => v5.expiry_secs == 0 && (clean_start || !stored),
+        };
         // On a single node a clean session never enters the replicated state (unless it must
         // discard a stored session); in a cluster it is recorded so that every node can route
         // to it, take it over, and publish its will if this node dies.
         let track = clean && self.track_clean;
-        if clean
-            && !track
-            && self.state.session(&id).is_none()
-            && !self.connecting.contains_key(&id)
-        {
+        if clean && !track && !stored && !self.connecting.contains_key(&id) {
             self.out.replies.push(Reply::Connect {
                 reply: req.reply,
                 outcome: ConnectOutcome::Accepted {
@@ -925,13 +971,15 @@ impl<C: Clone> StoreCore<C> {
                     payload: w.payload.clone(),
                     qos: w.qos,
                     retain: w.retain,
+                    ..AppMessage::default()
                 }
                 .to_pb()
             })
         };
+        let v5 = req.info.session.unwrap_or_default();
         let kind = pb::command::Kind::Connect(pb::SessionConnect {
             client_id: id.to_string(),
-            clean_session: clean,
+            clean_session: clean_start,
             node_id: self.node_id,
             connection_id: req.target.conn_id,
             will,
@@ -941,12 +989,20 @@ impl<C: Clone> StoreCore<C> {
                 .as_ref()
                 .map_or(String::new(), |u| u.to_string()),
             track,
+            protocol_level: match req.info.session {
+                Some(_) => 5,
+                None => u32::from(req.info.protocol.level()),
+            },
+            session_expiry_secs: req.info.session.map(|s| s.expiry_secs),
+            receive_maximum: v5.receive_maximum,
+            maximum_packet_size: v5.maximum_packet_size,
+            will_delay_secs: v5.will_delay_secs,
+            will_expiry_secs: v5.will_expiry_secs,
         });
         let waiter = Waiter::Connect {
             reply: req.reply,
             target: req.target,
             client_id: id,
-            local: clean && !track,
         };
         self.propose(kind, Some(waiter));
     }
@@ -1006,7 +1062,7 @@ impl<C: Clone> StoreCore<C> {
                     self.broadcast(RouteUpdate::Add {
                         key: req.key,
                         filter: filter.clone(),
-                        qos: *qos,
+                        options: SubOptions::qos(*qos),
                         durable: false,
                         target: Some(RouteTarget::Local(req.target.clone())),
                     });
@@ -1043,6 +1099,7 @@ impl<C: Clone> StoreCore<C> {
                 .map(|(f, q)| pb::SubscriptionRequest {
                     filter: f.to_string(),
                     qos: u32::from(q.as_u8()),
+                    ..pb::SubscriptionRequest::default()
                 })
                 .collect(),
         });
@@ -1115,6 +1172,7 @@ impl<C: Clone> StoreCore<C> {
                     epoch,
                     sent_up_to,
                     publish_will: false,
+                    session_expiry_secs: None,
                 });
                 self.propose(kind, Some(Waiter::Disconnect(reply)));
             }

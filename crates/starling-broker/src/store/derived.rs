@@ -17,8 +17,7 @@
 use std::sync::Arc;
 
 use bytestring::ByteString;
-use starling_codec::QoS;
-use starling_state::Owner;
+use starling_state::{Owner, SubOptions};
 use tracing::info;
 
 use super::core::{mutated, Closing, StoreCore};
@@ -62,9 +61,9 @@ impl<C: Clone> StoreCore<C> {
     /// The router shards' subscriptions of sessions, replaced by those the state gives.
     fn rebuild_routes(&mut self) {
         /// A session as the rebuild needs it: id, owner, durable (persistent), subscriptions.
-        type Row = (Arc<str>, Option<Owner>, bool, Vec<(Arc<str>, QoS)>);
-        let subs = |m: &std::collections::BTreeMap<Arc<str>, QoS>| -> Vec<(Arc<str>, QoS)> {
-            m.iter().map(|(f, q)| (f.clone(), *q)).collect()
+        type Row = (Arc<str>, Option<Owner>, bool, Vec<(Arc<str>, SubOptions)>);
+        let subs = |m: &std::collections::BTreeMap<Arc<str>, SubOptions>| {
+            m.iter().map(|(f, o)| (f.clone(), *o)).collect()
         };
         let rows: Vec<Row> = self
             .state
@@ -83,11 +82,11 @@ impl<C: Clone> StoreCore<C> {
         for (client_id, owner, durable, subs) in rows {
             let key = self.key_of(&client_id);
             let target = owner.and_then(|o| self.route_target(&client_id, o));
-            for (filter, qos) in subs {
+            for (filter, options) in subs {
                 entries.push(RouteEntry {
                     key,
                     filter,
-                    qos,
+                    options,
                     durable,
                     target: target.clone(),
                 });
@@ -105,18 +104,19 @@ impl<C: Clone> StoreCore<C> {
     /// The subscriptions of sessions a rebuild from the state gives now, sorted.
     pub fn expected_routes(&self) -> Vec<ExpectedRoute> {
         let mut out = Vec::new();
-        let mut add = |client_id: &Arc<str>,
-                       owner: Option<Owner>,
-                       durable: bool,
-                       subs: &mut dyn Iterator<Item = (&Arc<str>, &QoS)>| {
-            let key = self.keys.get(client_id).copied().unwrap_or(0);
-            let target = owner
-                .and_then(|o| self.route_target(client_id, o))
-                .map(|t| t.id());
-            for (filter, qos) in subs {
-                out.push((key, filter.clone(), *qos, durable, target));
-            }
-        };
+        let mut add =
+            |client_id: &Arc<str>,
+             owner: Option<Owner>,
+             durable: bool,
+             subs: &mut dyn Iterator<Item = (&Arc<str>, &SubOptions)>| {
+                let key = self.keys.get(client_id).copied().unwrap_or(0);
+                let target = owner
+                    .and_then(|o| self.route_target(client_id, o))
+                    .map(|t| t.id());
+                for (filter, options) in subs {
+                    out.push((key, filter.clone(), *options, durable, target));
+                }
+            };
         for s in self.state.sessions() {
             add(&s.client_id, s.owner, true, &mut s.subscriptions.iter());
         }
@@ -144,7 +144,7 @@ impl<C: Clone> StoreCore<C> {
         reply: Option<tokio::sync::mpsc::Sender<Result<(), String>>>,
     ) -> Result<(), String> {
         self.since_check = 0;
-        let outcome = self.state.check_index().and_then(|()| self.check_keys());
+        let outcome = self.state.check_derived().and_then(|()| self.check_keys());
         if let (Err(e), None) = (&outcome, &reply) {
             crate::router::derived_index_differs("session store", e);
         }

@@ -175,6 +175,7 @@ impl<C: Clone> StoreCore<C> {
                 owner,
                 epoch,
                 message,
+                subscription_ids: _,
             } => {
                 if let Some(t) = self.local_target(&client_id, owner) {
                     out.conn(&t, Some(epoch)).qos0.push(message);
@@ -215,7 +216,7 @@ impl<C: Clone> StoreCore<C> {
             Effect::RouteAdd {
                 client_id,
                 filter,
-                qos,
+                options,
                 durable,
             } => {
                 let key = self.key_of(&client_id);
@@ -225,7 +226,7 @@ impl<C: Clone> StoreCore<C> {
                 self.broadcast(RouteUpdate::Add {
                     key,
                     filter,
-                    qos,
+                    options,
                     durable,
                     target,
                 });
@@ -307,6 +308,22 @@ impl<C: Clone> StoreCore<C> {
                         "session queue full for client {client_id} (limits max_queued_messages / max_queued_bytes); dropping new messages");
                 }
             }
+            Effect::PacketTooLarge {
+                client_id,
+                size,
+                limit,
+            } => {
+                // Counted in the state (oversized_messages); logged at most every 10 s.
+                let now = self.now;
+                if self
+                    .last_oversized_log
+                    .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(10))
+                {
+                    self.last_oversized_log = Some(now);
+                    warn!(client_id = %client_id, size, limit,
+                        "message of {size} bytes for client {client_id} exceeds the Maximum Packet Size it accepts ({limit}); dropped");
+                }
+            }
         }
     }
 
@@ -330,7 +347,6 @@ impl<C: Clone> StoreCore<C> {
                 reply,
                 target,
                 client_id,
-                local,
             } => {
                 self.connect_done(&client_id);
                 let CommandResult::Connected {
@@ -343,6 +359,10 @@ impl<C: Clone> StoreCore<C> {
                     let _ = reply.send(ConnectOutcome::Unavailable);
                     return;
                 };
+                // Epoch 0: an untracked clean session (single node), keyed by its connection in
+                // the router. Decided by the state machine: an MQTT 5 CONNECT that meant to
+                // resume a stored session gets a clean one if the session went meanwhile.
+                let local = epoch == 0;
                 let key = if local {
                     target.conn_id
                 } else {
@@ -376,7 +396,7 @@ impl<C: Clone> StoreCore<C> {
                 clean,
             } => {
                 let outcome = match result {
-                    CommandResult::Subscribed(granted) => {
+                    CommandResult::Subscribed { granted, .. } => {
                         // A persistent session's replicated retained messages arrive as
                         // deliveries; a clean session gets them here; `$SYS` ones are local.
                         SubscribeOutcome::Done {
@@ -421,6 +441,7 @@ impl<C: Clone> StoreCore<C> {
             }
             Waiter::StartLimits => self.start_limits_applied(),
             Waiter::Retained => {}
+            Waiter::Tick => self.tick_in_flight = false,
         }
     }
 }

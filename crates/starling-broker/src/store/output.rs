@@ -21,7 +21,7 @@ pub enum ShardMessage<C = Addr<Connection>> {
     FastPath {
         /// The shard (`router::shard_of` of the messages' topic).
         shard: usize,
-        /// Messages in order, RETAIN cleared.
+        /// Messages in order, RETAIN as published (every delivery clears it).
         messages: Vec<AppMessage>,
     },
 }

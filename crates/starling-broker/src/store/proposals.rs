@@ -21,8 +21,6 @@ pub(crate) enum Waiter<C = Addr<Connection>> {
         reply: oneshot::Sender<ConnectOutcome>,
         target: Target<C>,
         client_id: ByteString,
-        /// An untracked clean session (single node): keyed by its connection in the router.
-        local: bool,
     },
     /// SUBSCRIBE of a persistent or tracked clean session.
     Subscribe {
@@ -54,6 +52,9 @@ pub(crate) enum Waiter<C = Addr<Connection>> {
     /// A single node's configured limits, proposed at start: the node reports itself ready
     /// (and listens) once they apply, so that no connection runs under the previous ones.
     StartLimits,
+    /// A `Tick` that moves the log's clock past a deadline (see `StoreCore::tick`): nobody
+    /// waits, but only one is in flight at a time.
+    Tick,
 }
 
 impl<C> Waiter<C> {
@@ -71,6 +72,7 @@ impl<C> Waiter<C> {
             Waiter::Limits(_) => "limits",
             Waiter::Retained => "retained",
             Waiter::StartLimits => "start limits",
+            Waiter::Tick => "tick",
         }
     }
 }
@@ -299,6 +301,7 @@ mod tests {
                 payload: Bytes::from(vec![0u8; bytes]),
                 qos: 1,
                 retain: true,
+                ..pb::AppMessage::default()
             }),
             ..pb::Publish::default()
         })

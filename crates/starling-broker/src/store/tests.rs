@@ -26,6 +26,8 @@ struct TestLog {
     proposed: Arc<Mutex<Vec<Bytes>>>,
     /// Snapshots handed to the log: (index, size).
     snapshots: Arc<Mutex<Vec<(u64, usize)>>>,
+    /// The role its status reports.
+    role: Arc<Mutex<&'static str>>,
 }
 
 impl ReplicatedLog for TestLog {
@@ -40,7 +42,10 @@ impl ReplicatedLog for TestLog {
         self.snapshots.lock().unwrap().push((index, data.len()));
     }
     fn status(&self) -> LogStatus {
-        LogStatus::default()
+        LogStatus {
+            role: *self.role.lock().unwrap(),
+            ..LogStatus::default()
+        }
     }
     fn shutdown(&mut self, _: oneshot::Sender<()>) {}
 }
@@ -154,6 +159,16 @@ impl Node {
     }
 
     fn connect(&mut self, id: &str, conn: u64, clean: bool) -> oneshot::Receiver<ConnectOutcome> {
+        self.connect_with(id, conn, clean, None)
+    }
+
+    fn connect_with(
+        &mut self,
+        id: &str,
+        conn: u64,
+        clean: bool,
+        session: Option<SessionSettings>,
+    ) -> oneshot::Receiver<ConnectOutcome> {
         let (tx, rx) = oneshot::channel();
         self.core.connect(ConnectRequest {
             target: Target {
@@ -167,6 +182,7 @@ impl Node {
                 will: None,
                 username: None,
                 peer: "127.0.0.1:1".parse().unwrap(),
+                session,
             },
             reply: tx,
         });
@@ -198,6 +214,7 @@ fn connect_cmd(id: &str, node: u64, conn: u64, clean: bool) -> pb::command::Kind
         will: None,
         username: String::new(),
         track: clean,
+        ..pb::SessionConnect::default()
     })
 }
 
@@ -208,6 +225,7 @@ fn subscribe_cmd(id: &str, epoch: u64, filter: &str) -> pb::command::Kind {
         filters: vec![pb::SubscriptionRequest {
             filter: filter.into(),
             qos: 1,
+            ..pb::SubscriptionRequest::default()
         }],
     })
 }
@@ -538,6 +556,7 @@ fn a_durable_publish_larger_than_an_entry_is_refused_for_its_publisher_alone() {
         payload: Bytes::from(vec![0u8; 2 << 20]),
         qos: QoS::AtLeastOnce,
         retain: true,
+        ..starling_state::Message::default()
     };
     let small = starling_state::Message {
         payload: Bytes::from_static(b"ok"),
@@ -696,6 +715,7 @@ fn retained_item(payload: &'static [u8]) -> DurableItem<u64> {
             payload: Bytes::from_static(payload),
             qos: QoS::AtMostOnce,
             retain: true,
+            ..starling_state::Message::default()
         },
         reply: None,
     }
@@ -778,6 +798,7 @@ fn snapshots_follow_bytes_logged_at_least_the_size_of_the_state() {
             payload: Bytes::from(vec![b'x'; 1000]),
             qos: QoS::AtMostOnce,
             retain: true,
+            ..starling_state::Message::default()
         },
         reply: None,
     };
@@ -803,4 +824,235 @@ fn snapshots_follow_bytes_logged_at_least_the_size_of_the_state() {
     }
     // The state of 100 messages is about 100 KB: far fewer snapshots than 100 KB / 10 KB.
     assert!(snaps.len() <= 6, "{snaps:?}");
+}
+
+fn ticks(batches: &[pb::Batch]) -> usize {
+    batches
+        .iter()
+        .flat_map(|b| &b.commands)
+        .filter(|c| matches!(c.kind, Some(pb::command::Kind::Tick(_))))
+        .count()
+}
+
+#[test]
+fn the_leader_proposes_one_tick_when_its_clock_passes_the_next_deadline() {
+    let mut n = Node::new(1, true, BrokerConfig::default());
+    n.core.on_log_event(LogEvent::Recovered);
+    n.pump();
+    // An MQTT 5 session on node 2 that ends 2 s after its connection (log time 1).
+    let connect = pb::command::Kind::Connect(pb::SessionConnect {
+        protocol_level: 5,
+        session_expiry_secs: Some(2),
+        ..match connect_cmd("s", 2, 5, false) {
+            pb::command::Kind::Connect(c) => c,
+            _ => unreachable!(),
+        }
+    });
+    n.commit(vec![batch(2, vec![connect])]);
+    let epoch = n.core.state().session("s").unwrap().epoch;
+    let disconnect = pb::command::Kind::Disconnect(pb::SessionDisconnect {
+        client_id: "s".into(),
+        epoch,
+        ..Default::default()
+    });
+    n.commit(vec![batch(2, vec![disconnect])]);
+    assert_eq!(n.core.state().next_deadline_ms(), Some(2_001));
+    n.at(0);
+    for role in ["follower", "candidate"] {
+        *n.log.role.lock().unwrap() = role;
+        n.core.tick();
+        n.pump();
+        assert_eq!(ticks(&n.log.take()), 0, "a {role} proposes none");
+    }
+    *n.log.role.lock().unwrap() = "leader";
+    n.core.tick();
+    n.pump();
+    n.core.tick();
+    n.pump();
+    let proposed = n.log.take();
+    assert_eq!(ticks(&proposed), 1, "one in flight at a time");
+    // It fails (a leader change): proposed again at the next tick.
+    n.core.on_log_event(LogEvent::LeaderChanged {
+        leader: Some(1),
+        term: 2,
+    });
+    n.core.tick();
+    n.pump();
+    let proposed = n.log.take();
+    assert_eq!(ticks(&proposed), 1);
+    n.commit(proposed);
+    assert!(n.core.state().session("s").is_none(), "expired on the tick");
+    assert_eq!(n.core.state().next_deadline_ms(), None);
+    assert_eq!(n.check(), Ok(()));
+    n.core.tick();
+    n.pump();
+    assert_eq!(ticks(&n.log.take()), 0, "nothing left to pass");
+}
+
+#[test]
+fn a_single_node_ticks_through_its_log_and_3_1_1_sessions_keep_the_configured_expiry() {
+    let config = BrokerConfig {
+        session_expiry_secs: 60,
+        ..BrokerConfig::default()
+    };
+    let mut n = Node::new(1, false, config);
+    *n.log.role.lock().unwrap() = "single";
+    n.core.on_log_event(LogEvent::Recovered);
+    n.commit_proposed();
+    let v5 = pb::command::Kind::Connect(pb::SessionConnect {
+        protocol_level: 5,
+        session_expiry_secs: Some(u32::MAX),
+        ..match connect_cmd("five", 2, 5, false) {
+            pb::command::Kind::Connect(c) => c,
+            _ => unreachable!(),
+        }
+    });
+    n.commit(vec![batch(
+        2,
+        vec![
+            v5,
+            connect_cmd("three", 2, 6, false),
+            connect_cmd("short", 2, 7, false),
+        ],
+    )]);
+    n.commit(vec![batch(
+        2,
+        vec![pb::command::Kind::NodeDown(pb::NodeDown { node_id: 2 })],
+    )]);
+    // The configured expiry (60 s) applies to the 3.1.1 sessions only.
+    n.at(61_000);
+    n.core.expire_sessions();
+    n.pump();
+    let drops: Vec<String> = n
+        .log
+        .take()
+        .iter()
+        .flat_map(|b| &b.commands)
+        .filter_map(|c| match &c.kind {
+            Some(pb::command::Kind::DropSession(d)) => Some(d.client_id.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(drops, vec!["short".to_string(), "three".to_string()]);
+    assert_eq!(
+        n.core.state().next_deadline_ms(),
+        None,
+        "u32::MAX never expires"
+    );
+    // A retained message that expires: the single node's own log carries the tick.
+    let retained = pb::command::Kind::Publish(pb::Publish {
+        message: Some(pb::AppMessage {
+            topic: "r".into(),
+            payload: Bytes::from_static(b"x"),
+            retain: true,
+            expires_at_ms: 1_062_000,
+            ..pb::AppMessage::default()
+        }),
+        fast_path_done: true,
+        ..pb::Publish::default()
+    });
+    n.commit(vec![batch(2, vec![retained])]);
+    assert_eq!(n.core.state().next_deadline_ms(), Some(1_062_000));
+    n.at(61_999);
+    n.core.tick();
+    n.pump();
+    assert_eq!(ticks(&n.log.take()), 0, "not yet due");
+    n.at(62_000);
+    n.core.tick();
+    let proposed = {
+        n.pump();
+        n.log.take()
+    };
+    assert_eq!(ticks(&proposed), 1);
+    n.commit(proposed);
+    assert!(n.core.state().retained().is_empty());
+    assert_eq!(n.check(), Ok(()));
+}
+
+fn connects(batches: &[pb::Batch]) -> Vec<pb::SessionConnect> {
+    batches
+        .iter()
+        .flat_map(|b| &b.commands)
+        .filter_map(|c| match &c.kind {
+            Some(pb::command::Kind::Connect(c)) => Some(c.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn an_mqtt5_connect_is_persistent_by_its_expiry_and_carries_its_settings() {
+    let mut n = Node::new(1, false, BrokerConfig::default());
+    n.core.on_log_event(LogEvent::Recovered);
+    n.commit_proposed();
+    let v5 = |expiry_secs| {
+        Some(SessionSettings {
+            expiry_secs,
+            receive_maximum: 10,
+            maximum_packet_size: 4096,
+            will_delay_secs: 5,
+            will_expiry_secs: 60,
+        })
+    };
+    // Expiry 0 and nothing stored: a clean session, served without the log on a single node.
+    let mut rx = n.connect_with("zero", 1, false, v5(0));
+    n.pump();
+    assert!(matches!(
+        rx.try_recv(),
+        Ok(ConnectOutcome::Accepted { epoch: 0, .. })
+    ));
+    assert!(n.log.take().is_empty());
+    // Clean Start with an expiry: a new persistent session, through the log.
+    let mut rx = n.connect_with("kept", 2, true, v5(300));
+    n.pump();
+    let proposed = n.log.take();
+    let c = &connects(&proposed)[0];
+    assert_eq!(
+        (c.protocol_level, c.session_expiry_secs, c.clean_session),
+        (5, Some(300), true)
+    );
+    assert_eq!(
+        (
+            c.receive_maximum,
+            c.maximum_packet_size,
+            c.will_delay_secs,
+            c.will_expiry_secs
+        ),
+        (10, 4096, 5, 60)
+    );
+    n.commit(proposed);
+    assert!(matches!(
+        rx.try_recv(),
+        Ok(ConnectOutcome::Accepted { session_present: false, epoch, .. }) if epoch > 0
+    ));
+    let epoch = n.core.state().session("kept").unwrap().epoch;
+    n.core.connection_closed(ConnectionClosed {
+        conn_id: 2,
+        client_id: "kept".into(),
+        key: 0,
+        epoch,
+        persistent: true,
+        publish_will: false,
+        sent_up_to: 0,
+        filters: Vec::new(),
+    });
+    n.commit_proposed();
+    // Expiry 0 without Clean Start resumes the stored session (which ends with it).
+    let mut rx = n.connect_with("kept", 3, false, v5(0));
+    n.pump();
+    let proposed = n.log.take();
+    assert_eq!(connects(&proposed)[0].session_expiry_secs, Some(0));
+    n.commit(proposed);
+    assert!(matches!(
+        rx.try_recv(),
+        Ok(ConnectOutcome::Accepted {
+            session_present: true,
+            ..
+        })
+    ));
+    // A 3.1.1 CONNECT carries none of it.
+    n.connect("old", 4, false);
+    n.pump();
+    let c = &connects(&n.log.take())[0];
+    assert_eq!((c.protocol_level, c.session_expiry_secs), (4, None));
 }
