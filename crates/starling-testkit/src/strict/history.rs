@@ -60,7 +60,8 @@ pub enum Event {
         /// CONNACK code, IO error or timeout.
         why: String,
     },
-    /// The connection ended (socket error, close, silence, or [`Release::Reconnect`]).
+    /// The connection ended (socket error, close, silence, or
+    /// [`Release::Reconnect`](super::Release::Reconnect)).
     Lost {
         /// The node.
         node: SocketAddr,
