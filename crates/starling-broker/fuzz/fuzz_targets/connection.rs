@@ -104,7 +104,8 @@ impl ReplicatedLog for MemLog {
         }
     }
 
-    fn shutdown(&mut self) {}
+    // Nothing to write: dropping `_done` answers it.
+    fn shutdown(&mut self, _done: tokio::sync::oneshot::Sender<()>) {}
 }
 
 struct Harness {
@@ -137,6 +138,8 @@ fn harness() -> &'static Harness {
                 let node = NodeOptions {
                     node_id: 1,
                     forwarder: None,
+                    max_entry_bytes: 0,
+                    freshness: None,
                 };
                 let broker = Broker::start(config, node, Box::<MemLog>::default(), Metrics::new())
                     .await
