@@ -234,7 +234,7 @@ impl Packet {
         let v5 = version.is_v5();
         if let Packet::Publish(p) = self {
             return if v5 {
-                encode_publish_v5(out, &PublishV5::of(p))
+                encode_publish_v5(out, &PublishV5::from(p))
             } else {
                 encode_publish(
                     out,
@@ -357,7 +357,7 @@ impl Packet {
         match self {
             Packet::Connect(c) => connect_remaining_len(c),
             Packet::ConnAck(c) => 2usize.saturating_add(block(c.properties.block_len())),
-            Packet::Publish(p) if v5 => PublishV5::of(p).remaining_len(),
+            Packet::Publish(p) if v5 => PublishV5::from(p).remaining_len(),
             Packet::Publish(p) => publish::remaining_len_v3(p.topic.len(), p.qos, p.payload.len()),
             Packet::Subscribe(s) => s.filters.iter().fold(
                 2usize.saturating_add(block(s.properties.block_len())),
