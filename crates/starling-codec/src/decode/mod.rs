@@ -144,22 +144,23 @@ impl Decoder {
             return Ok(None);
         }
         buf.advance(header_len);
-        let result = match decode_short(packet_type, &buf[..remaining], rules) {
-            Some(result) => {
-                buf.advance(remaining);
-                result
-            }
-            None => {
-                let body = Bytes::copy_from_slice(&buf[..remaining]);
-                buf.advance(remaining);
-                decode_owned(packet_type, header, body, rules)
-            }
-        };
-        let packet = result?;
-        if let (None, Packet::Connect(connect)) = (self.protocol, &packet) {
-            self.protocol = Some(connect.protocol);
+        // Each path returns the packet where it is built: a `Packet` is as large as a 5.0
+        // PUBLISH, and every move through a local costs a copy of it.
+        if is_short(packet_type, remaining, rules) {
+            let result = decode_short(packet_type, &buf[..remaining], rules);
+            buf.advance(remaining);
+            return result.map(Some);
         }
-        Ok(Some(packet))
+        let body = Bytes::copy_from_slice(&buf[..remaining]);
+        buf.advance(remaining);
+        if packet_type == PacketType::Connect {
+            let packet = decode_owned(packet_type, header, body, rules)?;
+            if let (None, Packet::Connect(connect)) = (self.protocol, &packet) {
+                self.protocol = Some(connect.protocol);
+            }
+            return Ok(Some(packet));
+        }
+        decode_owned(packet_type, header, body, rules).map(Some)
     }
 }
 
@@ -288,30 +289,39 @@ fn check_remaining_length(
     }
 }
 
-/// Decodes the packets read in place, without keeping anything of their body: `None` for the
-/// others, which need an owned body.
-fn decode_short(
-    packet_type: PacketType,
-    body: &[u8],
-    rules: Rules,
-) -> Option<Result<Packet, DecodeError>> {
+/// Whether the packet is read in place ([`decode_short`]), keeping nothing of its body:
+/// acknowledgements without properties, PINGs, DISCONNECT and AUTH of at most one byte, and the
+/// 3.1 / 3.1.1 CONNACK, SUBACK and UNSUBACK.
+fn is_short(packet_type: PacketType, len: usize, rules: Rules) -> bool {
     use PacketType::*;
-    Some(match packet_type {
-        PubAck | PubRec | PubRel | PubComp if body.len() <= 3 => {
-            publish::short_ack(packet_type, body)
-        }
+    match packet_type {
+        PubAck | PubRec | PubRel | PubComp => len <= 3,
+        PingReq | PingResp => true,
+        Disconnect | Auth => len <= 1,
+        ConnAck | SubAck | UnsubAck => !rules.v5(),
+        Connect | Publish | Subscribe | Unsubscribe => false,
+    }
+}
+
+/// Decodes a packet for which [`is_short`] holds from its body in place.
+#[inline(always)]
+fn decode_short(packet_type: PacketType, body: &[u8], rules: Rules) -> Result<Packet, DecodeError> {
+    use PacketType::*;
+    match packet_type {
+        PubAck | PubRec | PubRel | PubComp => publish::short_ack(packet_type, body),
         PingReq | PingResp if !body.is_empty() => {
             Err(DecodeError::Malformed("remaining length must be 0"))
         }
         PingReq => Ok(Packet::PingReq),
         PingResp => Ok(Packet::PingResp),
-        Disconnect | Auth if body.len() <= 1 => control::short(packet_type, body, rules),
-        _ if rules.v5() => return None,
+        Disconnect | Auth => control::short(packet_type, body, rules),
         ConnAck => connect::connack_v3(body),
         SubAck => subscribe::suback_v3(body),
         UnsubAck => ack_packet_id(body).map(|id| Packet::UnsubAck(packet::UnsubAck::new(id))),
-        _ => return None,
-    })
+        Connect | Publish | Subscribe | Unsubscribe => {
+            Err(DecodeError::Malformed("not a short packet"))
+        }
+    }
 }
 
 /// Decodes any packet from its owned body.
@@ -322,8 +332,8 @@ fn decode_owned(
     rules: Rules,
 ) -> Result<Packet, DecodeError> {
     use PacketType::*;
-    if let Some(result) = decode_short(packet_type, &body, rules) {
-        return result;
+    if is_short(packet_type, body.len(), rules) {
+        return decode_short(packet_type, &body, rules);
     }
     let r = Reader::new(body);
     match packet_type {

@@ -45,6 +45,7 @@ pub(super) fn publish(header: u8, mut r: Reader, v5: bool) -> Result<Publish, De
 }
 
 /// An acknowledgement of remaining length 2 or 3, read in place.
+#[inline(always)]
 pub(super) fn short_ack(packet_type: PacketType, body: &[u8]) -> Result<Packet, DecodeError> {
     let (id, reason) = match *body {
         [hi, lo] => ([hi, lo], 0),
@@ -69,35 +70,36 @@ pub(super) fn ack(packet_type: PacketType, mut r: Reader) -> Result<Packet, Deco
 }
 
 /// Builds the acknowledgement of `packet_type`, with its own reason codes.
+#[inline(always)]
 fn ack_packet(
     packet_type: PacketType,
     packet_id: u16,
     reason: u8,
     properties: AckProperties,
 ) -> Result<Packet, DecodeError> {
-    let invalid = DecodeError::InvalidReasonCode {
+    let invalid = || DecodeError::InvalidReasonCode {
         packet_type: packet_type as u8,
         code: reason,
     };
     Ok(match packet_type {
         PacketType::PubAck => Packet::PubAck(PubAck {
             packet_id,
-            reason: PubAckReasonCode::from_u8(reason).ok_or(invalid)?,
+            reason: PubAckReasonCode::from_u8(reason).ok_or_else(invalid)?,
             properties,
         }),
         PacketType::PubRec => Packet::PubRec(PubRec {
             packet_id,
-            reason: PubRecReasonCode::from_u8(reason).ok_or(invalid)?,
+            reason: PubRecReasonCode::from_u8(reason).ok_or_else(invalid)?,
             properties,
         }),
         PacketType::PubRel => Packet::PubRel(PubRel {
             packet_id,
-            reason: PubRelReasonCode::from_u8(reason).ok_or(invalid)?,
+            reason: PubRelReasonCode::from_u8(reason).ok_or_else(invalid)?,
             properties,
         }),
         PacketType::PubComp => Packet::PubComp(PubComp {
             packet_id,
-            reason: PubCompReasonCode::from_u8(reason).ok_or(invalid)?,
+            reason: PubCompReasonCode::from_u8(reason).ok_or_else(invalid)?,
             properties,
         }),
         _ => return Err(DecodeError::Malformed("not an acknowledgement")),
