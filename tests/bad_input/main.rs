@@ -10,7 +10,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use starling_codec::{Packet, ProtocolVersion, Publish, QoS};
+use starling_codec::{Packet, ProtocolVersion, PubRec, Publish, QoS};
 use starling_testkit::raw::connect_packet;
 use starling_testkit::{BrokerProcess, RawClient, RecvError};
 
@@ -29,7 +29,7 @@ enum Why {
 /// A client attacking the broker, connected (CONNECT/CONNACK done) as `attacker`.
 async fn attacker(b: &BrokerProcess) -> RawClient {
     let (c, ack) = RawClient::connect(b.addr(), "attacker", true).await;
-    assert_eq!(ack.code, starling_codec::ConnectReturnCode::Accepted);
+    assert_eq!(ack.code, starling_codec::ConnectReasonCode::Success);
     c
 }
 
@@ -85,10 +85,11 @@ async fn first_packet_not_connect() {
     let mut c = RawClient::open(b.addr()).await;
     c.send(&Packet::Subscribe(starling_codec::Subscribe {
         packet_id: 1,
-        filters: vec![starling_codec::SubscribeFilter {
-            filter: "#".into(),
-            qos: QoS::AtMostOnce,
-        }],
+        filters: vec![starling_codec::SubscribeFilter::new(
+            "#".into(),
+            QoS::AtMostOnce,
+        )],
+        properties: Default::default(),
     }))
     .await;
     assert_closed_silently(&mut c).await;
@@ -228,6 +229,7 @@ async fn wildcard_in_publish_topic() {
             topic: topic.into(),
             packet_id: 1,
             payload: Bytes::from_static(&[0xFF; 8]),
+            properties: Default::default(),
         }))
         .await;
         assert_closed_silently(&mut c).await;
@@ -285,7 +287,7 @@ async fn bad_pubrel_flags() {
     let mut c = attacker(&b).await;
     c.publish("relflags/t", b"x", QoS::ExactlyOnce, false, 4)
         .await;
-    assert_eq!(c.recv().await, Ok(Packet::PubRec(4)));
+    assert_eq!(c.recv().await, Ok(Packet::PubRec(PubRec::new(4))));
     c.send_raw(&packet(0x60, &[0, 4])).await;
     assert_closed_silently(&mut c).await;
     aftermath(&mut b, by, Why::Malformed("invalid flags")).await;

@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use starling_codec::{Packet, QoS, SubscribeReturnCode};
+use starling_codec::{Packet, PubAck, PubComp, PubRec, PubRel, QoS, SubAckReasonCode};
 use starling_testkit::strict::{Delivery, Event, Record};
 
 use crate::check::{check, parse_payload, Published};
@@ -244,9 +244,9 @@ pub(crate) fn clean_windows(history: &[Record], filter: &str) -> Vec<Window> {
             }
             Event::Received(Packet::SubAck(a)) if open => {
                 let granted = asked.remove(&a.packet_id).is_some_and(|i| {
-                    a.return_codes
+                    a.reason_codes
                         .get(i)
-                        .is_some_and(|c| *c != SubscribeReturnCode::Failure)
+                        .is_some_and(|c| *c != SubAckReasonCode::UnspecifiedError)
                 });
                 if let Some(w) = out.last_mut().filter(|w| granted && w.subacked.is_none()) {
                     w.subacked = Some(r.at);
@@ -635,15 +635,23 @@ fn packet_json(ev: &str, p: &Packet) -> Value {
         Packet::Publish(p) => json!({"ev": ev, "packet": "PUBLISH", "pid": p.packet_id,
             "qos": p.qos as u8, "dup": p.dup, "retain": p.retain, "topic": p.topic.to_string(),
             "payload": String::from_utf8_lossy(&p.payload)}),
-        Packet::PubAck(pid) => json!({"ev": ev, "packet": "PUBACK", "pid": pid}),
-        Packet::PubRec(pid) => json!({"ev": ev, "packet": "PUBREC", "pid": pid}),
-        Packet::PubRel(pid) => json!({"ev": ev, "packet": "PUBREL", "pid": pid}),
-        Packet::PubComp(pid) => json!({"ev": ev, "packet": "PUBCOMP", "pid": pid}),
+        Packet::PubAck(PubAck { packet_id: pid, .. }) => {
+            json!({"ev": ev, "packet": "PUBACK", "pid": pid})
+        }
+        Packet::PubRec(PubRec { packet_id: pid, .. }) => {
+            json!({"ev": ev, "packet": "PUBREC", "pid": pid})
+        }
+        Packet::PubRel(PubRel { packet_id: pid, .. }) => {
+            json!({"ev": ev, "packet": "PUBREL", "pid": pid})
+        }
+        Packet::PubComp(PubComp { packet_id: pid, .. }) => {
+            json!({"ev": ev, "packet": "PUBCOMP", "pid": pid})
+        }
         Packet::Subscribe(s) => json!({"ev": ev, "packet": "SUBSCRIBE", "pid": s.packet_id,
-            "filters": s.filters.iter().map(|f| format!("{} (QoS {})", f.filter, f.qos as u8))
+            "filters": s.filters.iter().map(|f| format!("{} (QoS {})", f.filter, f.options.qos as u8))
                 .collect::<Vec<_>>()}),
         Packet::SubAck(a) => json!({"ev": ev, "packet": "SUBACK", "pid": a.packet_id,
-            "codes": format!("{:?}", a.return_codes)}),
+            "codes": format!("{:?}", a.reason_codes)}),
         other => json!({"ev": ev, "packet": format!("{other:?}")}),
     }
 }
@@ -677,6 +685,7 @@ mod tests {
                     topic: topic.as_str().into(),
                     packet_id: *seq as u16,
                     payload: payload.clone(),
+                    properties: Default::default(),
                 })),
             });
             if *completed {
@@ -891,6 +900,7 @@ mod tests {
             topic: format!("chaos/{}", seq % 2).as_str().into(),
             packet_id: pid,
             payload: Bytes::from(format!("pub/{seq}")),
+            properties: Default::default(),
         }
     }
 
@@ -955,16 +965,15 @@ mod tests {
         let subscribe = |pid: u16| {
             Event::Sent(Packet::Subscribe(starling_codec::Subscribe {
                 packet_id: pid,
-                filters: vec![starling_codec::SubscribeFilter {
-                    filter: "chaos/#".into(),
-                    qos: Q2,
-                }],
+                filters: vec![starling_codec::SubscribeFilter::new("chaos/#".into(), Q2)],
+                properties: Default::default(),
             }))
         };
         let suback = |pid: u16| {
             Event::Received(Packet::SubAck(starling_codec::SubAck {
                 packet_id: pid,
-                return_codes: vec![SubscribeReturnCode::Success(Q2)],
+                reason_codes: vec![SubAckReasonCode::granted(Q2)],
+                properties: Default::default(),
             }))
         };
         let mut sh2 = vec![
@@ -1101,10 +1110,8 @@ mod tests {
                 1,
                 Event::Sent(Packet::Subscribe(starling_codec::Subscribe {
                     packet_id: 9,
-                    filters: vec![starling_codec::SubscribeFilter {
-                        filter: "chaos/#".into(),
-                        qos: Q1,
-                    }],
+                    filters: vec![starling_codec::SubscribeFilter::new("chaos/#".into(), Q1)],
+                    properties: Default::default(),
                 })),
             ),
         );
@@ -1114,7 +1121,8 @@ mod tests {
                 2,
                 Event::Received(Packet::SubAck(starling_codec::SubAck {
                     packet_id: 9,
-                    return_codes: vec![SubscribeReturnCode::Success(Q1)],
+                    reason_codes: vec![SubAckReasonCode::granted(Q1)],
+                    properties: Default::default(),
                 })),
             ),
         );

@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 
-use starling_codec::ConnectReturnCode;
+use starling_codec::ConnectReasonCode;
 use starling_testkit::RawClient;
 
 use crate::common::BIN;
@@ -141,7 +141,7 @@ impl Drop for Single {
     }
 }
 
-async fn connack(addr: SocketAddr, id: &str, clean: bool) -> ConnectReturnCode {
+async fn connack(addr: SocketAddr, id: &str, clean: bool) -> ConnectReasonCode {
     RawClient::connect(addr, id, clean).await.1.code
 }
 
@@ -160,7 +160,7 @@ async fn a_failed_connect_does_not_send_later_clean_connects_to_the_log() {
     let mut node = Single::start(&data);
     assert_eq!(
         connack(node.addr, "cc-before", false).await,
-        ConnectReturnCode::Accepted,
+        ConnectReasonCode::Success,
         "control: a persistent CONNECT while the disk has room"
     );
 
@@ -169,7 +169,7 @@ async fn a_failed_connect_does_not_send_later_clean_connects_to_the_log() {
     let mut failed = None;
     for i in 0..10 {
         let id = format!("cc-x{i}");
-        if connack(node.addr, &id, false).await == ConnectReturnCode::ServerUnavailable {
+        if connack(node.addr, &id, false).await == ConnectReasonCode::ServerUnavailable {
             failed = Some(id);
             break;
         }
@@ -189,7 +189,7 @@ async fn a_failed_connect_does_not_send_later_clean_connects_to_the_log() {
     }
     assert_eq!(
         connack(node.addr, "cc-fresh", true).await,
-        ConnectReturnCode::Accepted,
+        ConnectReasonCode::Success,
         "control: a clean CONNECT of a fresh client id is served without the log"
     );
     let t = std::time::Instant::now();
@@ -200,7 +200,7 @@ async fn a_failed_connect_does_not_send_later_clean_connects_to_the_log() {
     );
     assert_eq!(
         code,
-        ConnectReturnCode::Accepted,
+        ConnectReasonCode::Success,
         "a clean CONNECT of {failed}, whose persistent CONNECT failed, must be served like \
          one of a fresh client id (without the log); it was proposed to the log instead\n{}",
         node.log_text()

@@ -28,6 +28,7 @@ async fn with_will(addr: std::net::SocketAddr, id: &str, clean: bool) -> RawClie
         payload: bytes::Bytes::from(format!("{id} is gone")),
         qos: QoS::AtLeastOnce,
         retain: false,
+        properties: Default::default(),
     };
     connect_packet_when_ready(
         addr,

@@ -6,7 +6,7 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use starling_codec::{ConnectReturnCode, Packet};
+use starling_codec::{ConnectReasonCode, Packet, PubAck};
 
 use crate::support::*;
 
@@ -66,7 +66,7 @@ async fn minority_side_refuses_after_timeout_and_majority_loses_nothing() {
     );
     assert_eq!(
         ack.code,
-        ConnectReturnCode::ServerUnavailable,
+        ConnectReasonCode::ServerUnavailable,
         "persistent CONNECT on the minority side"
     );
     assert!(!ack.session_present);
@@ -83,7 +83,7 @@ async fn minority_side_refuses_after_timeout_and_majority_loses_nothing() {
     let mut acked = false;
     let closed = loop {
         match p.recv_within(COMMIT_TIMEOUT + SLACK).await {
-            Ok(Packet::PubAck(7)) => acked = true,
+            Ok(Packet::PubAck(PubAck { packet_id: 7, .. })) => acked = true,
             Ok(_) => {}
             Err(starling_testkit::RecvError::Timeout) => break false,
             Err(_) => break true,

@@ -1,6 +1,6 @@
 //! What is set through one node is the state of every node.
 
-use starling_codec::{Packet, QoS};
+use starling_codec::{Packet, PubAck, QoS};
 
 use crate::support::*;
 
@@ -61,7 +61,7 @@ async fn visible_on_all(n: u64) {
         ("vis/p/away", &b"while-away"[..], QoS::AtLeastOnce)
     );
     assert!(!p.retain);
-    sub.send(&Packet::PubAck(p.packet_id)).await;
+    sub.send(&Packet::PubAck(PubAck::new(p.packet_id))).await;
 
     // Its subscription is in every node's router: a message through each reaches it on node n.
     for id in &ids {
@@ -74,7 +74,7 @@ async fn visible_on_all(n: u64) {
             ("vis/p/live", payload.as_bytes()),
             "via node {id}"
         );
-        sub.send(&Packet::PubAck(got.packet_id)).await;
+        sub.send(&Packet::PubAck(PubAck::new(got.packet_id))).await;
         disconnect(p).await;
     }
     disconnect(sub).await;

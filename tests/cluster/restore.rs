@@ -10,7 +10,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use starling_codec::{LastWill, Packet, ProtocolVersion, Publish, QoS, SubscribeReturnCode};
+use starling_codec::{
+    LastWill, Packet, ProtocolVersion, PubAck, PubComp, PubRec, PubRel, Publish, QoS,
+    SubAckReasonCode,
+};
 use starling_testkit::raw::connect_packet;
 use starling_testkit::{BrokerBuilder, RawClient, RecvError, TestCluster};
 
@@ -103,15 +106,15 @@ async fn publish_qos2(c: &mut RawClient, topic: &str, payload: &str, packet_id: 
     .await;
     loop {
         match c.recv_within(PROMPT).await {
-            Ok(Packet::PubRec(id)) if id == packet_id => break,
+            Ok(Packet::PubRec(PubRec { packet_id: id, .. })) if id == packet_id => break,
             Ok(_) => {}
             Err(e) => panic!("no PUBREC for {payload}: {e:?}"),
         }
     }
-    c.send(&Packet::PubRel(packet_id)).await;
+    c.send(&Packet::PubRel(PubRel::new(packet_id))).await;
     loop {
         match c.recv_within(PROMPT).await {
-            Ok(Packet::PubComp(id)) if id == packet_id => return,
+            Ok(Packet::PubComp(PubComp { packet_id: id, .. })) if id == packet_id => return,
             Ok(_) => {}
             Err(e) => panic!("no PUBCOMP for {payload}: {e:?}"),
         }
@@ -124,8 +127,8 @@ type Received = BTreeMap<String, (QoS, usize)>;
 /// Acknowledges `p` as the QoS asks (PUBACK, or PUBREC then PUBCOMP on PUBREL).
 async fn take(c: &mut RawClient, p: &Publish, got: &mut Received) {
     match p.qos {
-        QoS::AtLeastOnce => c.send(&Packet::PubAck(p.packet_id)).await,
-        QoS::ExactlyOnce => c.send(&Packet::PubRec(p.packet_id)).await,
+        QoS::AtLeastOnce => c.send(&Packet::PubAck(PubAck::new(p.packet_id))).await,
+        QoS::ExactlyOnce => c.send(&Packet::PubRec(PubRec::new(p.packet_id))).await,
         QoS::AtMostOnce => {}
     }
     let e = got
@@ -148,7 +151,9 @@ async fn receive(c: &mut RawClient, want: &[&str], within: Duration) -> Received
         };
         match c.recv_within(wait).await {
             Ok(Packet::Publish(p)) => take(c, &p, &mut got).await,
-            Ok(Packet::PubRel(id)) => c.send(&Packet::PubComp(id)).await,
+            Ok(Packet::PubRel(PubRel { packet_id: id, .. })) => {
+                c.send(&Packet::PubComp(PubComp::new(id))).await
+            }
             Ok(_) => {}
             Err(RecvError::Timeout) if !missing => return got,
             Err(e) => panic!("waiting for {want:?}, got {got:?}: {e:?}"),
@@ -180,7 +185,7 @@ async fn populate(c: &TestCluster, will_node: u64) -> RawClient {
     let (mut sub, _) = connect(c.addr(leader), "rs-sub", false).await;
     assert_eq!(
         sub.subscribe(1, &[("rs/q/#", QoS::ExactlyOnce)]).await,
-        vec![SubscribeReturnCode::Success(QoS::ExactlyOnce)]
+        vec![SubAckReasonCode::GrantedQoS2]
     );
     disconnect(sub).await;
     let (mut publ, _) = connect(c.addr(leader), "rs-pub", true).await;
@@ -195,10 +200,11 @@ async fn populate(c: &TestCluster, will_node: u64) -> RawClient {
         payload: bytes::Bytes::from_static(b"will"),
         qos: QoS::AtLeastOnce,
         retain: false,
+        properties: Default::default(),
     };
     let connect = connect_packet("rs-will", false, ProtocolVersion::V3_1_1, 0, Some(will));
     let (w, ack) = RawClient::connect_with(c.addr(will_node), connect).await;
-    assert_eq!(ack.code, starling_codec::ConnectReturnCode::Accepted);
+    assert_eq!(ack.code, starling_codec::ConnectReasonCode::Success);
     w
 }
 

@@ -8,7 +8,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use starling_codec::{ConnAck, ConnectReturnCode, Packet, ProtocolVersion, Publish, QoS};
+use starling_codec::{
+    ConnAck, ConnectReasonCode, Disconnect, Packet, ProtocolVersion, PubAck, PubComp, PubRec,
+    PubRel, Publish, QoS,
+};
 use starling_testkit::raw::connect_packet;
 use starling_testkit::{ClusterBuilder, RawClient, RecvError, TestCluster};
 
@@ -52,7 +55,7 @@ pub(crate) async fn try_connect(
     let connect = connect_packet(id, clean, ProtocolVersion::V3_1_1, 60, None);
     c.send(&Packet::Connect(Box::new(connect))).await;
     match c.recv().await {
-        Ok(Packet::ConnAck(a)) => Ok((c, a)),
+        Ok(Packet::ConnAck(a)) => Ok((c, *a)),
         other => Err(format!("{addr}: no CONNACK: {other:?}")),
     }
 }
@@ -62,7 +65,7 @@ pub(crate) async fn connect(addr: SocketAddr, id: &str, clean: bool) -> (RawClie
     let (c, ack) = RawClient::connect(addr, id, clean).await;
     assert_eq!(
         ack.code,
-        ConnectReturnCode::Accepted,
+        ConnectReasonCode::Success,
         "CONNACK of {id} at {addr}"
     );
     (c, ack.session_present)
@@ -70,7 +73,7 @@ pub(crate) async fn connect(addr: SocketAddr, id: &str, clean: bool) -> (RawClie
 
 /// Sends DISCONNECT and waits until the broker closed the socket.
 pub(crate) async fn disconnect(mut c: RawClient) {
-    c.send(&Packet::Disconnect).await;
+    c.send(&Packet::Disconnect(Disconnect::default())).await;
     assert!(
         c.closed_within(PROMPT).await,
         "broker did not close after DISCONNECT"
@@ -86,6 +89,7 @@ pub(crate) fn publish_packet(topic: &str, payload: &str, retain: bool, packet_id
         topic: topic.into(),
         packet_id,
         payload: bytes::Bytes::copy_from_slice(payload.as_bytes()),
+        properties: Default::default(),
     })
 }
 
@@ -99,7 +103,7 @@ pub(crate) async fn wait_puback(
     loop {
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
         match c.recv_within(left).await? {
-            Packet::PubAck(id) if id == packet_id => return Ok(()),
+            Packet::PubAck(PubAck { packet_id: id, .. }) if id == packet_id => return Ok(()),
             _ => {}
         }
     }
@@ -124,7 +128,9 @@ pub(crate) async fn publish_all(c: &mut RawClient, messages: &[(String, String)]
         let mut open: BTreeSet<u16> = (1..=chunk.len() as u16).collect();
         while !open.is_empty() {
             match c.recv_within(PROMPT).await {
-                Ok(Packet::PubAck(id)) => assert!(open.remove(&id), "unexpected PUBACK {id}"),
+                Ok(Packet::PubAck(PubAck { packet_id: id, .. })) => {
+                    assert!(open.remove(&id), "unexpected PUBACK {id}")
+                }
                 Ok(_) => {}
                 Err(e) => panic!("PUBACKs missing for packet ids {open:?}: {e:?}"),
             }
@@ -139,9 +145,7 @@ pub(crate) async fn park_persistent_subscriber(addr: SocketAddr, id: &str, filte
     let (mut c, _) = connect(addr, id, false).await;
     assert_eq!(
         c.subscribe(1, &[(filter, QoS::AtLeastOnce)]).await,
-        vec![starling_codec::SubscribeReturnCode::Success(
-            QoS::AtLeastOnce
-        )]
+        vec![starling_codec::SubAckReasonCode::granted(QoS::AtLeastOnce)]
     );
     disconnect(c).await;
 }
@@ -178,7 +182,7 @@ pub(crate) async fn drain_session(
         match c.recv_within(within).await {
             Ok(Packet::Publish(p)) => {
                 if p.qos != QoS::AtMostOnce {
-                    c.send(&Packet::PubAck(p.packet_id)).await;
+                    c.send(&Packet::PubAck(PubAck::new(p.packet_id))).await;
                 }
                 let s = seq_of(&p);
                 missing.remove(&s);
@@ -213,7 +217,7 @@ pub(crate) async fn retained_on(addr: SocketAddr, filter: &str, n: usize) -> Vec
                     "{addr}: a retained message must arrive with RETAIN=1"
                 );
                 if p.qos != QoS::AtMostOnce {
-                    c.send(&Packet::PubAck(p.packet_id)).await;
+                    c.send(&Packet::PubAck(PubAck::new(p.packet_id))).await;
                 }
                 got.push(p);
             }
@@ -351,7 +355,7 @@ async fn load_loop(
         let addr = targets[target % targets.len()];
         target += 1;
         let mut c = match try_connect(addr, &client_id, true).await {
-            Ok((c, ack)) if ack.code == ConnectReturnCode::Accepted => c,
+            Ok((c, ack)) if ack.code == ConnectReasonCode::Success => c,
             Ok((_, ack)) => {
                 fail(format!("{addr}: CONNACK {:?}", ack.code));
                 refused_in_a_row += 1;
@@ -426,9 +430,7 @@ impl Collector {
         let (mut c, _) = connect_when_ready(addr, id, clean).await;
         assert_eq!(
             c.subscribe(1, &[(filter, QoS::AtLeastOnce)]).await,
-            vec![starling_codec::SubscribeReturnCode::Success(
-                QoS::AtLeastOnce
-            )],
+            vec![starling_codec::SubAckReasonCode::granted(QoS::AtLeastOnce)],
             "SUBACK of {id} at {addr}"
         );
         Self::reading(c, id)
@@ -452,12 +454,18 @@ impl Collector {
                     Ok(Packet::Publish(p)) => {
                         match p.qos {
                             QoS::AtMostOnce => {}
-                            QoS::AtLeastOnce => c.send(&Packet::PubAck(p.packet_id)).await,
-                            QoS::ExactlyOnce => c.send(&Packet::PubRec(p.packet_id)).await,
+                            QoS::AtLeastOnce => {
+                                c.send(&Packet::PubAck(PubAck::new(p.packet_id))).await
+                            }
+                            QoS::ExactlyOnce => {
+                                c.send(&Packet::PubRec(PubRec::new(p.packet_id))).await
+                            }
                         }
                         g.lock().unwrap().push(p);
                     }
-                    Ok(Packet::PubRel(id)) => c.send(&Packet::PubComp(id)).await,
+                    Ok(Packet::PubRel(PubRel { packet_id: id, .. })) => {
+                        c.send(&Packet::PubComp(PubComp::new(id))).await
+                    }
                     Ok(_) | Err(RecvError::Timeout) => {}
                     Err(RecvError::Closed) | Err(RecvError::Decode(_)) => {
                         cl.store(true, Ordering::Relaxed);
@@ -635,7 +643,7 @@ pub(crate) async fn connect_packet_when_ready(
     let deadline = tokio::time::Instant::now() + ELECTION;
     loop {
         let why = match try_connect_with(addr, connect.clone()).await {
-            Ok((c, ack)) if ack.code == ConnectReturnCode::Accepted => {
+            Ok((c, ack)) if ack.code == ConnectReasonCode::Success => {
                 return (c, ack.session_present)
             }
             Ok((_, ack)) => format!("CONNACK {:?}", ack.code),
@@ -664,7 +672,7 @@ async fn try_connect_with(
         .map_err(|e| format!("{addr}: {e}"))?;
     c.send(&Packet::Connect(Box::new(connect))).await;
     match c.recv().await {
-        Ok(Packet::ConnAck(a)) => Ok((c, a)),
+        Ok(Packet::ConnAck(a)) => Ok((c, *a)),
         other => Err(format!("{addr}: no CONNACK: {other:?}")),
     }
 }
@@ -674,9 +682,7 @@ pub(crate) async fn park_when_ready(addr: SocketAddr, id: &str, filter: &str) {
     let (mut c, _) = connect_when_ready(addr, id, false).await;
     assert_eq!(
         c.subscribe(1, &[(filter, QoS::AtLeastOnce)]).await,
-        vec![starling_codec::SubscribeReturnCode::Success(
-            QoS::AtLeastOnce
-        )],
+        vec![starling_codec::SubAckReasonCode::granted(QoS::AtLeastOnce)],
         "SUBACK of {id} at {addr}"
     );
     disconnect(c).await;

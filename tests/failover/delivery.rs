@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use starling_codec::{ConnectReturnCode, QoS, SubscribeReturnCode};
+use starling_codec::{ConnectReasonCode, QoS, SubAckReasonCode};
 use starling_testkit::{RawClient, StrictClient};
 
 use crate::check::{check, ledger_from_history, parse_payload};
@@ -29,10 +29,7 @@ async fn cross_node_qos_levels_wildcards_and_order() {
         .unwrap();
     assert_eq!(
         codes,
-        vec![
-            SubscribeReturnCode::Success(QoS::ExactlyOnce),
-            SubscribeReturnCode::Success(QoS::AtLeastOnce)
-        ]
+        vec![SubAckReasonCode::GrantedQoS2, SubAckReasonCode::GrantedQoS1]
     );
     // Clean subscriber on node 3 (fast path), and a persistent one at QoS 0.
     let mut cfg = config(&c, "x-s2");
@@ -260,10 +257,10 @@ async fn takeover_across_nodes() {
 
     // A persistent session on node 1 receives five QoS 2 messages and acknowledges none.
     let (mut old, ack) = RawClient::connect(c.addr(1), "tk", false).await;
-    assert_eq!(ack.code, ConnectReturnCode::Accepted);
+    assert_eq!(ack.code, ConnectReasonCode::Success);
     assert_eq!(
         old.subscribe(1, &[("tk/#", QoS::ExactlyOnce)]).await,
-        vec![SubscribeReturnCode::Success(QoS::ExactlyOnce)]
+        vec![SubAckReasonCode::GrantedQoS2]
     );
     let publ = strict_at(&c, "tk-pub", 2).await;
     for seq in 1..=5 {
@@ -326,7 +323,7 @@ async fn takeover_across_nodes() {
     // A clean session taken over across nodes: the old connection is closed too.
     let (mut clean_old, _) = RawClient::connect(c.addr(2), "tk-clean", true).await;
     let (_clean_new, ack) = RawClient::connect(c.addr(3), "tk-clean", true).await;
-    assert_eq!(ack.code, ConnectReturnCode::Accepted);
+    assert_eq!(ack.code, ConnectReasonCode::Success);
     assert!(!ack.session_present);
     assert!(
         clean_old.closed_within(PROMPT).await,

@@ -19,7 +19,7 @@
 
 use std::time::{Duration, Instant};
 
-use starling_codec::{ConnectReturnCode, Packet, Publish, QoS};
+use starling_codec::{ConnectReasonCode, Packet, PubComp, PubRec, PubRel, Publish, QoS};
 use starling_testkit::broker::signal;
 use starling_testkit::strict::Event;
 use starling_testkit::{RawClient, RecvError, TestCluster};
@@ -58,6 +58,7 @@ fn qos2(topic: &str, body: &str, pid: u16, dup: bool) -> Packet {
         topic: topic.into(),
         packet_id: pid,
         payload: bytes::Bytes::copy_from_slice(body.as_bytes()),
+        properties: Default::default(),
     })
 }
 
@@ -123,6 +124,7 @@ async fn leader_cut_off_minority_refuses_visibly_then_heals() {
         topic: "pt/b".into(),
         packet_id: 1,
         payload: bytes::Bytes::from_static(b"pt-raw1/1"),
+        properties: Default::default(),
     }))
     .await;
     let connect = async {
@@ -131,7 +133,7 @@ async fn leader_cut_off_minority_refuses_visibly_then_heals() {
         let waited = t.elapsed();
         assert_eq!(
             ack.code,
-            ConnectReturnCode::ServerUnavailable,
+            ConnectReasonCode::ServerUnavailable,
             "persistent CONNECT"
         );
         assert!(!ack.session_present);
@@ -182,7 +184,7 @@ async fn leader_cut_off_minority_refuses_visibly_then_heals() {
     assert_ne!(s["role"], "leader", "an isolated leader steps down: {s}");
     let t = Instant::now();
     let (_, ack) = RawClient::connect(c.addr(leader), "pt-new2", false).await;
-    assert_eq!(ack.code, ConnectReturnCode::ServerUnavailable);
+    assert_eq!(ack.code, ConnectReasonCode::ServerUnavailable);
     measure(
         "partition (minority, leader stepped down): persistent CONNECT refused after",
         format!("{:?}", t.elapsed()),
@@ -231,12 +233,12 @@ async fn leader_cut_off_minority_refuses_visibly_then_heals() {
     assert_eq!(pubrecs_while_cut, 0, "PUBREC without a quorum");
     // The raw publisher resends its refused QoS 2 message (DUP, same id) through any node.
     let (mut raw, ack) = RawClient::connect(c.addr(pl.publisher), "pt-raw", false).await;
-    assert_eq!(ack.code, ConnectReturnCode::Accepted);
+    assert_eq!(ack.code, ConnectReasonCode::Success);
     assert!(ack.session_present);
     raw.send(&qos2("pt/a", "pt-raw/1", 1, true)).await;
-    assert_eq!(raw.recv().await, Ok(Packet::PubRec(1)));
-    raw.send(&Packet::PubRel(1)).await;
-    assert_eq!(raw.recv().await, Ok(Packet::PubComp(1)));
+    assert_eq!(raw.recv().await, Ok(Packet::PubRec(PubRec::new(1))));
+    raw.send(&Packet::PubRel(PubRel::new(1))).await;
+    assert_eq!(raw.recv().await, Ok(Packet::PubComp(PubComp::new(1))));
 
     sub.wait_deliveries(FLOW, "41 messages", |d| d.len() >= 41)
         .await
@@ -438,7 +440,7 @@ async fn leader_partitioned_by_the_network_both_sides_alive() {
         let (_, ack) = RawClient::connect(c.addr(leader), "np-new", false).await;
         assert_eq!(
             ack.code,
-            ConnectReturnCode::ServerUnavailable,
+            ConnectReasonCode::ServerUnavailable,
             "persistent CONNECT"
         );
         t.elapsed()
@@ -530,12 +532,12 @@ async fn leader_partitioned_by_the_network_both_sides_alive() {
     );
     // The refused QoS 2 message is resent (DUP, same id) through the old leader: once.
     let (mut raw, ack) = RawClient::connect(c.addr(leader), "np-raw", false).await;
-    assert_eq!(ack.code, ConnectReturnCode::Accepted);
+    assert_eq!(ack.code, ConnectReasonCode::Success);
     assert!(ack.session_present);
     raw.send(&qos2("np/r", "np-raw/1", 1, true)).await;
-    assert_eq!(raw.recv().await, Ok(Packet::PubRec(1)));
-    raw.send(&Packet::PubRel(1)).await;
-    assert_eq!(raw.recv().await, Ok(Packet::PubComp(1)));
+    assert_eq!(raw.recv().await, Ok(Packet::PubRec(PubRec::new(1))));
+    raw.send(&Packet::PubRel(PubRel::new(1))).await;
+    assert_eq!(raw.recv().await, Ok(Packet::PubComp(PubComp::new(1))));
     sub.wait_deliveries(FLOW, "61 messages", |d| d.len() >= 61)
         .await
         .unwrap();

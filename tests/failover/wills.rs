@@ -6,7 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use starling_codec::{ConnectReturnCode, LastWill, ProtocolVersion, QoS};
+use starling_codec::{ConnectReasonCode, LastWill, ProtocolVersion, QoS};
 use starling_testkit::raw::connect_packet;
 use starling_testkit::{RawClient, StrictClient, TestCluster};
 
@@ -22,13 +22,14 @@ async fn with_will(c: &TestCluster, node: u64, id: &str) -> RawClient {
         payload: bytes::Bytes::from(format!("{id} is gone")),
         qos: QoS::AtLeastOnce,
         retain: false,
+        properties: Default::default(),
     };
     let (client, ack) = RawClient::connect_with(
         c.addr(node),
         connect_packet(id, false, ProtocolVersion::V3_1_1, 60, Some(will)),
     )
     .await;
-    assert_eq!(ack.code, ConnectReturnCode::Accepted);
+    assert_eq!(ack.code, ConnectReasonCode::Success);
     client
 }
 

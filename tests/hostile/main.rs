@@ -28,7 +28,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use starling_codec::{Packet, ProtocolVersion, QoS};
+use starling_codec::{Disconnect, Packet, ProtocolVersion, QoS};
 use starling_testkit::raw::connect_packet;
 use starling_testkit::{BrokerBuilder, BrokerProcess, RawClient};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -455,7 +455,7 @@ async fn malformed_and_oversized_packets_in_a_loop() {
                             let c = connect_packet(&id, true, ProtocolVersion::V3_1_1, 60, None);
                             let mut out = bytes::BytesMut::new();
                             Packet::Connect(Box::new(c))
-                                .encode(&mut out)
+                                .encode(ProtocolVersion::V3_1_1, &mut out)
                                 .expect("encode");
                             s.write_all(&out).await.expect("CONNECT");
                         }
@@ -516,6 +516,7 @@ async fn reconnect_storm() {
                         payload: bytes::Bytes::from_static(b"gone"),
                         qos: QoS::AtMostOnce,
                         retain: false,
+                        properties: Default::default(),
                     };
                     let c = connect_packet(&id, clean, ProtocolVersion::V3_1_1, 30, Some(will));
                     let mut s = RawClient::open(addr).await;
@@ -529,7 +530,7 @@ async fn reconnect_storm() {
                         other => panic!("storm client {id}: {other:?}"),
                     }
                     if r % 2 == 0 {
-                        s.send(&Packet::Disconnect).await;
+                        s.send(&Packet::Disconnect(Disconnect::default())).await;
                     }
                     drop(s);
                 }

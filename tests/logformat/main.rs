@@ -12,7 +12,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use regex::Regex;
 use serde_json::Value;
-use starling_codec::{ConnectReturnCode, Packet, ProtocolVersion, QoS, SubscribeReturnCode};
+use starling_codec::{
+    ConnectReasonCode, Disconnect, Packet, ProtocolVersion, PubComp, PubRec, PubRel, QoS,
+    SubAckReasonCode,
+};
 use starling_testkit::raw::connect_packet;
 use starling_testkit::{wait_until, BrokerBuilder, BrokerProcess, RawClient};
 
@@ -72,7 +75,7 @@ async fn connect(
     let mut c = connect_packet(id, clean, protocol, keep_alive, None);
     c.username = user.map(Into::into);
     let (client, ack) = RawClient::connect_with(b.addr(), c).await;
-    assert_eq!(ack.code, ConnectReturnCode::Accepted, "CONNACK for {id}");
+    assert_eq!(ack.code, ConnectReasonCode::Success, "CONNACK for {id}");
     client
 }
 
@@ -88,7 +91,7 @@ async fn zhoujing_subscribes(b: &BrokerProcess) -> RawClient {
     )
     .await;
     let codes = z.subscribe(1, &[(TOPIC, QoS::ExactlyOnce)]).await;
-    assert_eq!(codes, vec![SubscribeReturnCode::Success(QoS::ExactlyOnce)]);
+    assert_eq!(codes, vec![SubAckReasonCode::GrantedQoS2]);
     z
 }
 
@@ -98,11 +101,15 @@ async fn push_and_receive(b: &BrokerProcess, z: &mut RawClient) -> RawClient {
     let mut p = connect(b, PUSHER, ProtocolVersion::V3_1, true, 60, None).await;
     p.publish(TOPIC, &payload(), QoS::ExactlyOnce, false, 1)
         .await;
-    assert_eq!(p.recv().await, Ok(Packet::PubRec(1)), "PUBREC to {PUSHER}");
-    p.send(&Packet::PubRel(1)).await;
     assert_eq!(
         p.recv().await,
-        Ok(Packet::PubComp(1)),
+        Ok(Packet::PubRec(PubRec::new(1))),
+        "PUBREC to {PUSHER}"
+    );
+    p.send(&Packet::PubRel(PubRel::new(1))).await;
+    assert_eq!(
+        p.recv().await,
+        Ok(Packet::PubComp(PubComp::new(1))),
         "PUBCOMP to {PUSHER}"
     );
 
@@ -111,13 +118,13 @@ async fn push_and_receive(b: &BrokerProcess, z: &mut RawClient) -> RawClient {
         (m.qos, &*m.topic, &m.payload[..]),
         (QoS::ExactlyOnce, TOPIC, &payload()[..])
     );
-    z.send(&Packet::PubRec(m.packet_id)).await;
+    z.send(&Packet::PubRec(PubRec::new(m.packet_id))).await;
     assert_eq!(
         z.recv().await,
-        Ok(Packet::PubRel(m.packet_id)),
+        Ok(Packet::PubRel(PubRel::new(m.packet_id))),
         "PUBREL to zhoujing"
     );
-    z.send(&Packet::PubComp(m.packet_id)).await;
+    z.send(&Packet::PubComp(PubComp::new(m.packet_id))).await;
     p
 }
 
@@ -126,7 +133,7 @@ async fn push_and_receive(b: &BrokerProcess, z: &mut RawClient) -> RawClient {
 async fn full_scenario(b: &BrokerProcess) -> Vec<RawClient> {
     let mut z = zhoujing_subscribes(b).await;
     let mut p = push_and_receive(b, &mut z).await;
-    p.send(&Packet::Disconnect).await;
+    p.send(&Packet::Disconnect(Disconnect::default())).await;
     assert!(
         p.closed_within(WAIT).await,
         "{PUSHER} not closed after DISCONNECT"
@@ -535,7 +542,7 @@ async fn small_scenario(b: &BrokerProcess) {
     let mut p = push_and_receive(b, &mut z).await;
     z.send(&Packet::PingReq).await;
     assert_eq!(z.recv().await, Ok(Packet::PingResp));
-    p.send(&Packet::Disconnect).await;
+    p.send(&Packet::Disconnect(Disconnect::default())).await;
     assert!(
         p.closed_within(WAIT).await,
         "{PUSHER} not closed after DISCONNECT"

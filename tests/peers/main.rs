@@ -103,7 +103,7 @@ async fn cluster_with_state() -> TestCluster {
     let leader = blocking(|| c.wait_for_leader(ELECTION));
     let (mut client, ack) =
         starling_testkit::RawClient::connect(c.addr(leader), "peers-pub", true).await;
-    assert_eq!(ack.code, starling_codec::ConnectReturnCode::Accepted);
+    assert_eq!(ack.code, starling_codec::ConnectReasonCode::Success);
     client
         .publish(
             "peers/state",
@@ -114,10 +114,12 @@ async fn cluster_with_state() -> TestCluster {
         )
         .await;
     match client.recv().await {
-        Ok(starling_codec::Packet::PubAck(1)) => {}
+        Ok(starling_codec::Packet::PubAck(starling_codec::PubAck { packet_id: 1, .. })) => {}
         other => panic!("no PUBACK: {other:?}"),
     }
-    client.send(&starling_codec::Packet::Disconnect).await;
+    client
+        .send(&starling_codec::Packet::Disconnect(Default::default()))
+        .await;
     assert!(client.closed_within(Duration::from_secs(10)).await);
     c
 }

@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use starling_codec::{
-    ConnAck, ConnectReturnCode, LastWill, Packet, ProtocolVersion, Publish, QoS, Subscribe,
-    SubscribeFilter,
+    ConnAck, ConnectReasonCode, Disconnect, LastWill, Packet, ProtocolVersion, PubAck, PubComp,
+    PubRec, PubRel, Publish, QoS, Subscribe, SubscribeFilter,
 };
 use starling_testkit::raw::connect_packet;
 use starling_testkit::{RawClient, RecvError};
@@ -22,7 +22,8 @@ use crate::common::*;
 fn ack(session_present: bool) -> ConnAck {
     ConnAck {
         session_present,
-        code: ConnectReturnCode::Accepted,
+        code: ConnectReasonCode::Success,
+        properties: Default::default(),
     }
 }
 
@@ -34,11 +35,12 @@ fn publish(topic: &str, payload: &[u8], qos: QoS, packet_id: u16, dup: bool) -> 
         topic: topic.into(),
         packet_id,
         payload: Bytes::copy_from_slice(payload),
+        properties: Default::default(),
     })
 }
 
 async fn disconnect(mut c: RawClient) {
-    c.send(&Packet::Disconnect).await;
+    c.send(&Packet::Disconnect(Disconnect::default())).await;
     assert_closed_silently(&mut c).await;
 }
 
@@ -54,11 +56,11 @@ async fn next_publish(c: &mut RawClient) -> Publish {
 async fn complete(c: &mut RawClient, p: &Publish) {
     match p.qos {
         QoS::AtMostOnce => {}
-        QoS::AtLeastOnce => c.send(&Packet::PubAck(p.packet_id)).await,
+        QoS::AtLeastOnce => c.send(&Packet::PubAck(PubAck::new(p.packet_id))).await,
         QoS::ExactlyOnce => {
-            c.send(&Packet::PubRec(p.packet_id)).await;
-            assert_eq!(c.recv().await, Ok(Packet::PubRel(p.packet_id)));
-            c.send(&Packet::PubComp(p.packet_id)).await;
+            c.send(&Packet::PubRec(PubRec::new(p.packet_id))).await;
+            assert_eq!(c.recv().await, Ok(Packet::PubRel(PubRel::new(p.packet_id))));
+            c.send(&Packet::PubComp(PubComp::new(p.packet_id))).await;
         }
     }
 }
@@ -73,24 +75,24 @@ async fn receive_all(c: &mut RawClient, n: usize) -> Vec<Publish> {
             Ok(Packet::Publish(p)) => {
                 match p.qos {
                     QoS::AtMostOnce => {}
-                    QoS::AtLeastOnce => c.send(&Packet::PubAck(p.packet_id)).await,
+                    QoS::AtLeastOnce => c.send(&Packet::PubAck(PubAck::new(p.packet_id))).await,
                     QoS::ExactlyOnce => {
                         assert!(
                             open.insert(p.packet_id),
                             "packet id {} reused while in flight",
                             p.packet_id
                         );
-                        c.send(&Packet::PubRec(p.packet_id)).await;
+                        c.send(&Packet::PubRec(PubRec::new(p.packet_id))).await;
                     }
                 }
                 got.push(p);
             }
-            Ok(Packet::PubRel(id)) => {
+            Ok(Packet::PubRel(PubRel { packet_id: id, .. })) => {
                 assert!(
                     open.remove(&id),
                     "PUBREL for {id}, which is not at PUBREC stage"
                 );
-                c.send(&Packet::PubComp(id)).await;
+                c.send(&Packet::PubComp(PubComp::new(id))).await;
             }
             other => panic!("after {} PUBLISHes: {other:?}", got.len()),
         }
@@ -165,8 +167,11 @@ async fn inflight_qos2_survives_kill_9_without_duplicates() {
     }
     // The first two reach PUBREC; the PUBREL means the stage is committed.
     for p in &got[..2] {
-        sub.send(&Packet::PubRec(p.packet_id)).await;
-        assert_eq!(sub.recv().await, Ok(Packet::PubRel(p.packet_id)));
+        sub.send(&Packet::PubRec(PubRec::new(p.packet_id))).await;
+        assert_eq!(
+            sub.recv().await,
+            Ok(Packet::PubRel(PubRel::new(p.packet_id)))
+        );
     }
     b.kill9();
     b.restart();
@@ -175,7 +180,10 @@ async fn inflight_qos2_survives_kill_9_without_duplicates() {
     assert_eq!(a, ack(true));
     // In sequence: PUBREL for the released ones, the others again as DUP PUBLISH, same ids.
     for p in &got[..2] {
-        assert_eq!(sub.recv().await, Ok(Packet::PubRel(p.packet_id)));
+        assert_eq!(
+            sub.recv().await,
+            Ok(Packet::PubRel(PubRel::new(p.packet_id)))
+        );
     }
     for p in &got[2..] {
         let again = next_publish(&mut sub).await;
@@ -185,7 +193,7 @@ async fn inflight_qos2_survives_kill_9_without_duplicates() {
         );
     }
     for p in &got[..2] {
-        sub.send(&Packet::PubComp(p.packet_id)).await;
+        sub.send(&Packet::PubComp(PubComp::new(p.packet_id))).await;
     }
     for p in &got[2..] {
         complete(&mut sub, p).await;
@@ -211,7 +219,7 @@ async fn inbound_qos2_awaiting_pubrel_survives_kill_9() {
         false,
     ))
     .await;
-    assert_eq!(publ.recv().await, Ok(Packet::PubRec(7)));
+    assert_eq!(publ.recv().await, Ok(Packet::PubRec(PubRec::new(7))));
     // The subscriber has it, completely, before the crash.
     let p = next_publish(&mut sub).await;
     assert_eq!(&p.payload[..], b"exactly once");
@@ -225,12 +233,12 @@ async fn inbound_qos2_awaiting_pubrel_survives_kill_9() {
     assert_eq!(a, ack(true));
     publ.send(&publish("in/t", b"exactly once", QoS::ExactlyOnce, 7, true))
         .await;
-    assert_eq!(publ.recv().await, Ok(Packet::PubRec(7)));
-    publ.send(&Packet::PubRel(7)).await;
-    assert_eq!(publ.recv().await, Ok(Packet::PubComp(7)));
+    assert_eq!(publ.recv().await, Ok(Packet::PubRec(PubRec::new(7))));
+    publ.send(&Packet::PubRel(PubRel::new(7))).await;
+    assert_eq!(publ.recv().await, Ok(Packet::PubComp(PubComp::new(7))));
     publ.send(&publish("in/t", b"after", QoS::AtLeastOnce, 8, false))
         .await;
-    assert_eq!(publ.recv().await, Ok(Packet::PubAck(8)));
+    assert_eq!(publ.recv().await, Ok(Packet::PubAck(PubAck::new(8))));
     let (mut sub, a) = RawClient::connect(b.addr(), "sub", false).await;
     assert_eq!(a, ack(true));
     let p = next_publish(&mut sub).await;
@@ -250,10 +258,8 @@ async fn retained(b: &starling_testkit::BrokerProcess, filter: &str) -> Vec<(Str
     for (id, f) in [(1, filter), (2, "no/such/topic")] {
         c.send(&Packet::Subscribe(Subscribe {
             packet_id: id,
-            filters: vec![SubscribeFilter {
-                filter: f.into(),
-                qos: QoS::AtMostOnce,
-            }],
+            filters: vec![SubscribeFilter::new(f.into(), QoS::AtMostOnce)],
+            properties: Default::default(),
         }))
         .await;
     }
@@ -402,6 +408,7 @@ async fn wills_of_clients_connected_at_crash_are_published_after_restart() {
         payload: Bytes::from_static(b"crashed with the broker"),
         qos: QoS::AtLeastOnce,
         retain: true,
+        properties: Default::default(),
     };
     let connect = connect_packet("dying", false, ProtocolVersion::V3_1_1, 60, Some(will));
     let (mut dying, a) = RawClient::connect_with(b.addr(), connect).await;
@@ -450,10 +457,13 @@ async fn will_discarded_by_disconnect_stays_discarded_across_kill_9() {
             payload: Bytes::from_static(b"must never appear"),
             qos: QoS::AtLeastOnce,
             retain: false,
+            properties: Default::default(),
         };
         let connect = connect_packet("polite", false, ProtocolVersion::V3_1_1, 60, Some(will));
         let (mut polite, _) = RawClient::connect_with(b.addr(), connect).await;
-        polite.send(&Packet::Disconnect).await;
+        polite
+            .send(&Packet::Disconnect(Disconnect::default()))
+            .await;
         assert!(
             polite.closed_within(Duration::from_secs(5)).await,
             "DISCONNECT closes the connection"
@@ -480,8 +490,12 @@ async fn sigterm_graceful_shutdown_persists_and_closes_clients() {
     publ.publish("g/t", rumqttc::QoS::ExactlyOnce, false, "released")
         .await;
     let released = next_publish(&mut sub).await;
-    sub.send(&Packet::PubRec(released.packet_id)).await;
-    assert_eq!(sub.recv().await, Ok(Packet::PubRel(released.packet_id)));
+    sub.send(&Packet::PubRec(PubRec::new(released.packet_id)))
+        .await;
+    assert_eq!(
+        sub.recv().await,
+        Ok(Packet::PubRel(PubRel::new(released.packet_id)))
+    );
     drop(publ);
     assert_eq!(
         b.terminate(Duration::from_secs(10)),
@@ -503,8 +517,13 @@ async fn sigterm_graceful_shutdown_persists_and_closes_clients() {
         (&again.payload[..], again.packet_id, again.dup),
         (&b"in flight"[..], inflight.packet_id, true)
     );
-    assert_eq!(sub.recv().await, Ok(Packet::PubRel(released.packet_id)));
-    sub.send(&Packet::PubAck(again.packet_id)).await;
-    sub.send(&Packet::PubComp(released.packet_id)).await;
+    assert_eq!(
+        sub.recv().await,
+        Ok(Packet::PubRel(PubRel::new(released.packet_id)))
+    );
+    sub.send(&Packet::PubAck(PubAck::new(again.packet_id)))
+        .await;
+    sub.send(&Packet::PubComp(PubComp::new(released.packet_id)))
+        .await;
     assert_silent(&mut sub).await;
 }

@@ -4,22 +4,20 @@
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use starling_codec::{ConnAck, ConnectReturnCode, LastWill, Packet, ProtocolVersion, QoS};
+use starling_codec::{
+    ConnAck, ConnectReasonCode, Disconnect, LastWill, Packet, ProtocolVersion, PubAck, QoS,
+};
 use starling_testkit::raw::connect_packet;
 use starling_testkit::RawClient;
 
 use crate::common::*;
 
-const ACCEPTED: ConnAck = ConnAck {
-    session_present: false,
-    code: ConnectReturnCode::Accepted,
-};
+fn accepted() -> ConnAck {
+    ConnAck::new(false, ConnectReasonCode::Success)
+}
 
-fn refused(code: ConnectReturnCode) -> ConnAck {
-    ConnAck {
-        session_present: false,
-        code,
-    }
+fn refused(code: ConnectReasonCode) -> ConnAck {
+    ConnAck::new(false, code)
 }
 
 /// The connection is open and served: PINGREQ gets PINGRESP.
@@ -34,7 +32,7 @@ async fn mqtt31_client_id_of_24_chars_gets_connack_2() {
     let id = "a".repeat(24);
     let connect = connect_packet(&id, true, ProtocolVersion::V3_1, 60, None);
     let (mut c, ack) = RawClient::connect_with(b.addr(), connect).await;
-    assert_eq!(ack, refused(ConnectReturnCode::IdentifierRejected));
+    assert_eq!(ack, refused(ConnectReasonCode::ClientIdentifierNotValid));
     assert_closed_silently(&mut c).await;
 }
 
@@ -44,21 +42,19 @@ async fn mqtt31_client_id_of_23_chars_is_accepted() {
     let id = "b".repeat(23);
     let connect = connect_packet(&id, true, ProtocolVersion::V3_1, 60, None);
     let (mut c, ack) = RawClient::connect_with(b.addr(), connect).await;
-    assert_eq!(ack, ACCEPTED);
+    assert_eq!(ack, accepted());
     assert_alive(&mut c).await;
     // A 3.1 client is served like any other: it can subscribe and receive.
     assert_eq!(
         c.subscribe(1, &[("v31/t", QoS::AtLeastOnce)]).await,
-        vec![starling_codec::SubscribeReturnCode::Success(
-            QoS::AtLeastOnce
-        )]
+        vec![starling_codec::SubAckReasonCode::granted(QoS::AtLeastOnce)]
     );
     c.publish("v31/t", b"x", QoS::AtLeastOnce, false, 3).await;
     let mut got = Vec::new();
     while got.len() < 2 {
         got.push(c.recv().await.expect("PUBACK and PUBLISH"));
     }
-    assert!(got.contains(&Packet::PubAck(3)), "{got:?}");
+    assert!(got.contains(&Packet::PubAck(PubAck::new(3))), "{got:?}");
     assert!(
         got.iter()
             .any(|p| matches!(p, Packet::Publish(p) if p.topic == "v31/t" && p.payload == "x")),
@@ -71,7 +67,7 @@ async fn mqtt31_empty_client_id_gets_connack_2() {
     let b = broker();
     let connect = connect_packet("", true, ProtocolVersion::V3_1, 60, None);
     let (mut c, ack) = RawClient::connect_with(b.addr(), connect).await;
-    assert_eq!(ack, refused(ConnectReturnCode::IdentifierRejected));
+    assert_eq!(ack, refused(ConnectReasonCode::ClientIdentifierNotValid));
     assert_closed_silently(&mut c).await;
 }
 
@@ -79,10 +75,10 @@ async fn mqtt31_empty_client_id_gets_connack_2() {
 async fn mqtt311_accepts_client_ids_longer_than_23_chars_up_to_the_configured_maximum() {
     let b = broker_env(&[("STARLING_MQTT_MAX_CLIENT_ID_LEN", "40")]);
     let (mut c, ack) = RawClient::connect(b.addr(), &"c".repeat(40), true).await;
-    assert_eq!(ack, ACCEPTED);
+    assert_eq!(ack, accepted());
     assert_alive(&mut c).await;
     let (mut c, ack) = RawClient::connect(b.addr(), &"c".repeat(41), true).await;
-    assert_eq!(ack, refused(ConnectReturnCode::IdentifierRejected));
+    assert_eq!(ack, refused(ConnectReasonCode::ClientIdentifierNotValid));
     assert_closed_silently(&mut c).await;
 }
 
@@ -92,7 +88,7 @@ async fn mqtt311_default_maximum_client_id_is_65535() {
     // Built by hand: 65 535 bytes of id is the longest a 2-byte length prefix can carry.
     let id = "d".repeat(65_535);
     let (mut c, ack) = RawClient::connect(b.addr(), &id, true).await;
-    assert_eq!(ack, ACCEPTED);
+    assert_eq!(ack, accepted());
     assert_alive(&mut c).await;
 }
 
@@ -112,9 +108,9 @@ async fn unknown_protocol_level_gets_connack_1_then_close() {
             .await;
         assert_eq!(
             c.recv().await,
-            Ok(Packet::ConnAck(refused(
-                ConnectReturnCode::UnacceptableProtocolVersion
-            ))),
+            Ok(Packet::ConnAck(Box::new(refused(
+                ConnectReasonCode::UnsupportedProtocolVersion
+            )))),
             "protocol {:?} level {level}",
             String::from_utf8_lossy(name)
         );
@@ -126,9 +122,9 @@ async fn unknown_protocol_level_gets_connack_1_then_close() {
 async fn empty_client_id_with_clean_session_gets_assigned_id() {
     let b = broker();
     let (mut first, ack) = RawClient::connect(b.addr(), "", true).await;
-    assert_eq!(ack, ACCEPTED);
+    assert_eq!(ack, accepted());
     let (mut second, ack) = RawClient::connect(b.addr(), "", true).await;
-    assert_eq!(ack, ACCEPTED);
+    assert_eq!(ack, accepted());
     // Both stay connected: the assigned ids differ, so the second did not take the first over.
     assert_alive(&mut first).await;
     assert_alive(&mut second).await;
@@ -150,7 +146,7 @@ async fn empty_client_id_with_clean_session_gets_assigned_id() {
 async fn empty_client_id_without_clean_session_gets_connack_2() {
     let b = broker();
     let (mut c, ack) = RawClient::connect(b.addr(), "", false).await;
-    assert_eq!(ack, refused(ConnectReturnCode::IdentifierRejected));
+    assert_eq!(ack, refused(ConnectReasonCode::ClientIdentifierNotValid));
     assert_closed_silently(&mut c).await;
 }
 
@@ -175,7 +171,7 @@ async fn password_without_username_is_tolerated_in_31() {
     let mut connect = connect_packet("pw31", true, ProtocolVersion::V3_1, 60, None);
     connect.password = Some(Bytes::from_static(b"secret"));
     let (mut c, ack) = RawClient::connect_with(b.addr(), connect).await;
-    assert_eq!(ack, ACCEPTED);
+    assert_eq!(ack, accepted());
     assert_alive(&mut c).await;
 }
 
@@ -236,7 +232,7 @@ async fn malformed_utf8_or_nul_in_connect_strings_closes_connection() {
 async fn anonymous_client_gets_connack_5_when_anonymous_access_is_off() {
     let b = broker_env(&[("STARLING_MQTT_ALLOW_ANONYMOUS", "false")]);
     let (mut c, ack) = RawClient::connect(b.addr(), "anon", true).await;
-    assert_eq!(ack, refused(ConnectReturnCode::NotAuthorized));
+    assert_eq!(ack, refused(ConnectReasonCode::NotAuthorized));
     assert_closed_silently(&mut c).await;
     // A real client sees the refusal too.
     let (client, mut el) = rumqttc::AsyncClient::new(options(b.addr(), "anon2", true), 8);
@@ -267,12 +263,13 @@ async fn takeover_closes_old_connection_first() {
         payload: Bytes::from_static(b"old connection lost"),
         qos: QoS::AtLeastOnce,
         retain: false,
+        properties: Default::default(),
     };
     let connect = connect_packet("dup", true, ProtocolVersion::V3_1_1, 60, Some(will));
     let (mut old, ack) = RawClient::connect_with(b.addr(), connect).await;
-    assert_eq!(ack, ACCEPTED);
+    assert_eq!(ack, accepted());
     let (mut new, ack) = RawClient::connect(b.addr(), "dup", true).await;
-    assert_eq!(ack, ACCEPTED);
+    assert_eq!(ack, accepted());
     // By the time the new client holds its CONNACK, the old connection is already closed.
     assert_eq!(
         old.recv_within(Duration::ZERO).await,
@@ -306,7 +303,7 @@ async fn takeover_closes_old_connection_first() {
 async fn second_connect_closes_connection() {
     let b = broker();
     let (mut c, ack) = RawClient::connect(b.addr(), "twice", true).await;
-    assert_eq!(ack, ACCEPTED);
+    assert_eq!(ack, accepted());
     c.send(&Packet::Connect(Box::new(connect_packet(
         "twice",
         true,
@@ -335,8 +332,9 @@ async fn first_packet_not_connect_closes() {
             topic: "early".into(),
             packet_id: 0,
             payload: Bytes::from_static(b"x"),
+            properties: Default::default(),
         }),
-        Packet::Disconnect,
+        Packet::Disconnect(Disconnect::default()),
     ] {
         let mut c = RawClient::open(b.addr()).await;
         c.send(&first).await;
@@ -366,7 +364,7 @@ async fn connect_timeout_closes_silent_connection() {
     );
     // A connection that sends CONNECT in time is not affected by the deadline.
     let (mut ok, ack) = RawClient::connect(b.addr(), "in-time", true).await;
-    assert_eq!(ack, ACCEPTED);
+    assert_eq!(ack, accepted());
     assert_eq!(
         ok.recv_within(Duration::from_millis(1500)).await,
         Err(starling_testkit::RecvError::Timeout)

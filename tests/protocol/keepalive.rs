@@ -4,16 +4,17 @@
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use starling_codec::{ConnAck, ConnectReturnCode, LastWill, Packet, ProtocolVersion, QoS};
+use starling_codec::{
+    ConnAck, ConnectReasonCode, Disconnect, LastWill, Packet, ProtocolVersion, QoS,
+};
 use starling_testkit::raw::connect_packet;
 use starling_testkit::{RawClient, RecvError};
 
 use crate::common::*;
 
-const ACCEPTED: ConnAck = ConnAck {
-    session_present: false,
-    code: ConnectReturnCode::Accepted,
-};
+fn accepted() -> ConnAck {
+    ConnAck::new(false, ConnectReasonCode::Success)
+}
 
 #[tokio::test]
 async fn keepalive_timeout_at_one_and_a_half_times_publishes_will() {
@@ -27,6 +28,7 @@ async fn keepalive_timeout_at_one_and_a_half_times_publishes_will() {
         payload: Bytes::from_static(b"timed out"),
         qos: QoS::AtLeastOnce,
         retain: false,
+        properties: Default::default(),
     };
     let mut c = RawClient::open(b.addr()).await;
     // The broker's clock starts when it reads CONNECT, which is after this instant.
@@ -39,7 +41,7 @@ async fn keepalive_timeout_at_one_and_a_half_times_publishes_will() {
         Some(will),
     ))))
     .await;
-    assert_eq!(c.recv().await, Ok(Packet::ConnAck(ACCEPTED)));
+    assert_eq!(c.recv().await, Ok(Packet::ConnAck(Box::new(accepted()))));
     assert_eq!(
         c.recv_within(Duration::from_secs(5)).await,
         Err(RecvError::Closed)
@@ -74,7 +76,7 @@ async fn keepalive_zero_disables_timeout() {
     let b = broker();
     let connect = connect_packet("ka0", true, ProtocolVersion::V3_1_1, 0, None);
     let (mut c, ack) = RawClient::connect_with(b.addr(), connect).await;
-    assert_eq!(ack, ACCEPTED);
+    assert_eq!(ack, accepted());
     // Twice the timeout a keep-alive of 1 s would have: still open.
     assert_eq!(
         c.recv_within(Duration::from_secs(3)).await,
@@ -89,7 +91,7 @@ async fn keepalive_is_reset_by_client_traffic() {
     let b = broker();
     let connect = connect_packet("ka-busy", true, ProtocolVersion::V3_1_1, 1, None);
     let (mut c, ack) = RawClient::connect_with(b.addr(), connect).await;
-    assert_eq!(ack, ACCEPTED);
+    assert_eq!(ack, accepted());
     // A client that speaks every 0.6 s for 3.6 s (over twice 1.5 x keep-alive) stays connected.
     let mut tick = tokio::time::interval(Duration::from_millis(600));
     for _ in 0..6 {
@@ -108,7 +110,7 @@ async fn pingreq_gets_pingresp() {
     for protocol in [ProtocolVersion::V3_1_1, ProtocolVersion::V3_1] {
         let connect = connect_packet("pinger", true, protocol, 60, None);
         let (mut c, ack) = RawClient::connect_with(b.addr(), connect).await;
-        assert_eq!(ack, ACCEPTED);
+        assert_eq!(ack, accepted());
         for _ in 0..3 {
             let sent = Instant::now();
             c.send(&Packet::PingReq).await;
@@ -122,7 +124,7 @@ async fn pingreq_gets_pingresp() {
                 sent.elapsed()
             );
         }
-        c.send(&Packet::Disconnect).await;
+        c.send(&Packet::Disconnect(Disconnect::default())).await;
         assert_closed_silently(&mut c).await;
     }
     wait_log(&b, "PINGREQ log line", |l| {

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use starling_codec::{Packet, Publish, QoS};
+use starling_codec::{Disconnect, Packet, PubAck, PubComp, PubRec, PubRel, Publish, QoS};
 use starling_testkit::{RawClient, RecvError};
 
 use crate::common::*;
@@ -17,6 +17,7 @@ fn publish(topic: &str, payload: &[u8], qos: QoS, packet_id: u16, dup: bool) -> 
         topic: topic.into(),
         packet_id,
         payload: Bytes::copy_from_slice(payload),
+        properties: Default::default(),
     })
 }
 
@@ -41,7 +42,7 @@ async fn one_by_one(c: &mut RawClient, n: usize) -> Vec<Bytes> {
     let mut got = Vec::with_capacity(n);
     for _ in 0..n {
         let p = exactly(c, 1).await.remove(0);
-        c.send(&Packet::PubAck(p.packet_id)).await;
+        c.send(&Packet::PubAck(PubAck::new(p.packet_id))).await;
         got.push(p.payload);
     }
     assert_eq!(
@@ -55,22 +56,25 @@ async fn one_by_one(c: &mut RawClient, n: usize) -> Vec<Bytes> {
 async fn qos2_handshake_at_packet_level_in_both_directions() {
     let b = broker();
     let (mut sub, ack) = RawClient::connect(b.addr(), "sub", true).await;
-    assert_eq!(ack.code, starling_codec::ConnectReturnCode::Accepted);
+    assert_eq!(ack.code, starling_codec::ConnectReasonCode::Success);
     sub.subscribe(1, &[("q2/t", QoS::ExactlyOnce)]).await;
     let (mut publ, _) = RawClient::connect(b.addr(), "pub", true).await;
     publ.publish("q2/t", b"hello", QoS::ExactlyOnce, false, 7)
         .await;
-    assert_eq!(publ.recv().await, Ok(Packet::PubRec(7)));
-    publ.send(&Packet::PubRel(7)).await;
-    assert_eq!(publ.recv().await, Ok(Packet::PubComp(7)));
+    assert_eq!(publ.recv().await, Ok(Packet::PubRec(PubRec::new(7))));
+    publ.send(&Packet::PubRel(PubRel::new(7))).await;
+    assert_eq!(publ.recv().await, Ok(Packet::PubComp(PubComp::new(7))));
     let p = sub.next_publish().await.unwrap();
     assert_eq!(
         (p.qos, &p.payload[..], p.dup, p.retain),
         (QoS::ExactlyOnce, &b"hello"[..], false, false)
     );
-    sub.send(&Packet::PubRec(p.packet_id)).await;
-    assert_eq!(sub.recv().await, Ok(Packet::PubRel(p.packet_id)));
-    sub.send(&Packet::PubComp(p.packet_id)).await;
+    sub.send(&Packet::PubRec(PubRec::new(p.packet_id))).await;
+    assert_eq!(
+        sub.recv().await,
+        Ok(Packet::PubRel(PubRel::new(p.packet_id)))
+    );
+    sub.send(&Packet::PubComp(PubComp::new(p.packet_id))).await;
 }
 
 #[tokio::test]
@@ -81,18 +85,18 @@ async fn qos1_puback_flow() {
     let (mut publ, _) = RawClient::connect(b.addr(), "pub", true).await;
     publ.publish("q1/t", b"one", QoS::AtLeastOnce, false, 42)
         .await;
-    assert_eq!(publ.recv().await, Ok(Packet::PubAck(42)));
+    assert_eq!(publ.recv().await, Ok(Packet::PubAck(PubAck::new(42))));
     let p = sub.next_publish().await.unwrap();
     assert_eq!(
         (p.qos, &p.payload[..], p.dup, p.retain),
         (QoS::AtLeastOnce, &b"one"[..], false, false)
     );
     assert_ne!(p.packet_id, 0);
-    sub.send(&Packet::PubAck(p.packet_id)).await;
+    sub.send(&Packet::PubAck(PubAck::new(p.packet_id))).await;
     // Acknowledged: never sent again, and the next message flows.
     publ.publish("q1/t", b"two", QoS::AtLeastOnce, false, 43)
         .await;
-    assert_eq!(publ.recv().await, Ok(Packet::PubAck(43)));
+    assert_eq!(publ.recv().await, Ok(Packet::PubAck(PubAck::new(43))));
     let got = exactly(&mut sub, 1).await;
     assert_eq!(&got[0].payload[..], b"two");
     // A real client sees the same flow.
@@ -110,18 +114,18 @@ async fn qos2_inbound_dup_not_routed_twice() {
     let (mut publ, _) = RawClient::connect(b.addr(), "pub", true).await;
     publ.send(&publish("x2/t", b"once", QoS::ExactlyOnce, 9, false))
         .await;
-    assert_eq!(publ.recv().await, Ok(Packet::PubRec(9)));
+    assert_eq!(publ.recv().await, Ok(Packet::PubRec(PubRec::new(9))));
     publ.send(&publish("x2/t", b"once", QoS::ExactlyOnce, 9, true))
         .await;
-    assert_eq!(publ.recv().await, Ok(Packet::PubRec(9)));
-    publ.send(&Packet::PubRel(9)).await;
-    assert_eq!(publ.recv().await, Ok(Packet::PubComp(9)));
+    assert_eq!(publ.recv().await, Ok(Packet::PubRec(PubRec::new(9))));
+    publ.send(&Packet::PubRel(PubRel::new(9))).await;
+    assert_eq!(publ.recv().await, Ok(Packet::PubComp(PubComp::new(9))));
     // Released: the id is free again and a new message with it is a new message.
     publ.send(&publish("x2/t", b"again", QoS::ExactlyOnce, 9, false))
         .await;
-    assert_eq!(publ.recv().await, Ok(Packet::PubRec(9)));
-    publ.send(&Packet::PubRel(9)).await;
-    assert_eq!(publ.recv().await, Ok(Packet::PubComp(9)));
+    assert_eq!(publ.recv().await, Ok(Packet::PubRec(PubRec::new(9))));
+    publ.send(&Packet::PubRel(PubRel::new(9))).await;
+    assert_eq!(publ.recv().await, Ok(Packet::PubComp(PubComp::new(9))));
     let got = exactly(&mut sub, 2).await;
     let payloads: Vec<&[u8]> = got.iter().map(|p| &p.payload[..]).collect();
     assert_eq!(payloads, [&b"once"[..], &b"again"[..]]);
@@ -135,16 +139,16 @@ async fn qos2_inbound_dup_not_routed_twice_for_persistent_session() {
     let (mut publ, _) = RawClient::connect(b.addr(), "pub", false).await;
     publ.send(&publish("x2p/t", b"once", QoS::ExactlyOnce, 5, false))
         .await;
-    assert_eq!(publ.recv().await, Ok(Packet::PubRec(5)));
+    assert_eq!(publ.recv().await, Ok(Packet::PubRec(PubRec::new(5))));
     publ.send(&publish("x2p/t", b"once", QoS::ExactlyOnce, 5, true))
         .await;
-    assert_eq!(publ.recv().await, Ok(Packet::PubRec(5)));
-    publ.send(&Packet::PubRel(5)).await;
-    assert_eq!(publ.recv().await, Ok(Packet::PubComp(5)));
+    assert_eq!(publ.recv().await, Ok(Packet::PubRec(PubRec::new(5))));
+    publ.send(&Packet::PubRel(PubRel::new(5))).await;
+    assert_eq!(publ.recv().await, Ok(Packet::PubComp(PubComp::new(5))));
     // A marker through the same path: it must be the next message after the single "once".
     publ.send(&publish("x2p/t", b"marker", QoS::ExactlyOnce, 6, false))
         .await;
-    assert_eq!(publ.recv().await, Ok(Packet::PubRec(6)));
+    assert_eq!(publ.recv().await, Ok(Packet::PubRec(PubRec::new(6))));
     assert_eq!(&sub.next_publish().await.payload[..], b"once");
     assert_eq!(&sub.next_publish().await.payload[..], b"marker");
 }
@@ -161,11 +165,17 @@ async fn qos2_outbound_keeps_packet_id_and_stage_until_pubcomp() {
             .await;
         let p = sub.next_publish().await.unwrap();
         assert_eq!(p.qos, QoS::ExactlyOnce);
-        sub.send(&Packet::PubRec(p.packet_id)).await;
-        assert_eq!(sub.recv().await, Ok(Packet::PubRel(p.packet_id)));
+        sub.send(&Packet::PubRec(PubRec::new(p.packet_id))).await;
+        assert_eq!(
+            sub.recv().await,
+            Ok(Packet::PubRel(PubRel::new(p.packet_id)))
+        );
         // A repeated PUBREC is answered with the same PUBREL: the stage is kept.
-        sub.send(&Packet::PubRec(p.packet_id)).await;
-        assert_eq!(sub.recv().await, Ok(Packet::PubRel(p.packet_id)));
+        sub.send(&Packet::PubRec(PubRec::new(p.packet_id))).await;
+        assert_eq!(
+            sub.recv().await,
+            Ok(Packet::PubRel(PubRel::new(p.packet_id)))
+        );
         // Until PUBCOMP, the id is not given to another message.
         for i in 0..3 {
             publ.publish("q2out/t", rumqttc::QoS::ExactlyOnce, false, format!("n{i}"))
@@ -176,12 +186,17 @@ async fn qos2_outbound_keeps_packet_id_and_stage_until_pubcomp() {
             others.iter().all(|o| o.packet_id != p.packet_id),
             "{others:?}"
         );
-        sub.send(&Packet::PubComp(p.packet_id)).await;
+        sub.send(&Packet::PubComp(PubComp::new(p.packet_id))).await;
         // PUBCOMP for an id that is not at PUBREL stage changes nothing (and is not answered).
-        sub.send(&Packet::PubComp(others[0].packet_id)).await;
-        sub.send(&Packet::PubRec(others[0].packet_id)).await;
-        assert_eq!(sub.recv().await, Ok(Packet::PubRel(others[0].packet_id)));
-        sub.send(&Packet::Disconnect).await;
+        sub.send(&Packet::PubComp(PubComp::new(others[0].packet_id)))
+            .await;
+        sub.send(&Packet::PubRec(PubRec::new(others[0].packet_id)))
+            .await;
+        assert_eq!(
+            sub.recv().await,
+            Ok(Packet::PubRel(PubRel::new(others[0].packet_id)))
+        );
+        sub.send(&Packet::Disconnect(Disconnect::default())).await;
     }
 }
 
@@ -273,7 +288,7 @@ async fn inflight_window_limits_unacked_messages() {
         // Each PUBACK opens the window for exactly one more.
         while got.len() < 8 {
             let oldest = got[got.len() - 3].packet_id;
-            sub.send(&Packet::PubAck(oldest)).await;
+            sub.send(&Packet::PubAck(PubAck::new(oldest))).await;
             got.extend(exactly(&mut sub, 1).await);
         }
         let payloads: Vec<String> = got
@@ -306,13 +321,18 @@ async fn inflight_window_defaults_to_20() {
     }
     let got = exactly(&mut sub, 20).await;
     // A QoS 2 message holds its slot through PUBREC/PUBREL until PUBCOMP.
-    sub.send(&Packet::PubRec(got[0].packet_id)).await;
-    assert_eq!(sub.recv().await, Ok(Packet::PubRel(got[0].packet_id)));
+    sub.send(&Packet::PubRec(PubRec::new(got[0].packet_id)))
+        .await;
+    assert_eq!(
+        sub.recv().await,
+        Ok(Packet::PubRel(PubRel::new(got[0].packet_id)))
+    );
     assert_eq!(
         sub.recv_within(Duration::from_millis(300)).await,
         Err(RecvError::Timeout)
     );
-    sub.send(&Packet::PubComp(got[0].packet_id)).await;
+    sub.send(&Packet::PubComp(PubComp::new(got[0].packet_id)))
+        .await;
     let next = exactly(&mut sub, 1).await;
     assert_eq!(&next[0].payload[..], b"20");
 }
@@ -335,7 +355,7 @@ async fn queue_overflow_drops_and_counts() {
     let mut got = Vec::new();
     for _ in 0..6 {
         let p = exactly(&mut sub, 1).await.remove(0);
-        sub.send(&Packet::PubAck(p.packet_id)).await;
+        sub.send(&Packet::PubAck(PubAck::new(p.packet_id))).await;
         got.push(String::from_utf8(p.payload.to_vec()).unwrap());
     }
     assert_eq!(got, ["0", "1", "2", "3", "4", "5"]);
@@ -360,7 +380,7 @@ async fn persistent_queue_overflow_drops_and_counts() {
     ]);
     let (mut sub, _) = RawClient::connect(b.addr(), "away", false).await;
     sub.subscribe(1, &[("flood/p", QoS::AtLeastOnce)]).await;
-    sub.send(&Packet::Disconnect).await;
+    sub.send(&Packet::Disconnect(Disconnect::default())).await;
     assert_closed_silently(&mut sub).await;
     let mut publ = Mqtt::connect(b.addr(), "flood", true).await;
     for i in 0..8 {
@@ -396,7 +416,7 @@ async fn queue_byte_limit_drops_and_counts() {
     clean.subscribe(1, &[("bytes/t", QoS::AtLeastOnce)]).await;
     let (mut away, _) = RawClient::connect(b.addr(), "slow-away", false).await;
     away.subscribe(1, &[("bytes/t", QoS::AtLeastOnce)]).await;
-    away.send(&Packet::Disconnect).await;
+    away.send(&Packet::Disconnect(Disconnect::default())).await;
     assert_closed_silently(&mut away).await;
     let mut publ = Mqtt::connect(b.addr(), "flood", true).await;
     for i in 0..8 {
@@ -485,7 +505,7 @@ async fn max_packet_size_enforced() {
     let (mut c, _) = RawClient::connect(b.addr(), "big", true).await;
     c.send(&publish("big/t", &[b'a'; 1011], QoS::AtLeastOnce, 1, false))
         .await;
-    assert_eq!(c.recv().await, Ok(Packet::PubAck(1)));
+    assert_eq!(c.recv().await, Ok(Packet::PubAck(PubAck::new(1))));
     assert_eq!(sub.next_publish().await.payload.len(), 1011);
     // One byte more than the maximum: closed, nothing routed.
     c.send(&publish("big/t", &[b'b'; 1013], QoS::AtLeastOnce, 2, false))
@@ -503,10 +523,11 @@ async fn max_packet_size_enforced() {
     let (mut c, _) = RawClient::connect(b.addr(), "bigsub", true).await;
     c.send(&Packet::Subscribe(starling_codec::Subscribe {
         packet_id: 1,
-        filters: vec![starling_codec::SubscribeFilter {
-            filter: "f".repeat(1100).into(),
-            qos: QoS::AtMostOnce,
-        }],
+        filters: vec![starling_codec::SubscribeFilter::new(
+            "f".repeat(1100).into(),
+            QoS::AtMostOnce,
+        )],
+        properties: Default::default(),
     }))
     .await;
     assert_closed_silently(&mut c).await;

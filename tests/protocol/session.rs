@@ -5,7 +5,10 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use starling_codec::{ConnAck, ConnectReturnCode, Packet, ProtocolVersion, Publish, QoS};
+use starling_codec::{
+    ConnAck, ConnectReasonCode, Disconnect, Packet, ProtocolVersion, PubAck, PubComp, PubRec,
+    PubRel, Publish, QoS,
+};
 use starling_testkit::raw::connect_packet;
 use starling_testkit::{RawClient, RecvError};
 
@@ -14,12 +17,13 @@ use crate::common::*;
 fn ack(session_present: bool) -> ConnAck {
     ConnAck {
         session_present,
-        code: ConnectReturnCode::Accepted,
+        code: ConnectReasonCode::Success,
+        properties: Default::default(),
     }
 }
 
 async fn disconnect(mut c: RawClient) {
-    c.send(&Packet::Disconnect).await;
+    c.send(&Packet::Disconnect(Disconnect::default())).await;
     assert_closed_silently(&mut c).await;
 }
 
@@ -31,6 +35,7 @@ fn publish(topic: &str, payload: &[u8], qos: QoS, packet_id: u16, dup: bool) -> 
         topic: topic.into(),
         packet_id,
         payload: Bytes::copy_from_slice(payload),
+        properties: Default::default(),
     })
 }
 
@@ -156,8 +161,11 @@ async fn resume_resends_unacked_publish_with_dup_and_pubrel() {
         (&p2.payload[..], p2.qos, p2.dup),
         (&b"q2"[..], QoS::ExactlyOnce, false)
     );
-    sub.send(&Packet::PubRec(p2.packet_id)).await;
-    assert_eq!(sub.recv().await, Ok(Packet::PubRel(p2.packet_id)));
+    sub.send(&Packet::PubRec(PubRec::new(p2.packet_id))).await;
+    assert_eq!(
+        sub.recv().await,
+        Ok(Packet::PubRel(PubRel::new(p2.packet_id)))
+    );
     // Drop the connection with the QoS 1 message unacknowledged and the QoS 2 one at PUBREL.
     drop(sub);
     wait_log(&b, "socket error log line", |l| {
@@ -178,7 +186,10 @@ async fn resume_resends_unacked_publish_with_dup_and_pubrel() {
         ),
         (&b"q1"[..], QoS::AtLeastOnce, true, p1.packet_id)
     );
-    assert_eq!(sub.recv().await, Ok(Packet::PubRel(p2.packet_id)));
+    assert_eq!(
+        sub.recv().await,
+        Ok(Packet::PubRel(PubRel::new(p2.packet_id)))
+    );
     let queued = sub.next_publish().await.unwrap();
     assert_eq!((&queued.payload[..], queued.dup), (&b"queued"[..], false));
     assert_eq!(
@@ -186,9 +197,10 @@ async fn resume_resends_unacked_publish_with_dup_and_pubrel() {
         Err(RecvError::Timeout)
     );
     // Completing them ends the story: the next resume resends nothing.
-    sub.send(&Packet::PubAck(p1.packet_id)).await;
-    sub.send(&Packet::PubComp(p2.packet_id)).await;
-    sub.send(&Packet::PubAck(queued.packet_id)).await;
+    sub.send(&Packet::PubAck(PubAck::new(p1.packet_id))).await;
+    sub.send(&Packet::PubComp(PubComp::new(p2.packet_id))).await;
+    sub.send(&Packet::PubAck(PubAck::new(queued.packet_id)))
+        .await;
     disconnect(sub).await;
     let (mut sub, a) = RawClient::connect(b.addr(), "rs", false).await;
     assert_eq!(a, ack(true));
@@ -206,18 +218,18 @@ async fn inbound_qos2_awaiting_pubrel_survives_reconnect() {
     let (mut publ, _) = RawClient::connect(b.addr(), "in2", false).await;
     publ.send(&publish("in2/t", b"once", QoS::ExactlyOnce, 7, false))
         .await;
-    assert_eq!(publ.recv().await, Ok(Packet::PubRec(7)));
+    assert_eq!(publ.recv().await, Ok(Packet::PubRec(PubRec::new(7))));
     drop(publ);
     let (mut publ, a) = RawClient::connect(b.addr(), "in2", false).await;
     assert_eq!(a, ack(true));
     publ.send(&publish("in2/t", b"once", QoS::ExactlyOnce, 7, true))
         .await;
-    assert_eq!(publ.recv().await, Ok(Packet::PubRec(7)));
-    publ.send(&Packet::PubRel(7)).await;
-    assert_eq!(publ.recv().await, Ok(Packet::PubComp(7)));
+    assert_eq!(publ.recv().await, Ok(Packet::PubRec(PubRec::new(7))));
+    publ.send(&Packet::PubRel(PubRel::new(7))).await;
+    assert_eq!(publ.recv().await, Ok(Packet::PubComp(PubComp::new(7))));
     publ.send(&publish("in2/t", b"marker", QoS::ExactlyOnce, 8, false))
         .await;
-    assert_eq!(publ.recv().await, Ok(Packet::PubRec(8)));
+    assert_eq!(publ.recv().await, Ok(Packet::PubRec(PubRec::new(8))));
     assert_eq!(&sub.next_publish().await.payload[..], b"once");
     assert_eq!(
         &sub.next_publish().await.payload[..],
@@ -304,8 +316,11 @@ async fn takeover_resends_unacknowledged_messages_to_the_new_connection() {
         .await;
     let p1 = old.next_publish().await.unwrap();
     let p2 = old.next_publish().await.unwrap();
-    old.send(&Packet::PubRec(p2.packet_id)).await;
-    assert_eq!(old.recv().await, Ok(Packet::PubRel(p2.packet_id)));
+    old.send(&Packet::PubRec(PubRec::new(p2.packet_id))).await;
+    assert_eq!(
+        old.recv().await,
+        Ok(Packet::PubRel(PubRel::new(p2.packet_id)))
+    );
     let (mut new, a) = RawClient::connect(b.addr(), "tr", false).await;
     assert_eq!(a, ack(true));
     assert_closed_silently(&mut old).await;
@@ -314,9 +329,13 @@ async fn takeover_resends_unacknowledged_messages_to_the_new_connection() {
         (&again.payload[..], again.packet_id, again.dup, again.qos),
         (&b"unacked"[..], p1.packet_id, true, QoS::AtLeastOnce)
     );
-    assert_eq!(new.recv().await, Ok(Packet::PubRel(p2.packet_id)));
-    new.send(&Packet::PubAck(again.packet_id)).await;
-    new.send(&Packet::PubComp(p2.packet_id)).await;
+    assert_eq!(
+        new.recv().await,
+        Ok(Packet::PubRel(PubRel::new(p2.packet_id)))
+    );
+    new.send(&Packet::PubAck(PubAck::new(again.packet_id)))
+        .await;
+    new.send(&Packet::PubComp(PubComp::new(p2.packet_id))).await;
     assert_eq!(
         new.recv_within(Duration::from_millis(300)).await,
         Err(RecvError::Timeout)

@@ -6,7 +6,8 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use starling_codec::{
-    Packet, ProtocolVersion, QoS, Subscribe, SubscribeFilter, SubscribeReturnCode, Unsubscribe,
+    Packet, ProtocolVersion, PubAck, PubComp, PubRec, PubRel, QoS, SubAckReasonCode, Subscribe,
+    SubscribeFilter, UnsubAck, Unsubscribe,
 };
 use starling_testkit::raw::connect_packet;
 use starling_testkit::{RawClient, RecvError};
@@ -119,11 +120,11 @@ async fn invalid_filters_get_0x80_in_311() {
     assert_eq!(
         codes,
         vec![
-            SubscribeReturnCode::Success(QoS::AtLeastOnce),
-            SubscribeReturnCode::Failure,
-            SubscribeReturnCode::Failure,
-            SubscribeReturnCode::Failure,
-            SubscribeReturnCode::Success(QoS::ExactlyOnce),
+            SubAckReasonCode::GrantedQoS1,
+            SubAckReasonCode::UnspecifiedError,
+            SubAckReasonCode::UnspecifiedError,
+            SubAckReasonCode::UnspecifiedError,
+            SubAckReasonCode::GrantedQoS2,
         ]
     );
     // Still connected, and the valid filters work.
@@ -146,19 +147,14 @@ async fn invalid_filter_closes_connection_in_31() {
             connect_packet("v31", true, ProtocolVersion::V3_1, 60, None),
         )
         .await;
-        assert_eq!(ack.code, starling_codec::ConnectReturnCode::Accepted);
+        assert_eq!(ack.code, starling_codec::ConnectReasonCode::Success);
         c.send(&Packet::Subscribe(Subscribe {
             packet_id: 1,
             filters: vec![
-                SubscribeFilter {
-                    filter: "fine".into(),
-                    qos: QoS::AtMostOnce,
-                },
-                SubscribeFilter {
-                    filter: bad.into(),
-                    qos: QoS::AtMostOnce,
-                },
+                SubscribeFilter::new("fine".into(), QoS::AtMostOnce),
+                SubscribeFilter::new(bad.into(), QoS::AtMostOnce),
             ],
+            properties: Default::default(),
         }))
         .await;
         assert_closed_silently(&mut c).await;
@@ -173,27 +169,27 @@ async fn resubscribe_case(clean: bool) {
     let (mut c, _) = RawClient::connect(b.addr(), "resub", clean).await;
     assert_eq!(
         c.subscribe(1, &[("r/t", QoS::ExactlyOnce)]).await,
-        vec![SubscribeReturnCode::Success(QoS::ExactlyOnce)]
+        vec![SubAckReasonCode::GrantedQoS2]
     );
     let p = c.next_publish().await.unwrap();
     assert_eq!(
         (&p.payload[..], p.retain, p.qos),
         (&b"kept"[..], true, QoS::ExactlyOnce)
     );
-    c.send(&Packet::PubRec(p.packet_id)).await;
-    assert_eq!(c.recv().await, Ok(Packet::PubRel(p.packet_id)));
-    c.send(&Packet::PubComp(p.packet_id)).await;
+    c.send(&Packet::PubRec(PubRec::new(p.packet_id))).await;
+    assert_eq!(c.recv().await, Ok(Packet::PubRel(PubRel::new(p.packet_id))));
+    c.send(&Packet::PubComp(PubComp::new(p.packet_id))).await;
     // Same filter again at QoS 1: granted 1, the retained message again, at QoS 1.
     assert_eq!(
         c.subscribe(2, &[("r/t", QoS::AtLeastOnce)]).await,
-        vec![SubscribeReturnCode::Success(QoS::AtLeastOnce)]
+        vec![SubAckReasonCode::GrantedQoS1]
     );
     let p = c.next_publish().await.unwrap();
     assert_eq!(
         (&p.payload[..], p.retain, p.qos),
         (&b"kept"[..], true, QoS::AtLeastOnce)
     );
-    c.send(&Packet::PubAck(p.packet_id)).await;
+    c.send(&Packet::PubAck(PubAck::new(p.packet_id))).await;
     // The subscription was replaced, not added: a live QoS 2 message comes once, at QoS 1.
     publ.publish("r/t", rumqttc::QoS::ExactlyOnce, false, "live")
         .await;
@@ -202,7 +198,7 @@ async fn resubscribe_case(clean: bool) {
         (&p.payload[..], p.retain, p.qos),
         (&b"live"[..], false, QoS::AtLeastOnce)
     );
-    c.send(&Packet::PubAck(p.packet_id)).await;
+    c.send(&Packet::PubAck(PubAck::new(p.packet_id))).await;
     assert_eq!(
         c.recv_within(Duration::from_millis(500)).await,
         Err(RecvError::Timeout)
@@ -234,9 +230,10 @@ async fn unsubscribe_case(clean: bool) {
     c.send(&Packet::Unsubscribe(Unsubscribe {
         packet_id: 11,
         filters: vec!["u/a".into(), "u/+".into()],
+        properties: Default::default(),
     }))
     .await;
-    assert_eq!(c.recv().await, Ok(Packet::UnsubAck(11)));
+    assert_eq!(c.recv().await, Ok(Packet::UnsubAck(UnsubAck::new(11))));
     let mut publ = Mqtt::connect(b.addr(), "pub", true).await;
     publ.publish("u/a", rumqttc::QoS::AtLeastOnce, false, "a")
         .await;
@@ -247,7 +244,7 @@ async fn unsubscribe_case(clean: bool) {
     let p = c.next_publish().await.unwrap();
     // Only `u/b` is left, and it was not touched: still QoS 1.
     assert_eq!((p.topic.as_ref(), p.qos), ("u/b", QoS::AtLeastOnce));
-    c.send(&Packet::PubAck(p.packet_id)).await;
+    c.send(&Packet::PubAck(PubAck::new(p.packet_id))).await;
     assert_eq!(
         c.recv_within(Duration::from_millis(500)).await,
         Err(RecvError::Timeout)
@@ -256,9 +253,10 @@ async fn unsubscribe_case(clean: bool) {
     c.send(&Packet::Unsubscribe(Unsubscribe {
         packet_id: 12,
         filters: vec!["never/subscribed".into(), "u/a".into(), "a/#/c".into()],
+        properties: Default::default(),
     }))
     .await;
-    assert_eq!(c.recv().await, Ok(Packet::UnsubAck(12)));
+    assert_eq!(c.recv().await, Ok(Packet::UnsubAck(UnsubAck::new(12))));
 }
 
 #[tokio::test]
@@ -345,7 +343,7 @@ async fn subscribe_unsubscribe_pubrel_flags_must_be_0010() {
     c.send_raw(&packet(0x82, &sub_body)).await;
     assert!(matches!(c.recv().await, Ok(Packet::SubAck(_))));
     c.send_raw(&packet(0xA2, &unsub_body)).await;
-    assert_eq!(c.recv().await, Ok(Packet::UnsubAck(2)));
+    assert_eq!(c.recv().await, Ok(Packet::UnsubAck(UnsubAck::new(2))));
     c.send_raw(&packet(0x62, &[0, 3])).await;
-    assert_eq!(c.recv().await, Ok(Packet::PubComp(3)));
+    assert_eq!(c.recv().await, Ok(Packet::PubComp(PubComp::new(3))));
 }

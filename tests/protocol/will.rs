@@ -2,16 +2,18 @@
 //! QoS and RETAIN, for clean and persistent sessions alike.
 
 use bytes::Bytes;
-use starling_codec::{ConnAck, ConnectReturnCode, LastWill, Packet, ProtocolVersion, QoS};
+use starling_codec::{
+    ConnAck, ConnectReasonCode, Disconnect, LastWill, Packet, ProtocolVersion, PubComp, PubRec,
+    PubRel, QoS,
+};
 use starling_testkit::raw::connect_packet;
 use starling_testkit::RawClient;
 
 use crate::common::*;
 
-const ACCEPTED: ConnAck = ConnAck {
-    session_present: false,
-    code: ConnectReturnCode::Accepted,
-};
+fn accepted() -> ConnAck {
+    ConnAck::new(false, ConnectReasonCode::Success)
+}
 
 fn will(topic: &str, payload: &'static [u8], qos: QoS, retain: bool) -> LastWill {
     LastWill {
@@ -19,6 +21,7 @@ fn will(topic: &str, payload: &'static [u8], qos: QoS, retain: bool) -> LastWill
         payload: Bytes::from_static(payload),
         qos,
         retain,
+        properties: Default::default(),
     }
 }
 
@@ -33,7 +36,7 @@ async fn client_with_will(
         connect_packet(id, clean, ProtocolVersion::V3_1_1, 60, Some(w)),
     )
     .await;
-    assert_eq!(ack.code, ConnectReturnCode::Accepted);
+    assert_eq!(ack.code, ConnectReasonCode::Success);
     c
 }
 
@@ -51,7 +54,7 @@ async fn disconnect_discards_will() {
         will("will/bye", b"lost", QoS::AtLeastOnce, false),
     )
     .await;
-    c.send(&Packet::Disconnect).await;
+    c.send(&Packet::Disconnect(Disconnect::default())).await;
     assert_closed_silently(&mut c).await;
     // A will would have been routed before the connection closed, so before this marker on the
     // same topic: the marker must be the first thing the watcher gets.
@@ -206,15 +209,15 @@ async fn persistent_session_will_is_published_on_socket_close() {
         will("will/persistent", b"second", QoS::AtLeastOnce, false),
     )
     .await;
-    c.send(&Packet::Disconnect).await;
+    c.send(&Packet::Disconnect(Disconnect::default())).await;
     assert_closed_silently(&mut c).await;
     let (mut p, ack) = RawClient::connect(b.addr(), "marker", false).await;
-    assert_eq!(ack, ACCEPTED);
+    assert_eq!(ack, accepted());
     // Published through the same path as a persistent session's will (the session store).
     p.publish("will/persistent", b"marker", QoS::ExactlyOnce, false, 1)
         .await;
-    assert_eq!(p.recv().await, Ok(Packet::PubRec(1)));
-    p.send(&Packet::PubRel(1)).await;
-    assert_eq!(p.recv().await, Ok(Packet::PubComp(1)));
+    assert_eq!(p.recv().await, Ok(Packet::PubRec(PubRec::new(1))));
+    p.send(&Packet::PubRel(PubRel::new(1))).await;
+    assert_eq!(p.recv().await, Ok(Packet::PubComp(PubComp::new(1))));
     assert_eq!(&watcher.next_publish().await.payload[..], b"marker");
 }

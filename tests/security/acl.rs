@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use rumqttc::QoS as Q;
-use starling_codec::{ConnectReturnCode, LastWill, Packet, QoS, SubscribeReturnCode};
+use starling_codec::{ConnectReasonCode, LastWill, Packet, QoS, SubAckReasonCode};
 use starling_testkit::RawClient;
 
 use crate::common::{options, wait_log, Mqtt};
@@ -49,7 +49,7 @@ async fn login(r: &Running, user: &str, id: &str, clean: bool) -> Mqtt {
 async fn raw_login(r: &Running, user: &str, id: &str) -> RawClient {
     let pass = USERS.iter().find(|(u, _)| *u == user).expect("user").1;
     let (c, ack) = RawClient::connect_with(r.addr(), connect(id, true, Some((user, pass)))).await;
-    assert_eq!(ack.code, ConnectReturnCode::Accepted);
+    assert_eq!(ack.code, ConnectReasonCode::Success);
     c
 }
 
@@ -111,8 +111,8 @@ async fn publish_matrix() {
 async fn subscribe_matrix_suback_0x80_for_what_cannot_be_read() {
     let r = broker();
     let mut alice = raw_login(&r, "alice", "alice-dev").await;
-    let ok = |q| SubscribeReturnCode::Success(q);
-    let f = SubscribeReturnCode::Failure;
+    let ok = |q| SubAckReasonCode::granted(q);
+    let f = SubAckReasonCode::UnspecifiedError;
     let cases = [
         ("alice/#", ok(QoS::AtLeastOnce)),  // partial: alice/private inside
         ("public/+", ok(QoS::AtLeastOnce)), // full
@@ -127,7 +127,7 @@ async fn subscribe_matrix_suback_0x80_for_what_cannot_be_read() {
     ];
     let filters: Vec<(&str, QoS)> = cases.iter().map(|(f, _)| (*f, QoS::AtLeastOnce)).collect();
     let codes = alice.subscribe(1, &filters).await;
-    let want: Vec<SubscribeReturnCode> = cases.iter().map(|(_, c)| *c).collect();
+    let want: Vec<SubAckReasonCode> = cases.iter().map(|(_, c)| *c).collect();
     assert_eq!(codes, want);
     let admin = raw_login(&r, "admin", "admin").await;
     drop(admin);
@@ -217,9 +217,10 @@ async fn wills_need_write_access_and_reach_only_readers() {
         payload: bytes::Bytes::from_static(b"gone"),
         qos: QoS::AtLeastOnce,
         retain: false,
+        properties: Default::default(),
     });
     let (_c, ack) = RawClient::connect_with(r.addr(), c).await;
-    assert_eq!(ack.code, ConnectReturnCode::NotAuthorized);
+    assert_eq!(ack.code, ConnectReasonCode::NotAuthorized);
     wait_log(&r.b, "will refusal", |l| l.contains("will topic")).await;
     // Readers of the will's topic get it, others do not.
     let mut admin = login(&r, "admin", "admin", true).await;
@@ -236,9 +237,10 @@ async fn wills_need_write_access_and_reach_only_readers() {
         payload: bytes::Bytes::from_static(b"gone"),
         qos: QoS::AtLeastOnce,
         retain: false,
+        properties: Default::default(),
     });
     let (alice, ack) = RawClient::connect_with(r.addr(), c).await;
-    assert_eq!(ack.code, ConnectReturnCode::Accepted);
+    assert_eq!(ack.code, ConnectReasonCode::Success);
     drop(alice); // no DISCONNECT: the will is due
     let p = admin.next_publish().await;
     assert_eq!(
@@ -288,7 +290,7 @@ async fn sighup_reloads_acl_and_passwords() {
         RawClient::connect_with(r.addr(), connect("carol", true, Some(("carol", "ca")))).await;
     assert_eq!(
         ack.code,
-        ConnectReturnCode::Accepted,
+        ConnectReasonCode::Success,
         "new user after reload"
     );
     // A broken file is refused; the rules in force stay.
@@ -300,10 +302,10 @@ async fn sighup_reloads_acl_and_passwords() {
     assert_eq!(bob.next_publish().await.payload, &b"4"[..]);
     let (_c, ack) =
         RawClient::connect_with(r.addr(), connect("carol2", true, Some(("carol", "ca")))).await;
-    assert_eq!(ack.code, ConnectReturnCode::Accepted);
+    assert_eq!(ack.code, ConnectReasonCode::Success);
     // Reading with the packet decoder: the SUBACK path too uses the new rules.
     let mut raw = raw_login(&r, "bob", "bob-raw").await;
     let codes = raw.subscribe(1, &[("alice/diary", QoS::AtMostOnce)]).await;
-    assert_eq!(codes, vec![SubscribeReturnCode::Success(QoS::AtMostOnce)]);
+    assert_eq!(codes, vec![SubAckReasonCode::GrantedQoS0]);
     let _ = Packet::PingReq;
 }

@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use starling_codec::{ConnectReturnCode, QoS, SubscribeReturnCode};
+use starling_codec::{ConnectReasonCode, PubAck, QoS, SubAckReasonCode};
 use starling_testkit::RawClient;
 
 use crate::common::{options, wait_log, Mqtt};
@@ -16,25 +16,25 @@ async fn password_file_matrix_connack_4_for_bad_credentials() {
     let a = r.addr();
     assert_eq!(
         connack(a, "a1", Some(("alice", "wonderland"))).await,
-        ConnectReturnCode::Accepted
+        ConnectReasonCode::Success
     );
     assert_eq!(
         connack(a, "b1", Some(("bob", "builder"))).await,
-        ConnectReturnCode::Accepted
+        ConnectReasonCode::Success
     );
     assert_eq!(
         connack(a, "a2", Some(("alice", "builder"))).await,
-        ConnectReturnCode::BadUserNameOrPassword,
+        ConnectReasonCode::BadUserNameOrPassword,
         "another user's password"
     );
     assert_eq!(
         connack(a, "a3", Some(("alice", ""))).await,
-        ConnectReturnCode::BadUserNameOrPassword,
+        ConnectReasonCode::BadUserNameOrPassword,
         "empty password"
     );
     assert_eq!(
         connack(a, "m1", Some(("mallory", "wonderland"))).await,
-        ConnectReturnCode::BadUserNameOrPassword,
+        ConnectReasonCode::BadUserNameOrPassword,
         "unknown user"
     );
     // A user name without the password flag.
@@ -43,11 +43,11 @@ async fn password_file_matrix_connack_4_for_bad_credentials() {
     let (_c, ack) = RawClient::connect_with(a, c).await;
     assert_eq!(
         ack.code,
-        ConnectReturnCode::BadUserNameOrPassword,
+        ConnectReasonCode::BadUserNameOrPassword,
         "no password"
     );
     // Anonymous: allowed, the only listener being on loopback (the "auto" default).
-    assert_eq!(connack(a, "anon", None).await, ConnectReturnCode::Accepted);
+    assert_eq!(connack(a, "anon", None).await, ConnectReasonCode::Success);
     r.wait_security_events("bad_credentials", 4).await;
     let line = wait_log(&r.b, "refusal line", |l| {
         l.contains("refused with CONNACK 4") && l.contains("m1") && l.contains("unknown user name")
@@ -83,11 +83,11 @@ async fn anonymous_refused_with_connack_5_when_disallowed() {
         .start();
     assert_eq!(
         connack(r.addr(), "anon", None).await,
-        ConnectReturnCode::NotAuthorized
+        ConnectReasonCode::NotAuthorized
     );
     assert_eq!(
         connack(r.addr(), "a", Some(("alice", "wonderland"))).await,
-        ConnectReturnCode::Accepted
+        ConnectReasonCode::Success
     );
     r.wait_security_events("not_authorized", 1).await;
     wait_log(&r.b, "anonymous refusal", |l| {
@@ -111,16 +111,16 @@ async fn anonymous_is_off_by_default_once_a_listener_is_not_on_loopback() {
     .await;
     assert_eq!(
         connack(r.addr(), "anon", None).await,
-        ConnectReturnCode::NotAuthorized
+        ConnectReasonCode::NotAuthorized
     );
     let wide_local: std::net::SocketAddr = wide.replace("0.0.0.0", "127.0.0.1").parse().unwrap();
     assert_eq!(
         connack(wide_local, "anon2", None).await,
-        ConnectReturnCode::NotAuthorized
+        ConnectReasonCode::NotAuthorized
     );
     assert_eq!(
         connack(wide_local, "a", Some(("alice", "wonderland"))).await,
-        ConnectReturnCode::Accepted
+        ConnectReasonCode::Success
     );
     drop(r);
     // Explicitly allowed: accepted again.
@@ -131,7 +131,7 @@ async fn anonymous_is_off_by_default_once_a_listener_is_not_on_loopback() {
         .start();
     assert_eq!(
         connack(r.addr(), "anon", None).await,
-        ConnectReturnCode::Accepted
+        ConnectReasonCode::Success
     );
 }
 
@@ -140,7 +140,7 @@ async fn without_a_password_file_user_names_are_not_checked() {
     let r = Secure::new().start();
     assert_eq!(
         connack(r.addr(), "x", Some(("anyone", "anything"))).await,
-        ConnectReturnCode::Accepted
+        ConnectReasonCode::Success
     );
 }
 
@@ -161,19 +161,22 @@ async fn authenticated_user_without_acl_rules_can_do_nothing() {
     // carol connects (CONNACK 0: authentication is not authorization) ...
     let (mut carol, ack) =
         RawClient::connect_with(r.addr(), connect("carol", true, Some(("carol", "c")))).await;
-    assert_eq!(ack.code, ConnectReturnCode::Accepted);
+    assert_eq!(ack.code, ConnectReasonCode::Success);
     // ... but may neither subscribe ...
     let codes = carol
         .subscribe(1, &[("#", QoS::AtMostOnce), ("a/b", QoS::AtLeastOnce)])
         .await;
     assert_eq!(
         codes,
-        vec![SubscribeReturnCode::Failure, SubscribeReturnCode::Failure]
+        vec![
+            SubAckReasonCode::UnspecifiedError,
+            SubAckReasonCode::UnspecifiedError
+        ]
     );
     // ... nor publish (acknowledged, dropped).
     carol.publish("a/b", b"x", QoS::AtLeastOnce, false, 7).await;
     match carol.recv().await {
-        Ok(starling_codec::Packet::PubAck(7)) => {}
+        Ok(starling_codec::Packet::PubAck(PubAck { packet_id: 7, .. })) => {}
         other => panic!("expected PUBACK 7, got {other:?}"),
     }
     admin.assert_no_publish(Duration::from_millis(500)).await;
@@ -213,14 +216,14 @@ async fn reconnect_storm_costs_one_slow_verification() {
     let started = Instant::now();
     assert_eq!(
         connack(r.addr(), "s0", Some(("alice", "wonderland"))).await,
-        ConnectReturnCode::Accepted
+        ConnectReasonCode::Success
     );
     let first = started.elapsed();
     let started = Instant::now();
     for i in 1..=40 {
         assert_eq!(
             connack(r.addr(), &format!("s{i}"), Some(("alice", "wonderland"))).await,
-            ConnectReturnCode::Accepted
+            ConnectReasonCode::Success
         );
     }
     let storm = started.elapsed();
@@ -231,6 +234,6 @@ async fn reconnect_storm_costs_one_slow_verification() {
     // A wrong password is never cached as good.
     assert_eq!(
         connack(r.addr(), "bad", Some(("alice", "wonderlanD"))).await,
-        ConnectReturnCode::BadUserNameOrPassword
+        ConnectReasonCode::BadUserNameOrPassword
     );
 }

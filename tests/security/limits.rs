@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use starling_auth::{PasswordFile, PasswordHash};
-use starling_codec::{ConnectReturnCode, Packet, QoS, SubscribeReturnCode};
+use starling_codec::{ConnectReasonCode, Packet, PubAck, QoS, SubAckReasonCode, UnsubAck};
 use starling_testkit::RawClient;
 
 use crate::common::{wait_log, Mqtt, PROMPT};
@@ -108,7 +108,9 @@ async fn max_topic_length_and_levels() {
         let pid = i as u16 + 1;
         c.publish(t, b"m", QoS::AtLeastOnce, false, pid).await;
         match c.recv().await {
-            Ok(Packet::PubAck(p)) => assert_eq!(p, pid, "acknowledged even when dropped"),
+            Ok(Packet::PubAck(PubAck { packet_id: p, .. })) => {
+                assert_eq!(p, pid, "acknowledged even when dropped")
+            }
             other => panic!("no PUBACK: {other:?}"),
         }
     }
@@ -130,9 +132,9 @@ async fn max_topic_length_and_levels() {
     assert_eq!(
         codes,
         vec![
-            SubscribeReturnCode::Failure,
-            SubscribeReturnCode::Failure,
-            SubscribeReturnCode::Success(QoS::AtMostOnce)
+            SubAckReasonCode::UnspecifiedError,
+            SubAckReasonCode::UnspecifiedError,
+            SubAckReasonCode::GrantedQoS0
         ]
     );
     r.wait_limit_hits("max_topic_levels", 2).await;
@@ -147,8 +149,8 @@ async fn max_topic_length_and_levels() {
 async fn max_subscriptions_per_client() {
     let r = Secure::new().mqtt("max_subscriptions = 2").start();
     let (mut c, _) = RawClient::connect(r.addr(), "subs", false).await;
-    let ok = SubscribeReturnCode::Success(QoS::AtMostOnce);
-    let f = SubscribeReturnCode::Failure;
+    let ok = SubAckReasonCode::GrantedQoS0;
+    let f = SubAckReasonCode::UnspecifiedError;
     assert_eq!(
         c.subscribe(1, &[("a", QoS::AtMostOnce), ("b", QoS::AtMostOnce)])
             .await,
@@ -163,9 +165,13 @@ async fn max_subscriptions_per_client() {
     c.send(&Packet::Unsubscribe(starling_codec::Unsubscribe {
         packet_id: 4,
         filters: vec!["a".into()],
+        properties: Default::default(),
     }))
     .await;
-    assert!(matches!(c.recv().await, Ok(Packet::UnsubAck(4))));
+    assert!(matches!(
+        c.recv().await,
+        Ok(Packet::UnsubAck(UnsubAck { packet_id: 4, .. }))
+    ));
     assert_eq!(
         c.subscribe(5, &[("c", QoS::AtMostOnce), ("d", QoS::AtMostOnce)])
             .await,
@@ -283,11 +289,11 @@ async fn max_pending_auth_refuses_with_connack_3() {
     });
     let codes = futures_util::future::join_all(attempts).await;
     assert!(
-        codes.contains(&ConnectReturnCode::ServerUnavailable),
+        codes.contains(&ConnectReasonCode::ServerUnavailable),
         "some refused for the full queue: {codes:?}"
     );
     assert!(
-        codes.contains(&ConnectReturnCode::BadUserNameOrPassword),
+        codes.contains(&ConnectReasonCode::BadUserNameOrPassword),
         "{codes:?}"
     );
     r.wait_limit_hits("max_pending_auth", 1).await;

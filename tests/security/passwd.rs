@@ -5,7 +5,7 @@ use std::io::Write as _;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
-use starling_codec::ConnectReturnCode;
+use starling_codec::ConnectReasonCode;
 use starling_testkit::RawClient;
 
 use crate::common::BIN;
@@ -240,10 +240,10 @@ async fn broker_accepts_users_written_by_starling_passwd() {
         .start();
     let (_c, ack) =
         RawClient::connect_with(r.addr(), connect("a", true, Some(("alice", "wonderland")))).await;
-    assert_eq!(ack.code, ConnectReturnCode::Accepted);
+    assert_eq!(ack.code, ConnectReasonCode::Success);
     let (_c, ack) =
         RawClient::connect_with(r.addr(), connect("b", true, Some(("alice", "wonderlanD")))).await;
-    assert_eq!(ack.code, ConnectReturnCode::BadUserNameOrPassword);
+    assert_eq!(ack.code, ConnectReasonCode::BadUserNameOrPassword);
 }
 
 #[tokio::test]
@@ -278,7 +278,7 @@ async fn mosquitto_passwd_files_work() {
         connect("c", true, Some(("carol", "from-mosquitto"))),
     )
     .await;
-    assert_eq!(ack.code, ConnectReturnCode::Accepted);
+    assert_eq!(ack.code, ConnectReasonCode::Success);
     // Mosquitto's default of 101 iterations is flagged.
     crate::common::wait_log(&r.b, "weak hash warning", |l| {
         l.contains("password hashes are weak")

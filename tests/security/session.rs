@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use rumqttc::QoS as Q;
-use starling_codec::ConnectReturnCode;
+use starling_codec::ConnectReasonCode;
 use starling_testkit::RawClient;
 
 use crate::common::{options, wait_log, Mqtt};
@@ -41,7 +41,7 @@ async fn bound_sessions_refuse_other_users() {
                 .await;
         assert_eq!(
             ack.code,
-            ConnectReturnCode::NotAuthorized,
+            ConnectReasonCode::NotAuthorized,
             "clean = {clean}"
         );
     }
@@ -51,7 +51,7 @@ async fn bound_sessions_refuse_other_users() {
     .await;
     // Anonymous clients neither.
     let (_c, ack) = RawClient::connect_with(r.addr(), connect("shared-id", false, None)).await;
-    assert_eq!(ack.code, ConnectReturnCode::NotAuthorized);
+    assert_eq!(ack.code, ConnectReasonCode::NotAuthorized);
     // The owner still resumes it, with its queued messages.
     let (mut admin, _) = login(r.addr(), "admin", "admin", true).await;
     admin

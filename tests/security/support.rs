@@ -16,8 +16,8 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, Serve
 use rustls::{ClientConfig, RootCertStore};
 use starling_auth::{PasswordFile, PasswordHash};
 use starling_codec::{
-    ConnAck, Connect, Decoder, Packet, ProtocolVersion, Publish, QoS, Subscribe, SubscribeFilter,
-    SubscribeReturnCode,
+    ConnAck, Connect, Decoder, Packet, ProtocolVersion, Publish, QoS, SubAckReasonCode, Subscribe,
+    SubscribeFilter,
 };
 use starling_testkit::{wait_until_async, BrokerBuilder, BrokerProcess, RecvError};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -491,7 +491,8 @@ impl StreamClient {
     /// Sends a packet.
     pub(crate) async fn send(&mut self, p: &Packet) {
         let mut out = BytesMut::new();
-        p.encode(&mut out).expect("encodable");
+        p.encode(ProtocolVersion::V3_1_1, &mut out)
+            .expect("encodable");
         self.send_raw(&out).await;
     }
 
@@ -544,7 +545,7 @@ impl StreamClient {
         let c = connect(client_id, true, user);
         self.send(&Packet::Connect(Box::new(c))).await;
         match self.recv_within(PROMPT).await? {
-            Packet::ConnAck(a) => Ok(a),
+            Packet::ConnAck(a) => Ok(*a),
             other => Err(RecvError::Decode(format!(
                 "expected CONNACK, got {other:?}"
             ))),
@@ -556,22 +557,20 @@ impl StreamClient {
         &mut self,
         pid: u16,
         filters: &[(&str, QoS)],
-    ) -> Vec<SubscribeReturnCode> {
+    ) -> Vec<SubAckReasonCode> {
         let filters = filters
             .iter()
-            .map(|(f, q)| SubscribeFilter {
-                filter: (*f).into(),
-                qos: *q,
-            })
+            .map(|(f, q)| SubscribeFilter::new((*f).into(), *q))
             .collect();
         self.send(&Packet::Subscribe(Subscribe {
             packet_id: pid,
             filters,
+            properties: Default::default(),
         }))
         .await;
         loop {
             match self.recv_within(PROMPT).await {
-                Ok(Packet::SubAck(a)) if a.packet_id == pid => return a.return_codes,
+                Ok(Packet::SubAck(a)) if a.packet_id == pid => return a.reason_codes,
                 Ok(_) => {}
                 Err(e) => panic!("no SUBACK: {e:?}"),
             }
@@ -587,6 +586,7 @@ impl StreamClient {
             topic: topic.into(),
             packet_id: 0,
             payload: bytes::Bytes::copy_from_slice(payload),
+            properties: Default::default(),
         }))
         .await;
     }
@@ -609,7 +609,7 @@ pub(crate) async fn connack(
     addr: SocketAddr,
     client_id: &str,
     user: Option<(&str, &str)>,
-) -> starling_codec::ConnectReturnCode {
+) -> starling_codec::ConnectReasonCode {
     let tcp = TcpStream::connect(addr).await.expect("connect");
     let mut c = StreamClient::bytes(Box::new(tcp));
     c.connect(client_id, user).await.expect("CONNACK").code
@@ -619,12 +619,13 @@ pub(crate) async fn connack(
 pub(crate) fn connect(client_id: &str, clean: bool, user: Option<(&str, &str)>) -> Connect {
     Connect {
         protocol: ProtocolVersion::V3_1_1,
-        clean_session: clean,
+        clean_start: clean,
         keep_alive: 60,
         client_id: client_id.into(),
         will: None,
         username: user.map(|(u, _)| u.into()),
         password: user.map(|(_, p)| bytes::Bytes::copy_from_slice(p.as_bytes())),
+        properties: Default::default(),
     }
 }
 

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use starling_codec::{ConnectReturnCode, QoS, SubscribeReturnCode};
+use starling_codec::{ConnectReasonCode, QoS, SubAckReasonCode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -27,10 +27,10 @@ async fn tls_1_2_and_1_3_serve_mqtt_and_a_real_client_works() {
         assert_eq!(version, Some(versions[0].version));
         let mut c = StreamClient::bytes(Box::new(tls));
         let ack = c.connect("tls-raw", None).await.expect("CONNACK");
-        assert_eq!(ack.code, ConnectReturnCode::Accepted);
+        assert_eq!(ack.code, ConnectReasonCode::Success);
         assert_eq!(
             c.subscribe(1, &[("t/#", QoS::AtMostOnce)]).await,
-            vec![SubscribeReturnCode::Success(QoS::AtMostOnce)]
+            vec![SubAckReasonCode::GrantedQoS0]
         );
         c.publish0("t/1", b"over tls").await;
         let p = c.next_publish().await;
@@ -124,7 +124,7 @@ async fn required_client_certificates() {
     .expect("trusted cert");
     let mut c = StreamClient::bytes(Box::new(tls));
     let ack = c.connect("alice-dev", None).await.expect("CONNACK");
-    assert_eq!(ack.code, ConnectReturnCode::Accepted);
+    assert_eq!(ack.code, ConnectReasonCode::Success);
     r.wait_security_events("tls_handshake_failed", 2).await;
     wait_log(&r.b, "handshake failure line", |l| {
         l.contains("TLS handshake failed")
@@ -166,7 +166,7 @@ async fn certificate_common_name_is_the_user_name() {
         .connect("alice-dev", Some(("admin", "x")))
         .await
         .unwrap();
-    assert_eq!(ack.code, ConnectReturnCode::Accepted);
+    assert_eq!(ack.code, ConnectReasonCode::Success);
     wait_log(&r.b, "connect line with the CN", |l| {
         l.contains("as alice-dev") && l.contains("ualice")
     })
@@ -183,7 +183,7 @@ async fn certificate_common_name_is_the_user_name() {
     let mut nocn = StreamClient::bytes(Box::new(tls));
     assert_eq!(
         nocn.connect("nocn", None).await.unwrap().code,
-        ConnectReturnCode::BadUserNameOrPassword
+        ConnectReasonCode::BadUserNameOrPassword
     );
     let tls = tls_connect(r.port("opt"), pki.client_config(V13, None))
         .await
@@ -195,7 +195,7 @@ async fn certificate_common_name_is_the_user_name() {
             .await
             .unwrap()
             .code,
-        ConnectReturnCode::BadUserNameOrPassword
+        ConnectReasonCode::BadUserNameOrPassword
     );
     admin.assert_no_publish(Duration::from_millis(300)).await;
 }

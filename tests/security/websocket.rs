@@ -2,7 +2,7 @@
 //! (tokio-tungstenite), and paho-mqtt for Python with `transport="websockets"`.
 
 use bytes::BytesMut;
-use starling_codec::{ConnectReturnCode, Packet, QoS, SubscribeReturnCode};
+use starling_codec::{ConnectReasonCode, Packet, ProtocolVersion, PubAck, QoS, SubAckReasonCode};
 use tokio::net::TcpStream;
 
 use crate::common::{wait_log, Mqtt};
@@ -21,18 +21,18 @@ async fn websocket_with_a_rust_client() {
     // CONNECT split over two frames, SUBSCRIBE and PUBLISH in one frame.
     let mut bytes = BytesMut::new();
     Packet::Connect(Box::new(connect("ws-client", true, None)))
-        .encode(&mut bytes)
+        .encode(ProtocolVersion::V3_1_1, &mut bytes)
         .unwrap();
     let (a, b) = bytes.split_at(5);
     c.send_raw(a).await;
     c.send_raw(b).await;
     match c.recv_within(crate::common::PROMPT).await {
-        Ok(Packet::ConnAck(a)) => assert_eq!(a.code, ConnectReturnCode::Accepted),
+        Ok(Packet::ConnAck(a)) => assert_eq!(a.code, ConnectReasonCode::Success),
         other => panic!("no CONNACK: {other:?}"),
     }
     assert_eq!(
         c.subscribe(1, &[("ws/#", QoS::AtLeastOnce)]).await,
-        vec![SubscribeReturnCode::Success(QoS::AtLeastOnce)]
+        vec![SubAckReasonCode::GrantedQoS1]
     );
     // A TCP client's message reaches the WebSocket client, and the other way round.
     let mut tcp_client = Mqtt::connect(r.addr(), "tcp-client", true).await;
@@ -44,7 +44,7 @@ async fn websocket_with_a_rust_client() {
         .await;
     let p = c.next_publish().await;
     assert_eq!((&*p.topic, p.payload.len()), ("ws/1", 70_000));
-    c.send(&Packet::PubAck(p.packet_id)).await;
+    c.send(&Packet::PubAck(PubAck::new(p.packet_id))).await;
     let mut two = BytesMut::new();
     for t in ["back/1", "back/2"] {
         Packet::Publish(starling_codec::Publish {
@@ -54,8 +54,9 @@ async fn websocket_with_a_rust_client() {
             topic: t.into(),
             packet_id: 0,
             payload: bytes::Bytes::from_static(b"w"),
+            properties: Default::default(),
         })
-        .encode(&mut two)
+        .encode(ProtocolVersion::V3_1_1, &mut two)
         .unwrap();
     }
     c.send_raw(&two).await;
@@ -84,7 +85,7 @@ async fn websocket_over_tls_with_a_rust_client() {
     let mut c = StreamClient::ws(ws);
     assert_eq!(
         c.connect("wss-client", None).await.unwrap().code,
-        ConnectReturnCode::Accepted
+        ConnectReasonCode::Success
     );
     c.subscribe(1, &[("s/#", QoS::AtMostOnce)]).await;
     c.publish0("s/1", b"secure socket").await;

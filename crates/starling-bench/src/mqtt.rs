@@ -15,8 +15,8 @@ use std::net::{IpAddr, SocketAddr};
 
 use bytes::BytesMut;
 use starling_codec::{
-    ConnAck, Connect, ConnectReturnCode, Decoder, Packet, ProtocolVersion, QoS, Subscribe,
-    SubscribeFilter, SubscribeReturnCode,
+    ConnAck, Connect, ConnectReasonCode, Decoder, Disconnect, Packet, ProtocolVersion, QoS,
+    SubAckReasonCode, Subscribe, SubscribeFilter,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
@@ -123,18 +123,19 @@ impl Conn {
         self.name = client_id.to_string();
         let connect = Connect {
             protocol: ProtocolVersion::V3_1_1,
-            clean_session,
+            clean_start: clean_session,
             keep_alive,
             client_id: client_id.into(),
             will: None,
             username: None,
             password: None,
+            properties: Default::default(),
         };
         self.decoder.set_protocol(ProtocolVersion::V3_1_1);
         self.push(&Packet::Connect(Box::new(connect)))?;
         self.flush(deadline).await?;
         match self.recv(deadline).await? {
-            Packet::ConnAck(a) if a.code == ConnectReturnCode::Accepted => Ok(a),
+            Packet::ConnAck(a) if a.code == ConnectReasonCode::Success => Ok(*a),
             Packet::ConnAck(a) => Err(BenchError::Protocol(format!(
                 "{client_id}: CONNACK refused: {:?}",
                 a.code
@@ -156,16 +157,14 @@ impl Conn {
         filters: &[(&str, QoS)],
         packet_id: u16,
         deadline: Instant,
-    ) -> Result<Vec<SubscribeReturnCode>, BenchError> {
+    ) -> Result<Vec<SubAckReasonCode>, BenchError> {
         let sub = Subscribe {
             packet_id,
             filters: filters
                 .iter()
-                .map(|(f, q)| SubscribeFilter {
-                    filter: (*f).into(),
-                    qos: *q,
-                })
+                .map(|(f, q)| SubscribeFilter::new((*f).into(), *q))
                 .collect(),
+            properties: Default::default(),
         };
         self.push(&Packet::Subscribe(sub))?;
         self.flush(deadline).await?;
@@ -173,13 +172,13 @@ impl Conn {
         // may come before the SUBACK.
         match self.recv(deadline).await? {
             Packet::SubAck(a) if a.packet_id == packet_id => {
-                if a.return_codes.contains(&SubscribeReturnCode::Failure) {
+                if a.reason_codes.contains(&SubAckReasonCode::UnspecifiedError) {
                     return Err(BenchError::Protocol(format!(
                         "{}: subscription refused",
                         self.name
                     )));
                 }
-                Ok(a.return_codes)
+                Ok(a.reason_codes)
             }
             p => Err(BenchError::Protocol(format!(
                 "{}: expected SUBACK, got {:?}",
@@ -194,7 +193,7 @@ impl Conn {
     /// # Errors
     /// [`BenchError::Protocol`] if the packet cannot be encoded (a bug in the caller).
     pub fn push(&mut self, p: &Packet) -> Result<(), BenchError> {
-        p.encode(&mut self.wbuf)
+        p.encode(ProtocolVersion::V3_1_1, &mut self.wbuf)
             .map_err(|e| BenchError::Protocol(format!("encode {:?}: {e}", p.packet_type())))
     }
 
@@ -289,7 +288,10 @@ impl Conn {
 
     /// Sends DISCONNECT (best effort) and closes the connection.
     pub async fn disconnect(mut self, deadline: Instant) {
-        if self.push(&Packet::Disconnect).is_ok() {
+        if self
+            .push(&Packet::Disconnect(Disconnect::default()))
+            .is_ok()
+        {
             let _ = self.flush(deadline).await;
         }
         let _ = timeout_at(deadline, self.stream.shutdown()).await;

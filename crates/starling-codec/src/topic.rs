@@ -1,8 +1,10 @@
-//! Topic names, topic filters and matching (MQTT 3.1.1 section 4.7).
+//! Topic names, topic filters and matching (MQTT 3.1.1 section 4.7, 5.0 section 4.7), and
+//! shared subscriptions (5.0 section 4.8.2).
 //!
 //! Pure functions on `&str` that never allocate:
 //! - [`validate_topic_name`]: what PUBLISH and wills may carry (no wildcards).
 //! - [`validate_filter`]: what SUBSCRIBE may carry (`+` and `#` only as whole levels, `#` last).
+//! - [`parse_shared`]: the share name and inner filter of `$share/<group>/<filter>`.
 //! - [`matches()`]: whether a filter matches a topic name, including the rule that topics starting
 //!   with `$` are not matched by a filter whose first level is a wildcard.
 //!
@@ -77,6 +79,65 @@ pub fn validate_filter(filter: &str) -> Result<(), TopicError> {
         }
     }
     Ok(())
+}
+
+/// The prefix of a shared subscription's filter.
+pub const SHARED_PREFIX: &str = "$share/";
+
+/// Whether `filter` names a shared subscription: it starts with `$share/` (valid or not; see
+/// [`parse_shared`]).
+pub fn is_shared(filter: &str) -> bool {
+    filter.starts_with(SHARED_PREFIX)
+}
+
+/// A shared subscription's parts: `$share/<group>/<filter>`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SharedFilter<'a> {
+    /// The share name: the subscribers of one group share the messages of `filter`.
+    pub group: &'a str,
+    /// The topic filter itself.
+    pub filter: &'a str,
+}
+
+/// Recognises and validates a shared subscription (5.0, 4.8.2): `Ok(None)` for a filter that
+/// does not start with `$share/`, `Ok(Some(parts))` for a valid one: a non-empty share name
+/// without `+`, `#` or `/`, then `/` and a valid filter.
+///
+/// ```
+/// use starling_codec::topic::{parse_shared, SharedFilter};
+/// assert_eq!(
+///     parse_shared("$share/g1/sensors/#"),
+///     Ok(Some(SharedFilter { group: "g1", filter: "sensors/#" }))
+/// );
+/// assert_eq!(parse_shared("sensors/#"), Ok(None));
+/// assert!(parse_shared("$share/g+/a").is_err());
+/// ```
+///
+/// # Errors
+/// [`TopicError::InvalidSharedSubscription`] for a bad share name or a missing filter, the
+/// inner filter's own error if it is invalid (and the rules of [`validate_filter`] on the whole:
+/// length, U+0000).
+pub fn parse_shared(filter: &str) -> Result<Option<SharedFilter<'_>>, TopicError> {
+    let Some(rest) = filter.strip_prefix(SHARED_PREFIX) else {
+        return Ok(None);
+    };
+    if filter.len() > MAX_TOPIC_LEN {
+        return Err(TopicError::TooLong);
+    }
+    let Some((group, inner)) = rest.split_once('/') else {
+        return Err(TopicError::InvalidSharedSubscription);
+    };
+    if group.is_empty() || group.contains(['+', '#']) {
+        return Err(TopicError::InvalidSharedSubscription);
+    }
+    validate_filter(inner)?;
+    if group.contains('\0') {
+        return Err(TopicError::NullCharacter);
+    }
+    Ok(Some(SharedFilter {
+        group,
+        filter: inner,
+    }))
 }
 
 /// Whether `topic` starts with `$` (`$SYS/...` and other server topics).
@@ -281,5 +342,60 @@ mod tests {
         for (f, t) in [("", ""), ("a#", "a"), ("#/#", "a"), ("", "a"), ("a", "")] {
             let _ = matches(f, t);
         }
+    }
+    #[test]
+    fn shared_subscriptions_are_recognised_and_validated() {
+        assert_eq!(
+            parse_shared("$share/g/a/+/#"),
+            Ok(Some(SharedFilter {
+                group: "g",
+                filter: "a/+/#"
+            }))
+        );
+        assert_eq!(
+            parse_shared("$share/group-1/#"),
+            Ok(Some(SharedFilter {
+                group: "group-1",
+                filter: "#"
+            }))
+        );
+        // The inner filter may itself start with `/` or `$`.
+        assert_eq!(
+            parse_shared("$share/g//a"),
+            Ok(Some(SharedFilter {
+                group: "g",
+                filter: "/a"
+            }))
+        );
+        for not_shared in ["a/b", "$SYS/#", "$share", "share/g/a", "$Share/g/a", "#"] {
+            assert_eq!(parse_shared(not_shared), Ok(None), "{not_shared}");
+            assert!(!is_shared(not_shared));
+        }
+        for bad in [
+            "$share/",
+            "$share/g",
+            "$share//a",
+            "$share/+/a",
+            "$share/#/a",
+            "$share/g#/a",
+            "$share/g+x/a",
+        ] {
+            assert_eq!(
+                parse_shared(bad),
+                Err(TopicError::InvalidSharedSubscription),
+                "{bad}"
+            );
+            assert!(is_shared(bad));
+        }
+        assert_eq!(parse_shared("$share/g/"), Err(TopicError::Empty));
+        assert_eq!(
+            parse_shared("$share/g/a/#/b"),
+            Err(TopicError::InvalidWildcard)
+        );
+        assert_eq!(parse_shared("$share/g\0/a"), Err(TopicError::NullCharacter));
+        assert_eq!(
+            parse_shared(&format!("$share/g/{}", "a".repeat(65_535))),
+            Err(TopicError::TooLong)
+        );
     }
 }

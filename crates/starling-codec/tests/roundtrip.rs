@@ -1,5 +1,5 @@
-//! Property tests: every valid packet survives encode → decode, alone and in a stream split at
-//! random points.
+//! Property tests of 3.1 / 3.1.1: every valid packet survives encode → decode, alone and in a
+//! stream split at random points. (5.0: `roundtrip_v5.rs`.)
 
 mod common;
 
@@ -8,7 +8,7 @@ use proptest::collection::vec;
 use proptest::prelude::*;
 use starling_codec::decode::decode_packet;
 use starling_codec::encode::encode_publish;
-use starling_codec::{Decoder, Packet};
+use starling_codec::{Decoder, Packet, ProtocolVersion};
 
 use common::{encode, packet, publish};
 
@@ -37,7 +37,9 @@ proptest! {
         let mut fast = BytesMut::new();
         encode_publish(&mut fast, p.dup, p.qos, p.retain, &p.topic, p.packet_id, &p.payload)
             .expect("a valid publish encodes");
-        prop_assert_eq!(fast, encode(&Packet::Publish(p)));
+        prop_assert_eq!(&fast, &encode(&Packet::Publish(p.clone())));
+        // 3.1 writes the same bytes.
+        prop_assert_eq!(fast, common::encode_in(&Packet::Publish(p), ProtocolVersion::V3_1));
     }
 
     #[test]

@@ -11,8 +11,8 @@ use bytes::Bytes;
 use bytestring::ByteString;
 use starling_broker::messages::SessionSettings;
 use starling_codec::{
-    ConnectReturnCode, LastWill, Packet, ProtocolVersion, Publish, QoS, Subscribe, SubscribeFilter,
-    SubscribeReturnCode,
+    ConnectReasonCode, Disconnect, LastWill, Packet, ProtocolVersion, PubAck, PubComp, PubRec,
+    PubRel, Publish, QoS, Subscribe, SubscribeFilter,
 };
 
 use crate::history::{Ev, History, MsgId};
@@ -79,6 +79,9 @@ impl ClientSpec {
 }
 
 /// What a client asks the world to do.
+// Most are packets (as large as a 5.0 PUBLISH with its properties): boxing them would cost an
+// allocation each and save nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ClientOut {
     /// Open a new connection (generation `gen`) to a node the world picks.
@@ -284,15 +287,17 @@ impl SimClient {
             payload: Bytes::from(format!("will:{}:{}", self.idx, self.gen)),
             qos: QoS::ExactlyOnce,
             retain: false,
+            properties: Default::default(),
         });
         Packet::Connect(Box::new(starling_codec::Connect {
             protocol: ProtocolVersion::V3_1_1,
-            clean_session: self.spec.clean,
+            clean_start: self.spec.clean,
             keep_alive: KEEP_ALIVE_SECS,
             client_id: ByteString::from(self.spec.name.as_str()),
             will,
             username: None,
             password: None,
+            properties: Default::default(),
         }))
     }
 
@@ -385,7 +390,10 @@ impl SimClient {
         );
         self.phase = Phase::Leaving;
         self.since = now;
-        vec![ClientOut::Send(Packet::Disconnect), ClientOut::Close]
+        vec![
+            ClientOut::Send(Packet::Disconnect(Disconnect::default())),
+            ClientOut::Close,
+        ]
     }
 
     fn publish_more(
@@ -458,6 +466,7 @@ impl SimClient {
                 topic: topic.into(),
                 packet_id,
                 payload: msg.payload(),
+                properties: Default::default(),
             })));
         }
     }
@@ -489,10 +498,8 @@ impl SimClient {
         self.adding = Some((pid, filter.clone(), qos));
         out.push(ClientOut::Send(Packet::Subscribe(Subscribe {
             packet_id: pid,
-            filters: vec![SubscribeFilter {
-                filter: filter.into(),
-                qos,
-            }],
+            filters: vec![SubscribeFilter::new(filter.into(), qos)],
+            properties: Default::default(),
         })));
     }
 
@@ -508,11 +515,9 @@ impl SimClient {
                 .spec
                 .subscriptions
                 .iter()
-                .map(|(f, q)| SubscribeFilter {
-                    filter: f.as_str().into(),
-                    qos: *q,
-                })
+                .map(|(f, q)| SubscribeFilter::new(f.as_str().into(), *q))
                 .collect(),
+            properties: Default::default(),
         })));
     }
 
@@ -592,13 +597,13 @@ impl SimClient {
                     h.violation(now, format!("client {}: CONNACK twice", self.spec.name));
                     return None;
                 }
-                if a.code != ConnectReturnCode::Accepted {
+                if a.code != ConnectReasonCode::Success {
                     h.push(
                         now,
                         Ev::Refused {
                             client: self.idx,
                             gen,
-                            code: Some(a.code as u8),
+                            code: Some(a.code.v3_return_code()),
                         },
                     );
                     self.phase = Phase::Down;
@@ -642,7 +647,7 @@ impl SimClient {
                         self.outgoing.iter().map(|(p, m)| (*p, m.clone())).collect();
                     for (pid, p) in resend {
                         if p.released {
-                            out.push(ClientOut::Send(Packet::PubRel(pid)));
+                            out.push(ClientOut::Send(Packet::PubRel(PubRel::new(pid))));
                         } else {
                             h.push(now, Ev::Resent { msg: p.msg, gen });
                             out.push(ClientOut::Send(Packet::Publish(Publish {
@@ -652,6 +657,7 @@ impl SimClient {
                                 topic: p.topic.clone().into(),
                                 packet_id: pid,
                                 payload: p.msg.payload(),
+                                properties: Default::default(),
                             })));
                         }
                     }
@@ -665,15 +671,15 @@ impl SimClient {
                     .is_some_and(|(p, ..)| *p == a.packet_id) =>
             {
                 let (_, filter, _) = self.adding.take()?;
-                match a.return_codes.first() {
-                    Some(SubscribeReturnCode::Success(q)) => {
+                match a.reason_codes.first().and_then(|c| c.granted_qos()) {
+                    Some(q) => {
                         h.push(
                             now,
                             Ev::Subscribed {
                                 client: self.idx,
                                 gen,
                                 filter: filter.clone(),
-                                qos: *q,
+                                qos: q,
                             },
                         );
                         self.added.push(filter);
@@ -691,18 +697,18 @@ impl SimClient {
                 self.sub_pid = None;
                 self.subacked = true;
                 self.subscribed = true;
-                for ((filter, _), code) in self.spec.subscriptions.iter().zip(&a.return_codes) {
-                    match code {
-                        SubscribeReturnCode::Success(q) => h.push(
+                for ((filter, _), code) in self.spec.subscriptions.iter().zip(&a.reason_codes) {
+                    match code.granted_qos() {
+                        Some(q) => h.push(
                             now,
                             Ev::Subscribed {
                                 client: self.idx,
                                 gen,
                                 filter: filter.clone(),
-                                qos: *q,
+                                qos: q,
                             },
                         ),
-                        SubscribeReturnCode::Failure => h.violation(
+                        None => h.violation(
                             now,
                             format!("client {}: subscription {filter} refused", self.spec.name),
                         ),
@@ -711,11 +717,11 @@ impl SimClient {
             }
             Packet::Publish(p) => self.on_publish(gen, &p, now, h, out),
             Packet::PingResp => {}
-            Packet::PubRel(pid) => {
+            Packet::PubRel(PubRel { packet_id: pid, .. }) => {
                 self.inbound_q2.remove(&pid);
-                out.push(ClientOut::Send(Packet::PubComp(pid)));
+                out.push(ClientOut::Send(Packet::PubComp(PubComp::new(pid))));
             }
-            Packet::PubAck(pid) => {
+            Packet::PubAck(PubAck { packet_id: pid, .. }) => {
                 if let Some(p) = self.outgoing.get(&pid) {
                     if p.qos == QoS::AtLeastOnce {
                         h.push(now, Ev::Completed { msg: p.msg });
@@ -723,15 +729,15 @@ impl SimClient {
                     }
                 }
             }
-            Packet::PubRec(pid) => {
+            Packet::PubRec(PubRec { packet_id: pid, .. }) => {
                 if let Some(p) = self.outgoing.get_mut(&pid) {
                     if p.qos == QoS::ExactlyOnce {
                         p.released = true;
-                        out.push(ClientOut::Send(Packet::PubRel(pid)));
+                        out.push(ClientOut::Send(Packet::PubRel(PubRel::new(pid))));
                     }
                 }
             }
-            Packet::PubComp(pid) => {
+            Packet::PubComp(PubComp { packet_id: pid, .. }) => {
                 if let Some(p) = self.outgoing.get(&pid) {
                     if p.released {
                         h.push(now, Ev::Completed { msg: p.msg });
@@ -790,7 +796,7 @@ impl SimClient {
             QoS::AtMostOnce => record(h),
             QoS::AtLeastOnce => {
                 record(h);
-                out.push(ClientOut::Send(Packet::PubAck(p.packet_id)));
+                out.push(ClientOut::Send(Packet::PubAck(PubAck::new(p.packet_id))));
             }
             QoS::ExactlyOnce => {
                 if self.inbound_q2.insert(p.packet_id) {
@@ -805,7 +811,7 @@ impl SimClient {
                         },
                     );
                 }
-                out.push(ClientOut::Send(Packet::PubRec(p.packet_id)));
+                out.push(ClientOut::Send(Packet::PubRec(PubRec::new(p.packet_id))));
             }
         }
     }

@@ -17,8 +17,8 @@ use starling_broker::messages::{
 };
 use starling_broker::store::output::ConnMessage;
 use starling_codec::{
-    ConnAck, Connect, ConnectReturnCode, LastWill, Packet, ProtocolVersion, Publish, QoS, SubAck,
-    SubscribeReturnCode,
+    ConnAck, Connect, ConnectReasonCode, LastWill, Packet, ProtocolVersion, PubAck, PubComp,
+    PubRec, PubRel, Publish, QoS, SubAck, SubAckReasonCode,
 };
 use starling_state::Message as AppMessage;
 use tokio::sync::oneshot;
@@ -218,7 +218,7 @@ impl SimConn {
                     return false;
                 }
                 Err(oneshot::error::TryRecvError::Closed) => {
-                    self.refuse(ConnectReturnCode::ServerUnavailable, out)
+                    self.refuse(ConnectReasonCode::ServerUnavailable, out)
                 }
             },
             Wait::Subscribe {
@@ -228,14 +228,15 @@ impl SimConn {
             } => match rx.try_recv() {
                 Ok(SubscribeOutcome::Done { granted, retained }) => {
                     let mut granted = granted.into_iter();
-                    let return_codes = (0..n)
+                    let reason_codes = (0..n)
                         .map(|_| {
-                            SubscribeReturnCode::Success(granted.next().unwrap_or(QoS::AtMostOnce))
+                            SubAckReasonCode::granted(granted.next().unwrap_or(QoS::AtMostOnce))
                         })
                         .collect();
                     out.to_client.push(Packet::SubAck(SubAck {
                         packet_id,
-                        return_codes,
+                        reason_codes,
+                        properties: Default::default(),
                     }));
                     self.deliver(retained, out);
                 }
@@ -275,7 +276,7 @@ impl SimConn {
     /// The wait took longer than the commit timeout: what the actor's timeout does.
     pub fn wait_timed_out(&mut self, out: &mut ConnOut) {
         match self.wait.take() {
-            Some(Wait::Connect { .. }) => self.refuse(ConnectReturnCode::ServerUnavailable, out),
+            Some(Wait::Connect { .. }) => self.refuse(ConnectReasonCode::ServerUnavailable, out),
             Some(Wait::Subscribe { .. }) => self.close("unavailable", true, out),
             Some(Wait::Disconnect { .. }) => self.close("disconnect", false, out),
             None => {}
@@ -312,7 +313,7 @@ impl SimConn {
                         return;
                     }
                     for pid in f.release_ready(&r.seqs) {
-                        out.to_client.push(Packet::PubRel(pid));
+                        out.to_client.push(Packet::PubRel(PubRel::new(pid)));
                     }
                 }
                 ConnMessage::Acked(a) => {
@@ -352,7 +353,7 @@ impl SimConn {
                     target: target(self.id),
                     info: ConnectInfo {
                         client_id: c.client_id.clone(),
-                        clean_session: c.clean_session,
+                        clean_session: c.clean_start,
                         protocol: c.protocol,
                         will: c.will.clone(),
                         username: None,
@@ -368,7 +369,7 @@ impl SimConn {
             Packet::Connect(_) => self.close("second CONNECT", true, out),
             _ if self.flow.is_none() => self.close("first packet is not CONNECT", true, out),
             Packet::Publish(p) => self.on_publish(p, out),
-            Packet::PubRel(pid) => {
+            Packet::PubRel(PubRel { packet_id: pid, .. }) => {
                 let Some(f) = self.flow.as_mut() else { return };
                 match f.on_pubrel(pid) {
                     Release::Store { token } => {
@@ -385,15 +386,17 @@ impl SimConn {
                 }
             }
             Packet::PingReq => out.to_client.push(Packet::PingResp),
-            Packet::PubAck(pid) => self.on_ack(AckKind::PubAck, pid, out),
-            Packet::PubRec(pid) => self.on_ack(AckKind::PubRec, pid, out),
-            Packet::PubComp(pid) => self.on_ack(AckKind::PubComp, pid, out),
+            Packet::PubAck(PubAck { packet_id: pid, .. }) => self.on_ack(AckKind::PubAck, pid, out),
+            Packet::PubRec(PubRec { packet_id: pid, .. }) => self.on_ack(AckKind::PubRec, pid, out),
+            Packet::PubComp(PubComp { packet_id: pid, .. }) => {
+                self.on_ack(AckKind::PubComp, pid, out)
+            }
             Packet::Subscribe(s) => {
                 let Some(f) = self.flow.as_ref() else { return };
                 let filters: Vec<(std::sync::Arc<str>, QoS)> = s
                     .filters
                     .iter()
-                    .map(|f| (std::sync::Arc::from(&*f.filter), f.qos))
+                    .map(|f| (std::sync::Arc::from(&*f.filter), f.options.qos))
                     .collect();
                 let (tx, rx) = oneshot::channel();
                 out.to_store.push(StoreRequest::Subscribe(SubscribeRequest {
@@ -412,7 +415,7 @@ impl SimConn {
                 self.wait_seq += 1;
                 out.waits = true;
             }
-            Packet::Disconnect => {
+            Packet::Disconnect(_) => {
                 let Some(f) = self.flow.as_ref() else { return };
                 if !f.is_persistent() {
                     return self.close("disconnect", false, out);
@@ -498,28 +501,26 @@ impl SimConn {
                 resume,
             } => {
                 let id: ByteString = c.client_id.clone();
-                let mut flow = ClientFlow::new(id, !c.clean_session, epoch, key);
+                let mut flow = ClientFlow::new(id, !c.clean_start, epoch, key);
                 let present = session_present && c.protocol == ProtocolVersion::V3_1_1;
-                out.to_client.push(Packet::ConnAck(ConnAck {
-                    session_present: present,
-                    code: ConnectReturnCode::Accepted,
-                }));
+                out.to_client.push(Packet::ConnAck(Box::new(ConnAck::new(
+                    present,
+                    ConnectReasonCode::Success,
+                ))));
                 let mut sends = Vec::new();
                 flow.resume(resume.outbound, &self.limits, &mut sends);
                 write_outgoing(sends, out);
                 self.flow = Some(flow);
                 out.accepted = true;
             }
-            ConnectOutcome::NotAuthorized => self.refuse(ConnectReturnCode::NotAuthorized, out),
-            ConnectOutcome::Unavailable => self.refuse(ConnectReturnCode::ServerUnavailable, out),
+            ConnectOutcome::NotAuthorized => self.refuse(ConnectReasonCode::NotAuthorized, out),
+            ConnectOutcome::Unavailable => self.refuse(ConnectReasonCode::ServerUnavailable, out),
         }
     }
 
-    fn refuse(&mut self, code: ConnectReturnCode, out: &mut ConnOut) {
-        out.to_client.push(Packet::ConnAck(ConnAck {
-            session_present: false,
-            code,
-        }));
+    fn refuse(&mut self, code: ConnectReasonCode, out: &mut ConnOut) {
+        out.to_client
+            .push(Packet::ConnAck(Box::new(ConnAck::new(false, code))));
         self.flow = None;
         self.close("refused", false, out);
     }
@@ -581,9 +582,9 @@ impl SimConn {
 fn release_acks(f: &mut ClientFlow, out: &mut ConnOut) {
     f.due_acks(|kind, pid| {
         out.to_client.push(match kind {
-            AckKind::PubAck => Packet::PubAck(pid),
-            AckKind::PubRec => Packet::PubRec(pid),
-            AckKind::PubComp => Packet::PubComp(pid),
+            AckKind::PubAck => Packet::PubAck(PubAck::new(pid)),
+            AckKind::PubRec => Packet::PubRec(PubRec::new(pid)),
+            AckKind::PubComp => Packet::PubComp(PubComp::new(pid)),
         })
     });
 }
@@ -596,7 +597,7 @@ fn write_outgoing(sends: Vec<Outgoing>, out: &mut ConnOut) {
                 dup,
                 message,
             } => publish(packet_id, dup, &message),
-            Outgoing::PubRel(pid) => Packet::PubRel(pid),
+            Outgoing::PubRel(pid) => Packet::PubRel(PubRel::new(pid)),
         });
     }
 }
@@ -609,5 +610,6 @@ fn publish(packet_id: u16, dup: bool, m: &AppMessage) -> Packet {
         topic: m.topic.clone(),
         packet_id,
         payload: m.payload.clone(),
+        properties: Default::default(),
     })
 }

@@ -68,6 +68,9 @@ pub enum Local {
 }
 
 /// What the session store handles.
+// Most are requests (a CONNECT's carries the will with its properties): boxing them would cost
+// an allocation each and save nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum StoreInput {
     /// A connection's request.
     Request(StoreRequest),

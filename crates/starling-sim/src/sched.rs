@@ -73,6 +73,9 @@ pub enum Event {
 }
 
 /// What reaches a client.
+// Most are packets (as large as a 5.0 PUBLISH with its properties): boxing them would cost an
+// allocation each and save nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum ClientInput {
     /// A packet on its connection `gen`.
     Packet(u64, Packet),

@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use starling_codec::{
-    ConnAck, Connect, Decoder, LastWill, Packet, ProtocolVersion, Publish, QoS, Subscribe,
-    SubscribeFilter, SubscribeReturnCode,
+    ConnAck, Connect, Decoder, LastWill, Packet, ProtocolVersion, Publish, QoS, SubAckReasonCode,
+    Subscribe, SubscribeFilter,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -59,15 +59,17 @@ impl RawClient {
         c.decoder.set_protocol(connect.protocol);
         c.send(&Packet::Connect(Box::new(connect))).await;
         match c.recv().await {
-            Ok(Packet::ConnAck(a)) => (c, a),
+            Ok(Packet::ConnAck(a)) => (c, *a),
             other => panic!("expected CONNACK, got {other:?}"),
         }
     }
 
-    /// Sends a packet.
+    /// Sends a packet, encoded for the protocol of the CONNECT sent by
+    /// [`RawClient::connect_with`] (3.1.1 before or without it).
     pub async fn send(&mut self, p: &Packet) {
+        let version = self.decoder.protocol().unwrap_or(ProtocolVersion::V3_1_1);
         let mut out = BytesMut::new();
-        p.encode(&mut out).expect("encodable packet");
+        p.encode(version, &mut out).expect("encodable packet");
         self.send_raw(&out).await;
     }
 
@@ -117,19 +119,20 @@ impl RawClient {
         &mut self,
         packet_id: u16,
         filters: &[(&str, QoS)],
-    ) -> Vec<SubscribeReturnCode> {
+    ) -> Vec<SubAckReasonCode> {
         let filters = filters
             .iter()
-            .map(|(f, q)| SubscribeFilter {
-                filter: (*f).into(),
-                qos: *q,
-            })
+            .map(|(f, q)| SubscribeFilter::new((*f).into(), *q))
             .collect();
-        self.send(&Packet::Subscribe(Subscribe { packet_id, filters }))
-            .await;
+        self.send(&Packet::Subscribe(Subscribe {
+            packet_id,
+            filters,
+            properties: Default::default(),
+        }))
+        .await;
         loop {
             match self.recv().await {
-                Ok(Packet::SubAck(a)) if a.packet_id == packet_id => return a.return_codes,
+                Ok(Packet::SubAck(a)) if a.packet_id == packet_id => return a.reason_codes,
                 Ok(_) => {}
                 Err(e) => panic!("no SUBACK: {e:?}"),
             }
@@ -152,6 +155,7 @@ impl RawClient {
             topic: topic.into(),
             packet_id: if qos == QoS::AtMostOnce { 0 } else { packet_id },
             payload: bytes::Bytes::copy_from_slice(payload),
+            properties: Default::default(),
         };
         self.send(&Packet::Publish(p)).await;
     }
@@ -177,11 +181,12 @@ pub fn connect_packet(
 ) -> Connect {
     Connect {
         protocol,
-        clean_session: clean,
+        clean_start: clean,
         keep_alive,
         client_id: client_id.into(),
         will,
         username: None,
         password: None,
+        properties: Default::default(),
     }
 }

@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use starling_codec::encode::{encode_ack, encode_publish};
-use starling_codec::{Packet, PacketType, QoS};
+use starling_codec::{Packet, PacketType, PubAck, PubComp, PubRec, PubRel, QoS};
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinSet;
 use tokio::time::{sleep, sleep_until, Instant};
@@ -256,8 +256,12 @@ async fn publish_loop(
 /// Handles a packet the broker sent a publisher.
 fn on_ack(p: Packet, qos: QoS, ids: &mut InFlight, wbuf: &mut BytesMut, r: &mut PubResult) {
     match (p, qos) {
-        (Packet::PubAck(id), QoS::AtLeastOnce) if ids.stage[id as usize] == 1 => ids.free(id),
-        (Packet::PubRec(id), QoS::ExactlyOnce) => {
+        (Packet::PubAck(PubAck { packet_id: id, .. }), QoS::AtLeastOnce)
+            if ids.stage[id as usize] == 1 =>
+        {
+            ids.free(id)
+        }
+        (Packet::PubRec(PubRec { packet_id: id, .. }), QoS::ExactlyOnce) => {
             // Answer every PUBREC (the broker may repeat one); only the first moves the stage.
             match ids.stage[id as usize] {
                 1 => ids.stage[id as usize] = 2,
@@ -266,7 +270,11 @@ fn on_ack(p: Packet, qos: QoS, ids: &mut InFlight, wbuf: &mut BytesMut, r: &mut 
             }
             encode_ack(wbuf, PacketType::PubRel, id);
         }
-        (Packet::PubComp(id), QoS::ExactlyOnce) if ids.stage[id as usize] == 2 => ids.free(id),
+        (Packet::PubComp(PubComp { packet_id: id, .. }), QoS::ExactlyOnce)
+            if ids.stage[id as usize] == 2 =>
+        {
+            ids.free(id)
+        }
         (Packet::PingResp, _) => {}
         _ => r.unexpected_acks += 1,
     }
@@ -332,7 +340,7 @@ impl Receiver {
                 }
                 Ok(self.deliver(&p.payload, now_ns))
             }
-            Packet::PubRel(id) => {
+            Packet::PubRel(PubRel { packet_id: id, .. }) => {
                 match self.awaiting_rel.get_mut(id as usize) {
                     Some(slot) if *slot => *slot = false,
                     _ => self.unknown_pubrels += 1,

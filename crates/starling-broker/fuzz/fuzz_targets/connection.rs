@@ -40,8 +40,10 @@ use starling_broker::{
     ReplicatedLog,
 };
 use starling_codec::{
-    ConnAck, Connect, ConnectReturnCode, Decoder, LastWill, Packet, ProtocolVersion, Publish, QoS,
-    SubAck, Subscribe, SubscribeFilter, SubscribeReturnCode, Unsubscribe,
+    AckProperties, ConnAck, Connect, ConnectProperties, ConnectReasonCode, Decoder, Disconnect,
+    LastWill, Packet, ProtocolVersion, PubAck, PubComp, PubRec, PubRel, Publish,
+    PublishProperties, QoS, SubAck, SubAckReasonCode, Subscribe, SubscribeFilter,
+    SubscribeProperties, UnsubAck, Unsubscribe, UnsubscribeProperties,
 };
 
 /// The broker's largest packet: small, so that oversized packets are cheap to produce.
@@ -104,7 +106,8 @@ impl ReplicatedLog for MemLog {
         }
     }
 
-    fn shutdown(&mut self) {}
+    // Nothing to write: dropping `_done` answers it.
+    fn shutdown(&mut self, _done: tokio::sync::oneshot::Sender<()>) {}
 }
 
 struct Harness {
@@ -137,6 +140,8 @@ fn harness() -> &'static Harness {
                 let node = NodeOptions {
                     node_id: 1,
                     forwarder: None,
+                    max_entry_bytes: 0,
+                    freshness: None,
                 };
                 let broker = Broker::start(config, node, Box::<MemLog>::default(), Metrics::new())
                     .await
@@ -274,14 +279,17 @@ fn build(p: &FPacket, persistent: &mut bool) -> Packet {
                 } else {
                     ProtocolVersion::V3_1
                 },
-                clean_session: *clean,
+                clean_start: *clean,
                 keep_alive: u16::from(*keep_alive),
+                properties: ConnectProperties::default(),
                 client_id: client_id.into(),
-                will: will.as_ref().map(|w| LastWill {
-                    topic: w.topic.get(w.retain).into(),
-                    payload: payload(&w.payload),
-                    qos: qos(w.qos),
-                    retain: w.retain,
+                will: will.as_ref().map(|w| {
+                    LastWill::new(
+                        w.topic.get(w.retain).into(),
+                        payload(&w.payload),
+                        qos(w.qos),
+                        w.retain,
+                    )
                 }),
                 username: username.as_ref().map(|u| u.as_str().into()),
                 password: password.as_ref().map(|p| payload(p)),
@@ -304,25 +312,25 @@ fn build(p: &FPacket, persistent: &mut bool) -> Packet {
             } else {
                 *packet_id
             },
+            properties: PublishProperties::default(),
             payload: payload(body),
         }),
-        FPacket::PubAck(id) => Packet::PubAck(*id),
-        FPacket::PubRec(id) => Packet::PubRec(*id),
-        FPacket::PubRel(id) => Packet::PubRel(*id),
-        FPacket::PubComp(id) => Packet::PubComp(*id),
+        FPacket::PubAck(id) => Packet::PubAck(PubAck::new(*id)),
+        FPacket::PubRec(id) => Packet::PubRec(PubRec::new(*id)),
+        FPacket::PubRel(id) => Packet::PubRel(PubRel::new(*id)),
+        FPacket::PubComp(id) => Packet::PubComp(PubComp::new(*id)),
         FPacket::Subscribe { packet_id, filters } => Packet::Subscribe(Subscribe {
             packet_id: *packet_id,
+            properties: SubscribeProperties::default(),
             filters: filters
                 .iter()
                 .take(8)
-                .map(|(t, q)| SubscribeFilter {
-                    filter: t.get(*persistent).into(),
-                    qos: qos(*q),
-                })
+                .map(|(t, q)| SubscribeFilter::new(t.get(*persistent).into(), qos(*q)))
                 .collect(),
         }),
         FPacket::Unsubscribe { packet_id, filters } => Packet::Unsubscribe(Unsubscribe {
             packet_id: *packet_id,
+            properties: UnsubscribeProperties::default(),
             filters: filters
                 .iter()
                 .take(8)
@@ -330,37 +338,32 @@ fn build(p: &FPacket, persistent: &mut bool) -> Packet {
                 .collect(),
         }),
         FPacket::PingReq => Packet::PingReq,
-        FPacket::Disconnect => Packet::Disconnect,
-        FPacket::ConnAck(sp, code) => Packet::ConnAck(ConnAck {
-            session_present: *sp,
-            code: match code % 6 {
-                0 => ConnectReturnCode::Accepted,
-                1 => ConnectReturnCode::UnacceptableProtocolVersion,
-                2 => ConnectReturnCode::IdentifierRejected,
-                3 => ConnectReturnCode::ServerUnavailable,
-                4 => ConnectReturnCode::BadUserNameOrPassword,
-                _ => ConnectReturnCode::NotAuthorized,
-            },
-        }),
+        FPacket::Disconnect => Packet::Disconnect(Disconnect::default()),
+        FPacket::ConnAck(sp, code) => Packet::ConnAck(Box::new(ConnAck::new(
+            *sp,
+            ConnectReasonCode::from_v3_return_code(code % 6).unwrap_or_default(),
+        ))),
         FPacket::SubAck(id, codes) => Packet::SubAck(SubAck {
             packet_id: *id,
-            return_codes: codes
+            properties: AckProperties::default(),
+            reason_codes: codes
                 .iter()
                 .take(8)
                 .map(|c| match c % 4 {
-                    3 => SubscribeReturnCode::Failure,
-                    q => SubscribeReturnCode::Success(qos(q)),
+                    3 => SubAckReasonCode::UnspecifiedError,
+                    q => SubAckReasonCode::granted(qos(q)),
                 })
                 .collect(),
         }),
-        FPacket::UnsubAck(id) => Packet::UnsubAck(*id),
+        FPacket::UnsubAck(id) => Packet::UnsubAck(UnsubAck::new(*id)),
         FPacket::PingResp => Packet::PingResp,
     }
 }
 
+/// Encodes for 3.1.1 (a 3.1 CONNECT names its own version; the rest is the same on the wire).
 fn encode(p: &Packet) -> Option<BytesMut> {
     let mut out = BytesMut::new();
-    p.encode(&mut out).ok()?;
+    p.encode(ProtocolVersion::V3_1_1, &mut out).ok()?;
     Some(out)
 }
 
@@ -410,8 +413,9 @@ impl Harness {
         s.set_nodelay(true).expect("nodelay");
         let connect = Packet::Connect(Box::new(Connect {
             protocol: ProtocolVersion::V3_1_1,
-            clean_session: true,
+            clean_start: true,
             keep_alive: 0,
+            properties: ConnectProperties::default(),
             client_id: CONTROL_ID.into(),
             will: None,
             username: None,
@@ -443,7 +447,7 @@ fn ping(s: &mut TcpStream) -> bool {
                 Packet::PingResp => return true,
                 Packet::ConnAck(a) => assert_eq!(
                     a.code,
-                    ConnectReturnCode::Accepted,
+                    ConnectReasonCode::Success,
                     "the control client was refused"
                 ),
                 _ => {}

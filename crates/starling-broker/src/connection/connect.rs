@@ -8,7 +8,7 @@ use std::time::Duration;
 use actix::prelude::*;
 use bytestring::ByteString;
 use starling_auth::{Authorizer, Verdict};
-use starling_codec::{Connect, ConnectReturnCode, ProtocolVersion};
+use starling_codec::{Connect, ConnectReasonCode, ProtocolVersion};
 use tokio::sync::oneshot;
 use tracing::{info, warn};
 
@@ -49,23 +49,23 @@ impl Connection {
         let code = if c.protocol == ProtocolVersion::V3_1 {
             let n = client_id.chars().count();
             if n == 0 || n > 23 {
-                ConnectReturnCode::IdentifierRejected
+                ConnectReasonCode::ClientIdentifierNotValid
             } else {
-                ConnectReturnCode::Accepted
+                ConnectReasonCode::Success
             }
         } else if client_id.is_empty() {
-            if c.clean_session {
+            if c.clean_start {
                 client_id = ByteString::from(format!("auto-{:016x}", rand::random::<u64>()));
-                ConnectReturnCode::Accepted
+                ConnectReasonCode::Success
             } else {
-                ConnectReturnCode::IdentifierRejected
+                ConnectReasonCode::ClientIdentifierNotValid
             }
         } else if client_id.len() > config.max_client_id_len {
-            ConnectReturnCode::IdentifierRejected
+            ConnectReasonCode::ClientIdentifierNotValid
         } else {
-            ConnectReturnCode::Accepted
+            ConnectReasonCode::Success
         };
-        if code != ConnectReturnCode::Accepted {
+        if code != ConnectReasonCode::Success {
             return self.refuse(code, &client_id, "client id rejected", ctx);
         }
         // Who the client is: the certificate's CN on a `use_identity_as_username` listener (the
@@ -78,7 +78,7 @@ impl Connection {
         if from_cert.as_ref().is_some_and(Option::is_none) {
             self.worker.counters.security(SecurityEvent::BadCredentials);
             return self.refuse(
-                ConnectReturnCode::BadUserNameOrPassword,
+                ConnectReasonCode::BadUserNameOrPassword,
                 &client_id,
                 "no client certificate common name to use as user name",
                 ctx,
@@ -87,7 +87,7 @@ impl Connection {
         if username.is_none() && !config.anonymous_allowed() {
             self.worker.counters.security(SecurityEvent::NotAuthorized);
             return self.refuse(
-                ConnectReturnCode::NotAuthorized,
+                ConnectReasonCode::NotAuthorized,
                 &client_id,
                 "anonymous clients are not allowed (allow_anonymous)",
                 ctx,
@@ -116,7 +116,7 @@ impl Connection {
                 "connection refused",
             );
             return self.refuse(
-                ConnectReturnCode::ServerUnavailable,
+                ConnectReasonCode::ServerUnavailable,
                 &client_id,
                 "password verification queue full (max_pending_auth)",
                 ctx,
@@ -127,7 +127,7 @@ impl Connection {
             actix::fut::wrap_future::<_, Self>(wait).map(move |res, act, ctx| match res {
                 Ok(Ok(v)) => act.on_verdict(v, c, client_id, username, &auth, generation, ctx),
                 _ => act.refuse(
-                    ConnectReturnCode::ServerUnavailable,
+                    ConnectReasonCode::ServerUnavailable,
                     &client_id,
                     "password verification did not complete",
                     ctx,
@@ -139,7 +139,7 @@ impl Connection {
     /// Sends a refusing CONNACK and closes.
     fn refuse(
         &mut self,
-        code: ConnectReturnCode,
+        code: ConnectReasonCode,
         client_id: &str,
         why: &str,
         ctx: &mut Context<Self>,
@@ -149,7 +149,8 @@ impl Connection {
         } else {
             client_id
         };
-        info!(client_id = %name, peer = %self.peer, code = code as u8, reason = why, "client {name} refused with CONNACK {}: {why}", code as u8);
+        let v3_code = code.v3_return_code();
+        info!(client_id = %name, peer = %self.peer, code = v3_code, reason = why, "client {name} refused with CONNACK {v3_code}: {why}");
         self.write_connack(false, code, name);
         self.session = None;
         self.close(CloseReason::Refused(code), ctx);
@@ -182,7 +183,7 @@ impl Connection {
                     "wrong password"
                 };
                 return self.refuse(
-                    ConnectReturnCode::BadUserNameOrPassword,
+                    ConnectReasonCode::BadUserNameOrPassword,
                     &client_id,
                     why,
                     ctx,
@@ -198,7 +199,7 @@ impl Connection {
             if !g.can_write_will(&w.topic) {
                 self.worker.counters.security(SecurityEvent::NotAuthorized);
                 return self.refuse(
-                    ConnectReturnCode::NotAuthorized,
+                    ConnectReasonCode::NotAuthorized,
                     &client_id,
                     "the ACL does not allow publishing to the will topic",
                     ctx,
@@ -207,7 +208,7 @@ impl Connection {
         }
         let info = ConnectInfo {
             client_id: client_id.clone(),
-            clean_session: c.clean_session,
+            clean_session: c.clean_start,
             protocol: c.protocol,
             will: c.will.clone(),
             username: username.clone(),
@@ -242,7 +243,7 @@ impl Connection {
                 Ok(Ok(ConnectOutcome::NotAuthorized)) => {
                     act.worker.counters.security(SecurityEvent::NotAuthorized);
                     act.refuse(
-                        ConnectReturnCode::NotAuthorized,
+                        ConnectReasonCode::NotAuthorized,
                         &client_id,
                         "the session belongs to another user (bind_session_to_user)",
                         ctx,
@@ -251,10 +252,10 @@ impl Connection {
                 _ => {
                     let name = client_id.to_string();
                     warn!(client_id = %name, peer = %act.peer, "client {name} refused with CONNACK 3: the replicated state refused the session or did not commit it within commit_timeout_secs (no leader or no quorum?)");
-                    act.write_connack(false, ConnectReturnCode::ServerUnavailable, &name);
+                    act.write_connack(false, ConnectReasonCode::ServerUnavailable, &name);
                     act.session = None;
                     act.close(
-                        CloseReason::Refused(ConnectReturnCode::ServerUnavailable),
+                        CloseReason::Refused(ConnectReasonCode::ServerUnavailable),
                         ctx,
                     );
                 }
@@ -278,7 +279,7 @@ impl Connection {
             epoch,
             key,
         } = a;
-        let persistent = !c.clean_session;
+        let persistent = !c.clean_start;
         if let Some(g) = guard.as_deref_mut() {
             // A resumed session's subscriptions are read under this client's ACL (whoever
             // created them).
@@ -302,12 +303,12 @@ impl Connection {
         let user = username
             .as_ref()
             .map_or(String::new(), |u| format!(", u{u}"));
-        info!(target: MQTT_LOG, client_id = %client_id, peer = %self.peer.ip(), clean_session = c.clean_session,
+        info!(target: MQTT_LOG, client_id = %client_id, peer = %self.peer.ip(), clean_session = c.clean_start,
             keep_alive = c.keep_alive,
             "New client connected from {} as {client_id} (c{}, k{}{user}).",
-            self.peer.ip(), u8::from(c.clean_session), c.keep_alive);
+            self.peer.ip(), u8::from(c.clean_start), c.keep_alive);
         let present = session_present && c.protocol == ProtocolVersion::V3_1_1;
-        self.write_connack(present, ConnectReturnCode::Accepted, &client_id);
+        self.write_connack(present, ConnectReasonCode::Success, &client_id);
         self.phase = Phase::Active;
         if !resume.outbound.is_empty() {
             let outbound = self.readable_durable(resume.outbound);

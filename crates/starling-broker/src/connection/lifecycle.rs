@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use actix::prelude::*;
-use starling_codec::{ConnectReturnCode, DecodeError};
+use starling_codec::{ConnectReasonCode, DecodeError};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
@@ -41,7 +41,7 @@ pub(crate) enum CloseReason {
     /// This node replaced its state with a snapshot (it had fallen behind).
     StateReplaced,
     /// CONNACK with a refusal code was sent.
-    Refused(ConnectReturnCode),
+    Refused(ConnectReasonCode),
     /// A commit did not happen in time.
     Unavailable,
     /// A 3.1 client's subscription was refused (3.1 has no failure return code).
@@ -101,7 +101,7 @@ impl Connection {
                 info!(client_id = %name, "client {name} disconnected: this node caught up by installing a snapshot; the client resumes its session")
             }
             CloseReason::Refused(code) => {
-                debug!(client_id = %name, code = *code as u8, "closed after CONNACK refusal")
+                debug!(client_id = %name, code = code.v3_return_code(), "closed after CONNACK refusal")
             }
             CloseReason::Unavailable => {
                 warn!(client_id = %name, "client {name} disconnected: the replicated state refused the request or did not commit it within commit_timeout_secs (no leader or no quorum?)")
@@ -127,11 +127,11 @@ impl Connection {
                 debug!(peer = %self.peer, protocol = %name, level, "unacceptable protocol");
                 self.write_connack(
                     false,
-                    ConnectReturnCode::UnacceptableProtocolVersion,
+                    ConnectReasonCode::UnsupportedProtocolVersion,
                     "<unknown>",
                 );
                 self.close(
-                    CloseReason::Refused(ConnectReturnCode::UnacceptableProtocolVersion),
+                    CloseReason::Refused(ConnectReasonCode::UnsupportedProtocolVersion),
                     ctx,
                 );
                 return;

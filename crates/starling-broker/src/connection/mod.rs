@@ -179,7 +179,10 @@ impl Connection {
         live: LiveGuard,
         identity: Option<Option<ByteString>>,
     ) -> Connection {
-        let decoder = Decoder::new(worker.config.max_packet_size);
+        let mut decoder = Decoder::new(worker.config.max_packet_size);
+        // The broker does not speak MQTT 5 yet: a level-5 CONNECT gets CONNACK 1, as any other
+        // unknown protocol.
+        decoder.set_accept_v5(false);
         Connection {
             id,
             worker,
@@ -247,10 +250,10 @@ impl Connection {
                 self.close(CloseReason::Protocol("first packet is not CONNECT"), ctx)
             }
             (Phase::Active, Packet::Publish(p)) => self.on_publish(p, ctx),
-            (Phase::Active, Packet::PubAck(pid)) => self.on_ack(AckKind::PubAck, pid),
-            (Phase::Active, Packet::PubRec(pid)) => self.on_ack(AckKind::PubRec, pid),
-            (Phase::Active, Packet::PubRel(pid)) => self.on_pubrel(pid, ctx),
-            (Phase::Active, Packet::PubComp(pid)) => self.on_ack(AckKind::PubComp, pid),
+            (Phase::Active, Packet::PubAck(a)) => self.on_ack(AckKind::PubAck, a.packet_id),
+            (Phase::Active, Packet::PubRec(a)) => self.on_ack(AckKind::PubRec, a.packet_id),
+            (Phase::Active, Packet::PubRel(a)) => self.on_pubrel(a.packet_id, ctx),
+            (Phase::Active, Packet::PubComp(a)) => self.on_ack(AckKind::PubComp, a.packet_id),
             (Phase::Active, Packet::Subscribe(s)) => self.on_subscribe(&s, ctx),
             (Phase::Active, Packet::Unsubscribe(u)) => self.on_unsubscribe(&u, ctx),
             (Phase::Active, Packet::PingReq) => {
@@ -259,7 +262,7 @@ impl Connection {
                 self.write_packet(&Packet::PingResp);
                 debug!(target: MQTT_LOG, client_id = %name, "Sending PINGRESP to {name}");
             }
-            (Phase::Active, Packet::Disconnect) => self.on_disconnect(ctx),
+            (Phase::Active, Packet::Disconnect(_)) => self.on_disconnect(ctx),
             (Phase::Active, Packet::Connect(_)) => {
                 self.close(CloseReason::Protocol("second CONNECT"), ctx)
             }

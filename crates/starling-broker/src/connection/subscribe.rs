@@ -7,8 +7,8 @@ use std::sync::Arc;
 use actix::prelude::*;
 use starling_auth::Coverage;
 use starling_codec::{
-    topic, Packet, PacketType, ProtocolVersion, QoS, SubAck, Subscribe, SubscribeReturnCode,
-    Unsubscribe,
+    topic, AckProperties, Packet, PacketType, ProtocolVersion, QoS, SubAck, SubAckReasonCode,
+    Subscribe, Unsubscribe,
 };
 use tokio::sync::oneshot;
 use tracing::debug;
@@ -33,12 +33,12 @@ impl Connection {
         debug!(target: MQTT_LOG, client_id = %name, "Received SUBSCRIBE from {name}");
         let mut valid = Vec::with_capacity(sub.filters.len());
         let mut coverages = Vec::with_capacity(sub.filters.len());
-        let mut codes: Vec<Option<SubscribeReturnCode>> = Vec::with_capacity(sub.filters.len());
+        let mut codes: Vec<Option<SubAckReasonCode>> = Vec::with_capacity(sub.filters.len());
         // Refusals to count and log once the session is no longer borrowed.
         let mut refused: Vec<(Refusal, Arc<str>)> = Vec::new();
         let mut held = s.guard.as_deref().map_or(0, Guard::count);
         for f in &sub.filters {
-            debug!(target: MQTT_LOG, client_id = %name, "\t{} (QoS {})", f.filter, f.qos as u8);
+            debug!(target: MQTT_LOG, client_id = %name, "\t{} (QoS {})", f.filter, f.options.qos as u8);
             if topic::validate_filter(&f.filter).is_err() {
                 if s.protocol == ProtocolVersion::V3_1 {
                     // 3.1 has no failure return code.
@@ -46,7 +46,7 @@ impl Connection {
                     return;
                 }
                 debug!(client_id = %name, filter = %f.filter, "invalid topic filter refused");
-                codes.push(Some(SubscribeReturnCode::Failure));
+                codes.push(Some(SubAckReasonCode::UnspecifiedError));
                 continue;
             }
             let filter = Arc::<str>::from(&*f.filter);
@@ -68,13 +68,13 @@ impl Connection {
             match refusal {
                 None => {
                     held += usize::from(is_new);
-                    valid.push((filter, f.qos));
+                    valid.push((filter, f.options.qos));
                     coverages.push(coverage);
                     codes.push(None);
                 }
                 Some(r) => {
                     refused.push((r, filter));
-                    codes.push(Some(SubscribeReturnCode::Failure));
+                    codes.push(Some(SubAckReasonCode::UnspecifiedError));
                 }
             }
         }
@@ -119,19 +119,18 @@ impl Connection {
                     _ => return act.close(CloseReason::Unavailable, ctx),
                 };
                 let mut granted = granted.into_iter();
-                let return_codes: Vec<SubscribeReturnCode> = codes
+                let reason_codes: Vec<SubAckReasonCode> = codes
                     .into_iter()
                     .map(|c| {
                         c.unwrap_or_else(|| {
-                            SubscribeReturnCode::Success(granted.next().unwrap_or(QoS::AtMostOnce))
+                            SubAckReasonCode::granted(granted.next().unwrap_or(QoS::AtMostOnce))
                         })
                     })
                     .collect();
-                for ((filter, _), code) in valid.iter().zip(
-                    return_codes
-                        .iter()
-                        .filter(|c| **c != SubscribeReturnCode::Failure),
-                ) {
+                for ((filter, _), code) in valid
+                    .iter()
+                    .zip(reason_codes.iter().filter(|c| !c.is_error()))
+                {
                     debug!(target: MQTT_LOG, client_id = %name, "{name} {} {filter}", code.as_u8());
                 }
                 if let Some(s) = act.session.as_mut() {
@@ -152,7 +151,8 @@ impl Connection {
                 debug!(target: MQTT_LOG, client_id = %name, "Sending SUBACK to {name}");
                 act.write_packet(&Packet::SubAck(SubAck {
                     packet_id,
-                    return_codes,
+                    properties: AckProperties::default(),
+                    reason_codes,
                 }));
                 act.deliver(retained);
             }),

@@ -4,7 +4,7 @@
 //! `#[PerformanceCriticalPath]`: [`Connection::write_publish`] runs per delivery.
 
 use starling_codec::encode::{encode_ack, encode_publish};
-use starling_codec::{ConnAck, ConnectReturnCode, Packet, PacketType};
+use starling_codec::{ConnAck, ConnectReasonCode, Packet, PacketType, ProtocolVersion};
 use starling_state::Message as AppMessage;
 use tracing::debug;
 
@@ -17,7 +17,7 @@ impl Connection {
         if self.phase == Phase::Closing && !matches!(packet, Packet::ConnAck(_)) {
             return;
         }
-        if packet.encode(&mut self.wbuf).is_ok() {
+        if packet.encode(self.protocol(), &mut self.wbuf).is_ok() {
             Counters::add(&self.worker.counters.packets_sent, 1);
             self.wake();
         }
@@ -27,14 +27,20 @@ impl Connection {
     pub(super) fn write_connack(
         &mut self,
         session_present: bool,
-        code: ConnectReturnCode,
+        code: ConnectReasonCode,
         name: &str,
     ) {
-        debug!(target: MQTT_LOG, client_id = %name, "Sending CONNACK to {name} ({})", code as u8);
-        self.write_packet(&Packet::ConnAck(ConnAck {
+        debug!(target: MQTT_LOG, client_id = %name, "Sending CONNACK to {name} ({})", code.v3_return_code());
+        self.write_packet(&Packet::ConnAck(Box::new(ConnAck::new(
             session_present,
             code,
-        }));
+        ))));
+    }
+
+    /// The protocol the connection speaks, for encoding: its CONNECT's, or 3.1.1 before it (a
+    /// refusal of an unknown protocol is a 3.1.1 CONNACK).
+    pub(super) fn protocol(&self) -> ProtocolVersion {
+        self.decoder.protocol().unwrap_or(ProtocolVersion::V3_1_1)
     }
 
     /// PUBACK / PUBREC / PUBREL / PUBCOMP / UNSUBACK, with its Mosquitto line.

@@ -8,8 +8,8 @@ use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use starling_codec::{
-    Connect, ConnectReturnCode, Decoder, Packet, ProtocolVersion, Publish, QoS, Subscribe,
-    SubscribeFilter, SubscribeReturnCode,
+    Connect, ConnectReasonCode, Decoder, Disconnect, Packet, ProtocolVersion, PubAck, PubComp,
+    PubRec, PubRel, Publish, QoS, SubAckReasonCode, Subscribe, SubscribeFilter,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -30,7 +30,7 @@ pub(super) enum Cmd {
     },
     Subscribe {
         filters: Vec<(String, QoS)>,
-        done: Reply<Vec<SubscribeReturnCode>>,
+        done: Reply<Vec<SubAckReasonCode>>,
     },
     Hold(Option<(Stage, Option<String>)>),
     Release(Release),
@@ -59,7 +59,7 @@ struct OutFlight {
 
 /// A SUBSCRIBE awaiting its SUBACK: its filters (resent on resume) and who waits (nobody for
 /// the subscription a clean-mode client renews on a new connection).
-type PendingSub = (Vec<(String, QoS)>, Option<Reply<Vec<SubscribeReturnCode>>>);
+type PendingSub = (Vec<(String, QoS)>, Option<Reply<Vec<SubAckReasonCode>>>);
 
 struct Queued {
     topic: String,
@@ -314,14 +314,14 @@ impl Driver {
             return false;
         };
         let mut buf = BytesMut::new();
-        if let Err(e) = p.encode(&mut buf) {
+        if let Err(e) = p.encode(ProtocolVersion::V3_1_1, &mut buf) {
             panic!("strict client cannot encode {p:?}: {e}");
         }
         let r = tokio::time::timeout(self.cfg.response_timeout, c.stream.write_all(&buf)).await;
         match r {
             Ok(Ok(())) => {
                 c.last_send = Instant::now();
-                if !matches!(p, Packet::PingReq | Packet::Disconnect) {
+                if !matches!(p, Packet::PingReq | Packet::Disconnect(_)) {
                     self.record(Event::Sent(p.clone()));
                 }
                 true
@@ -373,8 +373,12 @@ impl Driver {
             Release::Continue => {
                 if let Some(owed) = p.owed {
                     let stage_after = match &owed {
-                        Packet::PubRel(pid) => Some((Stage::PubRelSent, *pid)),
-                        Packet::PubRec(pid) => Some((Stage::PubRecSent, *pid)),
+                        Packet::PubRel(PubRel { packet_id: pid, .. }) => {
+                            Some((Stage::PubRelSent, *pid))
+                        }
+                        Packet::PubRec(PubRec { packet_id: pid, .. }) => {
+                            Some((Stage::PubRecSent, *pid))
+                        }
                         _ => None,
                     };
                     if self.write(&owed).await {
@@ -455,22 +459,25 @@ impl Driver {
             stream.set_nodelay(true).map_err(|e| e.to_string())?;
             let connect = Packet::Connect(Box::new(Connect {
                 protocol: ProtocolVersion::V3_1_1,
-                clean_session: cfg.clean_session,
+                clean_start: cfg.clean_session,
                 keep_alive: cfg.keep_alive,
                 client_id: cfg.client_id.as_str().into(),
                 will: None,
                 username: None,
                 password: None,
+                properties: Default::default(),
             }));
             let mut buf = BytesMut::new();
-            connect.encode(&mut buf).map_err(|e| e.to_string())?;
+            connect
+                .encode(ProtocolVersion::V3_1_1, &mut buf)
+                .map_err(|e| e.to_string())?;
             stream.write_all(&buf).await.map_err(|e| e.to_string())?;
             let mut decoder = Decoder::new(usize::MAX >> 4);
             decoder.set_protocol(ProtocolVersion::V3_1_1);
             let mut rbuf = BytesMut::new();
             loop {
                 match decoder.decode(&mut rbuf) {
-                    Ok(Some(Packet::ConnAck(a))) if a.code == ConnectReturnCode::Accepted => {
+                    Ok(Some(Packet::ConnAck(a))) if a.code == ConnectReasonCode::Success => {
                         let now = Instant::now();
                         let conn = Conn {
                             node: addr,
@@ -484,7 +491,7 @@ impl Driver {
                         return Ok((conn, a.session_present));
                     }
                     Ok(Some(Packet::ConnAck(a))) => {
-                        return Err(format!("CONNACK {}", a.code as u8))
+                        return Err(format!("CONNACK {}", a.code.v3_return_code()))
                     }
                     Ok(Some(p)) => return Err(format!("expected CONNACK, got {p:?}")),
                     Ok(None) => {}
@@ -534,7 +541,7 @@ impl Driver {
                 continue;
             };
             let p = if f.released {
-                Packet::PubRel(pid)
+                Packet::PubRel(PubRel::new(pid))
             } else {
                 f.publish_writes += 1;
                 Packet::Publish(Publish {
@@ -544,6 +551,7 @@ impl Driver {
                     topic: f.topic.as_str().into(),
                     packet_id: pid,
                     payload: f.payload.clone(),
+                    properties: Default::default(),
                 })
             };
             if f.first_sent.is_none() {
@@ -591,6 +599,7 @@ impl Driver {
                 topic: q.topic.as_str().into(),
                 packet_id: pid,
                 payload: q.payload.clone(),
+                properties: Default::default(),
             });
             self.out.insert(
                 pid,
@@ -631,6 +640,7 @@ impl Driver {
                         topic: topic.as_str().into(),
                         packet_id: 0,
                         payload,
+                        properties: Default::default(),
                     });
                     let now = Instant::now();
                     let r = if self.write(&p).await {
@@ -665,7 +675,7 @@ impl Driver {
             Cmd::Hold(h) => self.hold = h,
             Cmd::Release(how) => self.release(how).await,
             Cmd::Reconnect { start_at, done } => {
-                self.write(&Packet::Disconnect).await;
+                self.write(&Packet::Disconnect(Disconnect::default())).await;
                 self.lose("reconnect asked by the test".into());
                 let start = start_at.unwrap_or(self.node_idx + 1);
                 match self.establish(start).await {
@@ -680,7 +690,7 @@ impl Driver {
                 }
             }
             Cmd::Disconnect { done } => {
-                self.write(&Packet::Disconnect).await;
+                self.write(&Packet::Disconnect(Disconnect::default())).await;
                 if let Some(mut c) = self.conn.take() {
                     let _ = c.stream.shutdown().await;
                     self.record(Event::Lost {
@@ -709,7 +719,7 @@ impl Driver {
                 }
             }
             Packet::Publish(p) => self.on_publish(p).await,
-            Packet::PubAck(pid) => {
+            Packet::PubAck(PubAck { packet_id: pid, .. }) => {
                 if self
                     .out
                     .get(&pid)
@@ -718,12 +728,12 @@ impl Driver {
                     self.complete(pid);
                     self.fill_window().await;
                 } else {
-                    self.record(Event::UnexpectedAck(Packet::PubAck(pid)));
+                    self.record(Event::UnexpectedAck(Packet::PubAck(PubAck::new(pid))));
                 }
             }
-            Packet::PubRec(pid) => {
+            Packet::PubRec(PubRec { packet_id: pid, .. }) => {
                 let Some(f) = self.out.get_mut(&pid).filter(|f| f.qos == QoS::ExactlyOnce) else {
-                    self.record(Event::UnexpectedAck(Packet::PubRec(pid)));
+                    self.record(Event::UnexpectedAck(Packet::PubRec(PubRec::new(pid))));
                     return;
                 };
                 let first = !f.released;
@@ -734,48 +744,48 @@ impl Driver {
                         Stage::PubRecReceived,
                         pid,
                         &topic,
-                        Some(Packet::PubRel(pid)),
+                        Some(Packet::PubRel(PubRel::new(pid))),
                     );
                     if self.is_paused() {
                         return;
                     }
                 }
                 // A repeated PUBREC (after a resent PUBLISH) is answered with PUBREL again.
-                if self.write(&Packet::PubRel(pid)).await && first {
+                if self.write(&Packet::PubRel(PubRel::new(pid))).await && first {
                     self.maybe_pause(Stage::PubRelSent, pid, &topic, None);
                 }
             }
-            Packet::PubComp(pid) => {
+            Packet::PubComp(PubComp { packet_id: pid, .. }) => {
                 if self.out.get(&pid).is_some_and(|f| f.released) {
                     self.complete(pid);
                     self.fill_window().await;
                 } else {
-                    self.record(Event::UnexpectedAck(Packet::PubComp(pid)));
+                    self.record(Event::UnexpectedAck(Packet::PubComp(PubComp::new(pid))));
                 }
             }
-            Packet::PubRel(pid) => match self.inbound.remove(&pid) {
+            Packet::PubRel(PubRel { packet_id: pid, .. }) => match self.inbound.remove(&pid) {
                 Some(topic) => {
                     self.publish_observed();
                     self.maybe_pause(
                         Stage::PubRelReceived,
                         pid,
                         &topic,
-                        Some(Packet::PubComp(pid)),
+                        Some(Packet::PubComp(PubComp::new(pid))),
                     );
                     if !self.is_paused() {
-                        self.write(&Packet::PubComp(pid)).await;
+                        self.write(&Packet::PubComp(PubComp::new(pid))).await;
                     }
                 }
                 None => {
                     self.record(Event::UnknownPubRel(pid));
-                    self.write(&Packet::PubComp(pid)).await;
+                    self.write(&Packet::PubComp(PubComp::new(pid))).await;
                 }
             },
             Packet::SubAck(a) => {
                 if let Some((filters, done)) = self.subs.remove(&a.packet_id) {
-                    self.note_granted(&filters, &a.return_codes);
+                    self.note_granted(&filters, &a.reason_codes);
                     if let Some(done) = done {
-                        let _ = done.send(Ok(a.return_codes));
+                        let _ = done.send(Ok(a.reason_codes));
                     }
                 }
             }
@@ -784,9 +794,9 @@ impl Driver {
     }
 
     /// Records the filters of a SUBSCRIBE that `codes` granted.
-    fn note_granted(&mut self, filters: &[(String, QoS)], codes: &[SubscribeReturnCode]) {
+    fn note_granted(&mut self, filters: &[(String, QoS)], codes: &[SubAckReasonCode]) {
         for ((filter, qos), code) in filters.iter().zip(codes) {
-            if *code == SubscribeReturnCode::Failure {
+            if *code == SubAckReasonCode::UnspecifiedError {
                 continue;
             }
             match self.granted.iter_mut().find(|(f, _)| f == filter) {
@@ -802,7 +812,7 @@ impl Driver {
         let topic = p.topic.to_string();
         if p.qos == QoS::ExactlyOnce && self.inbound.contains_key(&p.packet_id) {
             self.record(Event::DuplicateSuppressed(p.packet_id));
-            self.write(&Packet::PubRec(p.packet_id)).await;
+            self.write(&Packet::PubRec(PubRec::new(p.packet_id))).await;
             return;
         }
         if p.qos == QoS::ExactlyOnce {
@@ -832,8 +842,8 @@ impl Driver {
         self.publish_observed();
         let ack = match p.qos {
             QoS::AtMostOnce => return,
-            QoS::AtLeastOnce => Packet::PubAck(p.packet_id),
-            QoS::ExactlyOnce => Packet::PubRec(p.packet_id),
+            QoS::AtLeastOnce => Packet::PubAck(PubAck::new(p.packet_id)),
+            QoS::ExactlyOnce => Packet::PubRec(PubRec::new(p.packet_id)),
         };
         self.maybe_pause(
             Stage::PublishReceived,
@@ -875,10 +885,8 @@ fn subscribe_packet(pid: u16, filters: &[(String, QoS)]) -> Packet {
         packet_id: pid,
         filters: filters
             .iter()
-            .map(|(f, q)| SubscribeFilter {
-                filter: f.as_str().into(),
-                qos: *q,
-            })
+            .map(|(f, q)| SubscribeFilter::new(f.as_str().into(), *q))
             .collect(),
+        properties: Default::default(),
     })
 }

@@ -56,7 +56,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use starling_codec::{QoS, SubscribeReturnCode};
+use starling_codec::{QoS, SubAckReasonCode};
 use tokio::sync::{mpsc, oneshot, watch};
 
 pub use driver::next_free_packet_id;
@@ -381,7 +381,7 @@ impl StrictClient {
         &self,
         filters: &[(&str, QoS)],
         timeout: Duration,
-    ) -> Result<Vec<SubscribeReturnCode>, String> {
+    ) -> Result<Vec<SubAckReasonCode>, String> {
         let (done, rx) = oneshot::channel();
         self.send_cmd(Cmd::Subscribe {
             filters: filters.iter().map(|(f, q)| (f.to_string(), *q)).collect(),

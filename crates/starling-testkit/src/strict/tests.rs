@@ -4,7 +4,8 @@
 use super::*;
 use bytes::BytesMut;
 use starling_codec::{
-    ConnAck, ConnectReturnCode, Decoder, Packet, ProtocolVersion, Publish, SubAck,
+    ConnAck, ConnectReasonCode, Decoder, Packet, ProtocolVersion, PubAck, PubComp, PubRec, PubRel,
+    Publish, SubAck,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -36,26 +37,23 @@ impl Server {
     }
 
     /// Accepts a connection, checks its CONNECT (clean-session=0) and answers CONNACK `code`.
-    async fn accept_connect(&self, present: bool, code: ConnectReturnCode) -> Peer {
+    async fn accept_connect(&self, present: bool, code: ConnectReasonCode) -> Peer {
         self.accept_connect_as(false, present, code).await
     }
 
     /// Accepts a connection, checks its CONNECT (clean-session flag `clean`) and answers
     /// CONNACK `code`.
-    async fn accept_connect_as(&self, clean: bool, present: bool, code: ConnectReturnCode) -> Peer {
+    async fn accept_connect_as(&self, clean: bool, present: bool, code: ConnectReasonCode) -> Peer {
         let mut p = self.accept().await;
         match p.recv().await {
             Packet::Connect(c) => {
-                assert_eq!(c.clean_session, clean, "clean-session flag of the CONNECT");
+                assert_eq!(c.clean_start, clean, "clean-session flag of the CONNECT");
                 assert_eq!(c.protocol, ProtocolVersion::V3_1_1);
             }
             other => panic!("expected CONNECT, got {other:?}"),
         }
-        p.send(Packet::ConnAck(ConnAck {
-            session_present: present,
-            code,
-        }))
-        .await;
+        p.send(Packet::ConnAck(Box::new(ConnAck::new(present, code))))
+            .await;
         p
     }
 }
@@ -104,7 +102,7 @@ impl Peer {
 
     async fn send(&mut self, p: Packet) {
         let mut buf = BytesMut::new();
-        p.encode(&mut buf).unwrap();
+        p.encode(ProtocolVersion::V3_1_1, &mut buf).unwrap();
         self.stream.write_all(&buf).await.unwrap();
     }
 
@@ -136,7 +134,7 @@ fn config(nodes: Vec<SocketAddr>) -> StrictConfig {
 async fn connected(srv: &Server, cfg: StrictConfig) -> (StrictClient, Peer) {
     let (c, p) = tokio::join!(
         StrictClient::connect(cfg),
-        srv.accept_connect(false, ConnectReturnCode::Accepted)
+        srv.accept_connect(false, ConnectReasonCode::Success)
     );
     (c.expect("connected"), p)
 }
@@ -149,6 +147,7 @@ fn publish(pid: u16, qos: QoS, dup: bool, payload: &'static str) -> Packet {
         topic: "t/1".into(),
         packet_id: pid,
         payload: Bytes::from_static(payload.as_bytes()),
+        properties: Default::default(),
     })
 }
 
@@ -162,17 +161,17 @@ async fn unacknowledged_publish_is_resent_with_dup_and_the_same_id() {
         assert!(!first.dup && first.qos == qos && first.packet_id != 0);
         // The node dies before acknowledging.
         drop(p);
-        let mut p = srv.accept_connect(true, ConnectReturnCode::Accepted).await;
+        let mut p = srv.accept_connect(true, ConnectReasonCode::Success).await;
         let again = p.recv_publish().await;
         assert!(again.dup, "a resent PUBLISH has DUP=1");
         assert_eq!(again.packet_id, first.packet_id, "and the same packet id");
         assert_eq!((again.payload, again.qos), (first.payload, qos));
         if qos == QoS::AtLeastOnce {
-            p.send(Packet::PubAck(first.packet_id)).await;
+            p.send(Packet::PubAck(PubAck::new(first.packet_id))).await;
         } else {
-            p.send(Packet::PubRec(first.packet_id)).await;
-            assert_eq!(p.recv().await, Packet::PubRel(first.packet_id));
-            p.send(Packet::PubComp(first.packet_id)).await;
+            p.send(Packet::PubRec(PubRec::new(first.packet_id))).await;
+            assert_eq!(p.recv().await, Packet::PubRel(PubRel::new(first.packet_id)));
+            p.send(Packet::PubComp(PubComp::new(first.packet_id))).await;
         }
         let done = pending.wait(T).await.unwrap();
         assert_eq!(done.publish_writes, 2);
@@ -186,16 +185,16 @@ async fn pubrel_not_completed_is_resent_on_resume_not_the_publish() {
     let (c, mut p) = connected(&srv, config(vec![srv.addr])).await;
     let pending = c.publish_nowait("t/1", "m1", QoS::ExactlyOnce, false);
     let first = p.recv_publish().await;
-    p.send(Packet::PubRec(first.packet_id)).await;
-    assert_eq!(p.recv().await, Packet::PubRel(first.packet_id));
+    p.send(Packet::PubRec(PubRec::new(first.packet_id))).await;
+    assert_eq!(p.recv().await, Packet::PubRel(PubRel::new(first.packet_id)));
     drop(p);
-    let mut p = srv.accept_connect(true, ConnectReturnCode::Accepted).await;
+    let mut p = srv.accept_connect(true, ConnectReasonCode::Success).await;
     assert_eq!(
         p.recv().await,
-        Packet::PubRel(first.packet_id),
+        Packet::PubRel(PubRel::new(first.packet_id)),
         "after PUBREC only PUBREL is resent"
     );
-    p.send(Packet::PubComp(first.packet_id)).await;
+    p.send(Packet::PubComp(PubComp::new(first.packet_id))).await;
     let done = pending.wait(T).await.unwrap();
     assert_eq!(done.publish_writes, 1);
 }
@@ -205,18 +204,18 @@ async fn resent_publish_awaiting_pubrel_gets_pubrec_and_is_not_delivered_again()
     let srv = Server::bind().await;
     let (c, mut p) = connected(&srv, config(vec![srv.addr])).await;
     p.send(publish(7, QoS::ExactlyOnce, false, "once")).await;
-    assert_eq!(p.recv().await, Packet::PubRec(7));
+    assert_eq!(p.recv().await, Packet::PubRec(PubRec::new(7)));
     // The node dies before PUBREL; the next one resends the PUBLISH.
     drop(p);
-    let mut p = srv.accept_connect(true, ConnectReturnCode::Accepted).await;
+    let mut p = srv.accept_connect(true, ConnectReasonCode::Success).await;
     p.send(publish(7, QoS::ExactlyOnce, true, "once")).await;
-    assert_eq!(p.recv().await, Packet::PubRec(7));
+    assert_eq!(p.recv().await, Packet::PubRec(PubRec::new(7)));
     assert_eq!(c.inbound_awaiting(), vec![7]);
-    p.send(Packet::PubRel(7)).await;
-    assert_eq!(p.recv().await, Packet::PubComp(7));
+    p.send(Packet::PubRel(PubRel::new(7))).await;
+    assert_eq!(p.recv().await, Packet::PubComp(PubComp::new(7)));
     // Released: the id may now carry a new message, which is delivered.
     p.send(publish(7, QoS::ExactlyOnce, false, "next")).await;
-    assert_eq!(p.recv().await, Packet::PubRec(7));
+    assert_eq!(p.recv().await, Packet::PubRec(PubRec::new(7)));
     let d = c.deliveries();
     let payloads: Vec<&[u8]> = d.iter().map(|d| &d.payload[..]).collect();
     assert_eq!(payloads, vec![&b"once"[..], &b"next"[..]]);
@@ -230,8 +229,8 @@ async fn resent_publish_awaiting_pubrel_gets_pubrec_and_is_not_delivered_again()
 async fn unknown_pubrel_gets_pubcomp() {
     let srv = Server::bind().await;
     let (c, mut p) = connected(&srv, config(vec![srv.addr])).await;
-    p.send(Packet::PubRel(42)).await;
-    assert_eq!(p.recv().await, Packet::PubComp(42));
+    p.send(Packet::PubRel(PubRel::new(42))).await;
+    assert_eq!(p.recv().await, Packet::PubComp(PubComp::new(42)));
     assert!(c.deliveries().is_empty());
     assert!(c
         .history()
@@ -244,9 +243,9 @@ async fn qos1_deliveries_are_acknowledged_and_may_repeat() {
     let srv = Server::bind().await;
     let (c, mut p) = connected(&srv, config(vec![srv.addr])).await;
     p.send(publish(3, QoS::AtLeastOnce, false, "a")).await;
-    assert_eq!(p.recv().await, Packet::PubAck(3));
+    assert_eq!(p.recv().await, Packet::PubAck(PubAck::new(3)));
     p.send(publish(3, QoS::AtLeastOnce, true, "a")).await;
-    assert_eq!(p.recv().await, Packet::PubAck(3));
+    assert_eq!(p.recv().await, Packet::PubAck(PubAck::new(3)));
     assert_eq!(c.delivered(), 2, "QoS 1 is at least once");
 }
 
@@ -295,8 +294,8 @@ async fn fails_over_to_the_next_node_when_the_first_refuses() {
     let cfg = config(vec![refusing.addr, nothing, good.addr]);
     let (c, _refused, mut p) = tokio::join!(
         StrictClient::connect(cfg),
-        refusing.accept_connect(false, ConnectReturnCode::ServerUnavailable),
-        good.accept_connect(false, ConnectReturnCode::Accepted),
+        refusing.accept_connect(false, ConnectReasonCode::ServerUnavailable),
+        good.accept_connect(false, ConnectReasonCode::Success),
     );
     let c = c.unwrap();
     assert_eq!(c.connected_to(), Some(good.addr));
@@ -326,11 +325,11 @@ async fn fails_over_to_the_next_node_when_the_first_refuses() {
     let first = p.recv_publish().await;
     drop(p);
     let mut p = refusing
-        .accept_connect(true, ConnectReturnCode::Accepted)
+        .accept_connect(true, ConnectReasonCode::Success)
         .await;
     let again = p.recv_publish().await;
     assert!(again.dup && again.packet_id == first.packet_id);
-    p.send(Packet::PubAck(first.packet_id)).await;
+    p.send(Packet::PubAck(PubAck::new(first.packet_id))).await;
     pending.wait(T).await.unwrap();
     assert_eq!(c.connected_to(), Some(refusing.addr));
 }
@@ -344,11 +343,11 @@ async fn a_silent_connection_is_abandoned_after_the_response_timeout() {
     let pending = c.publish_nowait("t/1", "m", QoS::AtLeastOnce, false);
     let first = p.recv_publish().await;
     // A stopped node: the socket stays open, nothing comes back.
-    let mut p2 = srv.accept_connect(true, ConnectReturnCode::Accepted).await;
+    let mut p2 = srv.accept_connect(true, ConnectReasonCode::Success).await;
     assert!(p.closed().await, "the silent connection is closed");
     let again = p2.recv_publish().await;
     assert!(again.dup && again.packet_id == first.packet_id);
-    p2.send(Packet::PubAck(first.packet_id)).await;
+    p2.send(Packet::PubAck(PubAck::new(first.packet_id))).await;
     pending.wait(T).await.unwrap();
 }
 
@@ -357,7 +356,7 @@ async fn session_lost_by_the_broker_is_recorded() {
     let srv = Server::bind().await;
     let (c, p) = connected(&srv, config(vec![srv.addr])).await;
     drop(p);
-    let _p = srv.accept_connect(false, ConnectReturnCode::Accepted).await;
+    let _p = srv.accept_connect(false, ConnectReasonCode::Success).await;
     crate::wait_until_async(T, "the resumed connection", || async {
         c.history()
             .iter()
@@ -371,7 +370,7 @@ async fn clean_mode_starts_a_new_session_and_subscribes_again_on_every_connectio
     let srv = Server::bind().await;
     let mut cfg = config(vec![srv.addr]);
     cfg.clean_session = true;
-    let accepted = ConnectReturnCode::Accepted;
+    let accepted = ConnectReasonCode::Success;
     let (c, mut p) = tokio::join!(
         StrictClient::connect(cfg),
         srv.accept_connect_as(true, false, accepted)
@@ -383,10 +382,11 @@ async fn clean_mode_starts_a_new_session_and_subscribes_again_on_every_connectio
         };
         p.send(Packet::SubAck(SubAck {
             packet_id: s.packet_id,
-            return_codes: vec![
-                SubscribeReturnCode::Success(QoS::ExactlyOnce),
-                SubscribeReturnCode::Failure,
+            reason_codes: vec![
+                SubAckReasonCode::GrantedQoS2,
+                SubAckReasonCode::UnspecifiedError,
             ],
+            properties: Default::default(),
         }))
         .await;
     };
@@ -394,10 +394,10 @@ async fn clean_mode_starts_a_new_session_and_subscribes_again_on_every_connectio
         c.subscribe(&[("a/#", QoS::ExactlyOnce), ("b", QoS::AtLeastOnce)], T),
         script
     );
-    assert_eq!(codes.unwrap()[1], SubscribeReturnCode::Failure);
+    assert_eq!(codes.unwrap()[1], SubAckReasonCode::UnspecifiedError);
     // A QoS 2 message awaiting PUBREL, and one of ours in flight.
     p.send(publish(7, QoS::ExactlyOnce, false, "one")).await;
-    assert_eq!(p.recv().await, Packet::PubRec(7));
+    assert_eq!(p.recv().await, Packet::PubRec(PubRec::new(7)));
     let pending = c.publish_nowait("t/1", "m", QoS::AtLeastOnce, false);
     p.recv_publish().await;
     let read_last = Instant::now();
@@ -411,7 +411,7 @@ async fn clean_mode_starts_a_new_session_and_subscribes_again_on_every_connectio
     };
     assert_eq!(s.filters.len(), 1, "only what was granted: {s:?}");
     assert_eq!(
-        (&*s.filters[0].filter, s.filters[0].qos),
+        (&*s.filters[0].filter, s.filters[0].options.qos),
         ("a/#", QoS::ExactlyOnce)
     );
     assert_eq!(p.recv_within(Duration::from_millis(200)).await, None);
@@ -430,12 +430,13 @@ async fn clean_mode_starts_a_new_session_and_subscribes_again_on_every_connectio
     assert_eq!(p.recv_within(Duration::from_millis(200)).await, None);
     p.send(Packet::SubAck(SubAck {
         packet_id: s.packet_id,
-        return_codes: vec![SubscribeReturnCode::Success(QoS::ExactlyOnce)],
+        reason_codes: vec![SubAckReasonCode::GrantedQoS2],
+        properties: Default::default(),
     }))
     .await;
     // Packet id 7 is free again in the new session: a new message, delivered.
     p.send(publish(7, QoS::ExactlyOnce, false, "two")).await;
-    assert_eq!(p.recv().await, Packet::PubRec(7));
+    assert_eq!(p.recv().await, Packet::PubRec(PubRec::new(7)));
     let payloads: Vec<Bytes> = c.deliveries().into_iter().map(|d| d.payload).collect();
     assert_eq!(payloads, vec![Bytes::from("one"), Bytes::from("two")]);
 
@@ -462,7 +463,7 @@ async fn hold_after_pubrec_then_reconnect_resends_pubrel_only() {
     c.hold(Stage::PubRecReceived, Some("t/1")).unwrap();
     let pending = c.publish_nowait("t/1", "m", QoS::ExactlyOnce, false);
     let first = p.recv_publish().await;
-    p.send(Packet::PubRec(first.packet_id)).await;
+    p.send(Packet::PubRec(PubRec::new(first.packet_id))).await;
     let held = c.wait_held(T).await.unwrap();
     assert_eq!(held.stage, Stage::PubRecReceived);
     assert_eq!(held.packet_id, first.packet_id);
@@ -474,9 +475,9 @@ async fn hold_after_pubrec_then_reconnect_resends_pubrel_only() {
     );
     c.release(Release::Reconnect).unwrap();
     assert!(p.closed().await);
-    let mut p = srv.accept_connect(true, ConnectReturnCode::Accepted).await;
-    assert_eq!(p.recv().await, Packet::PubRel(first.packet_id));
-    p.send(Packet::PubComp(first.packet_id)).await;
+    let mut p = srv.accept_connect(true, ConnectReasonCode::Success).await;
+    assert_eq!(p.recv().await, Packet::PubRel(PubRel::new(first.packet_id)));
+    p.send(Packet::PubComp(PubComp::new(first.packet_id))).await;
     pending.wait(T).await.unwrap();
     assert_eq!(c.held_at(), None);
 }
@@ -493,13 +494,13 @@ async fn hold_on_the_subscriber_side_then_continue() {
     assert_eq!(p.recv_within(Duration::from_millis(200)).await, None);
     c.hold(Stage::PubRelReceived, None).unwrap();
     c.release(Release::Continue).unwrap();
-    assert_eq!(p.recv().await, Packet::PubRec(9));
-    p.send(Packet::PubRel(9)).await;
+    assert_eq!(p.recv().await, Packet::PubRec(PubRec::new(9)));
+    p.send(Packet::PubRel(PubRel::new(9))).await;
     let held = c.wait_held(T).await.unwrap();
     assert_eq!(held.stage, Stage::PubRelReceived);
     assert!(c.inbound_awaiting().is_empty(), "PUBREL removed the id");
     c.release(Release::Continue).unwrap();
-    assert_eq!(p.recv().await, Packet::PubComp(9));
+    assert_eq!(p.recv().await, Packet::PubComp(PubComp::new(9)));
 }
 
 #[tokio::test]
@@ -514,15 +515,15 @@ async fn window_bounds_what_is_in_flight_and_queued_messages_follow() {
     let a = p.recv_publish().await;
     let b = p.recv_publish().await;
     assert_eq!(p.recv_within(Duration::from_millis(200)).await, None);
-    p.send(Packet::PubAck(b.packet_id)).await;
+    p.send(Packet::PubAck(PubAck::new(b.packet_id))).await;
     let third = p.recv_publish().await;
     assert_ne!(
         third.packet_id, a.packet_id,
         "an id in flight is not reused"
     );
     assert_eq!(&third.payload[..], b"2");
-    p.send(Packet::PubAck(a.packet_id)).await;
-    p.send(Packet::PubAck(third.packet_id)).await;
+    p.send(Packet::PubAck(PubAck::new(a.packet_id))).await;
+    p.send(Packet::PubAck(PubAck::new(third.packet_id))).await;
     for x in pend {
         x.wait(T).await.unwrap();
     }
