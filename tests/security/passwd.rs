@@ -215,13 +215,13 @@ async fn broker_accepts_scram_users_with_plain_passwords() {
         .start();
     let (_c, ack) =
         RawClient::connect_with(r.addr(), connect("a", true, Some(("alice", "wonderland")))).await;
-    assert_eq!(ack.code, ConnectReturnCode::Accepted);
+    assert_eq!(ack.code, ConnectReasonCode::Success);
     let (_c, ack) =
         RawClient::connect_with(r.addr(), connect("b", true, Some(("alice", "wonderlanD")))).await;
-    assert_eq!(ack.code, ConnectReturnCode::BadUserNameOrPassword);
+    assert_eq!(ack.code, ConnectReasonCode::BadUserNameOrPassword);
     let (_c, ack) =
         RawClient::connect_with(r.addr(), connect("c", true, Some(("nobody", "wonderland")))).await;
-    assert_eq!(ack.code, ConnectReturnCode::BadUserNameOrPassword);
+    assert_eq!(ack.code, ConnectReasonCode::BadUserNameOrPassword);
 }
 
 #[tokio::test]
