@@ -22,12 +22,18 @@ async fn crash_loop_under_load_loses_no_acknowledged_entry() {
     let mut c = blocking(|| {
         cluster(3)
             .env("STARLING_MQTT_COMMIT_TIMEOUT_SECS", "2")
-            .env("STARLING_MQTT_MAX_QUEUED_MESSAGES", "1000000")
-            .env("STARLING_MQTT_MAX_QUEUED_BYTES", "1000000000")
             .env("STARLING_MQTT_SNAPSHOT_ENTRIES", "200")
             .start()
     });
     blocking(|| c.wait_for_leader(ELECTION));
+    // The offline session queues everything the load publishes: far more than the default
+    // 1,000 messages (a node's own configuration does not set the replicated limits).
+    blocking(|| {
+        c.set_limits(
+            r#"{"max_queued_messages": 1000000, "max_queued_bytes": 1000000000}"#,
+            ELECTION,
+        )
+    });
     park_persistent_subscriber(c.addr(1), "crash-sub", "crash/t/#").await;
     let targets = c.ids().into_iter().map(|id| c.addr(id)).collect();
     let load = Load::start(targets, "crash", 4, false, Duration::from_secs(4));

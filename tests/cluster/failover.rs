@@ -14,10 +14,10 @@ async fn kill_and_restart(kill_leader: bool, tag: &str) {
     let mut c = blocking(|| {
         cluster(3)
             .env("STARLING_MQTT_COMMIT_TIMEOUT_SECS", "2")
-            .env("STARLING_MQTT_MAX_QUEUED_MESSAGES", "100000")
             .start()
     });
     let leader = blocking(|| c.wait_for_leader(ELECTION));
+    blocking(|| c.set_limits(r#"{"max_queued_messages": 100000}"#, ELECTION));
     let term_before = blocking(|| c.status(leader))["term"].as_u64().unwrap();
     let victim = if kill_leader {
         leader

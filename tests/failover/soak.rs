@@ -34,6 +34,8 @@ async fn soak_qos2_with_random_kills() {
             .env("STARLING_CLUSTER_NODE_DOWN_SECS", "2")
             .start()
     });
+    blocking(|| c.wait_for_leader(ELECTION));
+    blocking(|| c.set_limits(r#"{"max_queued_messages": 100000}"#, ELECTION));
     let pl = place(&c);
     let sub = strict_at(&c, "soak-sub", pl.subscriber).await;
     sub.subscribe(&[("soak/#", QoS::ExactlyOnce)], PROMPT)

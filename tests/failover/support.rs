@@ -28,7 +28,8 @@ pub(crate) const FLOW: Duration = Duration::from_secs(30);
 pub(crate) const COMMIT_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// A cluster of `n` nodes: 50 ms Raft ticks (an election about half a second after the leader
-/// is missed), a 2 s commit timeout, queues large enough never to drop.
+/// is missed), a 2 s commit timeout. The replicated queue limits stay at their defaults
+/// (1,000 messages a session), above what these tests queue; the soak raises them.
 pub(crate) fn cluster(n: u64) -> ClusterBuilder {
     ClusterBuilder::new(BIN, n)
         .env("STARLING_CLUSTER_TICK_MS", "50")
@@ -36,7 +37,6 @@ pub(crate) fn cluster(n: u64) -> ClusterBuilder {
             "STARLING_MQTT_COMMIT_TIMEOUT_SECS",
             COMMIT_TIMEOUT.as_secs().to_string(),
         )
-        .env("STARLING_MQTT_MAX_QUEUED_MESSAGES", "100000")
         // Quiet: no $SYS traffic in the logs.
         .env("STARLING_MQTT_SYS_INTERVAL_SECS", "0")
 }

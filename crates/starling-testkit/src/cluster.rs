@@ -778,6 +778,34 @@ impl TestCluster {
         http(self.node(id).admin_addr, method, path, body)
     }
 
+    /// Sets the replicated limits (a JSON object with any of `max_queued_messages`,
+    /// `max_inflight`, `max_queued_bytes`) with `PUT /cluster/limits`, asking each node in turn
+    /// until one answers 200 (the change is then applied there), within `timeout`. In a cluster
+    /// the `STARLING_MQTT_MAX_*` limits of a node's own configuration are ignored: this is how
+    /// a test changes them.
+    ///
+    /// # Panics
+    /// No node applied the change within `timeout`.
+    pub fn set_limits(&self, json: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        let mut last = String::new();
+        loop {
+            for id in self.running() {
+                match self.admin(id, "PUT", "/cluster/limits", Some(json)) {
+                    Ok((200, _)) => return,
+                    Ok((code, body)) => last = format!("node {id}: HTTP {code}: {body}"),
+                    Err(e) => last = format!("node {id}: {e}"),
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "PUT /cluster/limits {json} was not applied within {timeout:?}; last answer: \
+                 {last}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// The value of sample `name` (without labels) in node `id`'s `GET /metrics`, if it
     /// answers and has it.
     pub fn metric(&self, id: u64, name: &str) -> Option<f64> {
