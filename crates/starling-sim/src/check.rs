@@ -457,9 +457,16 @@ pub fn history(
                 });
                 // A will waiting for its delay is cancelled by the client's next connection;
                 // when that came is not known here (the delay runs from when the broker ended
-                // the connection), so a will of a client that came back is not required.
+                // the connection), so a will of a client that came back is not required. Came
+                // back: a later connection that was opened (its CONNECT may have committed even
+                // if its CONNACK never arrived), or an earlier one that never got its CONNACK
+                // (it may commit late).
                 let came_back = c.spec.will_delayed()
-                    && (gen + 1..=c.gen()).any(|g| connected.contains(&(c.idx, g)));
+                    && (1..=c.gen()).filter(|g| *g != gen).any(|g| {
+                        (g > gen || !connected.contains(&(c.idx, g)))
+                            && (connected.contains(&(c.idx, g))
+                                || opened_on.contains_key(&(c.idx, g)))
+                    });
                 if connected.contains(&(c.idx, gen))
                     && !moved
                     && !came_back
