@@ -179,10 +179,7 @@ impl Connection {
         live: LiveGuard,
         identity: Option<Option<ByteString>>,
     ) -> Connection {
-        let mut decoder = Decoder::new(worker.config.max_packet_size);
-        // The broker does not speak MQTT 5 yet: a level-5 CONNECT gets CONNACK 1, as any other
-        // unknown protocol.
-        decoder.set_accept_v5(false);
+        let decoder = Decoder::new(worker.config.max_packet_size);
         Connection {
             id,
             worker,
@@ -262,7 +259,7 @@ impl Connection {
                 self.write_packet(&Packet::PingResp);
                 debug!(target: MQTT_LOG, client_id = %name, "Sending PINGRESP to {name}");
             }
-            (Phase::Active, Packet::Disconnect(_)) => self.on_disconnect(ctx),
+            (Phase::Active, Packet::Disconnect(d)) => self.on_disconnect(&d, ctx),
             (Phase::Active, Packet::Connect(_)) => {
                 self.close(CloseReason::Protocol("second CONNECT"), ctx)
             }

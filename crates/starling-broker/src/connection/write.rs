@@ -3,13 +3,27 @@
 //!
 //! `#[PerformanceCriticalPath]`: [`Connection::write_publish`] runs per delivery.
 
-use starling_codec::encode::{encode_ack, encode_publish};
-use starling_codec::{ConnAck, ConnectReasonCode, Packet, PacketType, ProtocolVersion};
+use starling_codec::encode::{encode_ack, encode_publish, encode_publish_v5, PublishV5};
+use starling_codec::{
+    ConnAck, ConnectReasonCode, Packet, PacketType, ProtocolVersion, PublishProperties,
+};
 use starling_state::Message as AppMessage;
 use tracing::debug;
 
 use super::{Connection, Outgoing, Phase, MQTT_LOG};
 use crate::metrics::Counters;
+
+/// The property block of a PUBLISH whose message carries none.
+static NO_PROPERTIES: PublishProperties = PublishProperties {
+    payload_format_indicator: None,
+    message_expiry_interval: None,
+    topic_alias: None,
+    response_topic: None,
+    correlation_data: None,
+    user_properties: Vec::new(),
+    subscription_identifiers: Vec::new(),
+    content_type: None,
+};
 
 impl Connection {
     /// Encodes any packet (while closing, only CONNACK).
@@ -73,17 +87,34 @@ impl Connection {
         if self.phase == Phase::Closing {
             return;
         }
-        if encode_publish(
-            &mut self.wbuf,
-            dup,
-            m.qos,
-            m.retain,
-            &m.topic,
-            packet_id,
-            &m.payload,
-        )
-        .is_err()
-        {
+        let encoded = if self.protocol().is_v5() {
+            encode_publish_v5(
+                &mut self.wbuf,
+                &PublishV5 {
+                    dup,
+                    qos: m.qos,
+                    retain: m.retain,
+                    topic: &m.topic,
+                    packet_id,
+                    properties: &NO_PROPERTIES,
+                    message_expiry_interval: None,
+                    topic_alias: None,
+                    subscription_identifiers: &[],
+                    payload: &m.payload,
+                },
+            )
+        } else {
+            encode_publish(
+                &mut self.wbuf,
+                dup,
+                m.qos,
+                m.retain,
+                &m.topic,
+                packet_id,
+                &m.payload,
+            )
+        };
+        if encoded.is_err() {
             return;
         }
         let c = &self.worker.counters;
