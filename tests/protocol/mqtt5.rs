@@ -337,3 +337,37 @@ async fn next(
         .expect("event before the deadline")
         .expect("event loop running")
 }
+
+#[tokio::test]
+async fn will_carries_its_properties() {
+    let b = broker();
+    let (mut w, _) = connect5(&b, "p5-wp-watch", true, None, None).await;
+    w.subscribe(1, &[("p5/wp/#", QoS::AtMostOnce)]).await;
+    let mut will = LastWill::new(
+        "p5/wp/gone".into(),
+        Bytes::from_static(b"{}"),
+        QoS::AtMostOnce,
+        false,
+    );
+    will.properties.content_type = Some("application/json".into());
+    will.properties.response_topic = Some("p5/wp/reply".into());
+    will.properties.correlation_data = Some(Bytes::from_static(b"c1"));
+    will.properties.payload_format_indicator = Some(starling_codec::PayloadFormat::Utf8);
+    will.properties.user_properties = vec![("a".into(), "1".into()), ("b".into(), "2".into())];
+    let (c, _) = connect5(&b, "p5-wp", true, None, Some(will)).await;
+    drop(c);
+    let m = w.next_publish().await.expect("the will");
+    assert_eq!(m.topic, "p5/wp/gone");
+    let p = &m.properties;
+    assert_eq!(p.content_type.as_deref(), Some("application/json"));
+    assert_eq!(p.response_topic.as_deref(), Some("p5/wp/reply"));
+    assert_eq!(p.correlation_data.as_deref(), Some(&b"c1"[..]));
+    assert_eq!(
+        p.payload_format_indicator,
+        Some(starling_codec::PayloadFormat::Utf8)
+    );
+    assert_eq!(
+        p.user_properties,
+        vec![("a".into(), "1".into()), ("b".into(), "2".into())]
+    );
+}

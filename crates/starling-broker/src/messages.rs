@@ -17,8 +17,9 @@ use std::sync::Arc;
 
 use actix::prelude::*;
 use bytestring::ByteString;
+use starling_codec::PayloadFormat;
 use starling_codec::{LastWill, ProtocolVersion, QoS};
-use starling_state::{Message as AppMessage, Outbound, Resume, SubOptions};
+use starling_state::{Message as AppMessage, MessageProperties, Outbound, Resume, SubOptions};
 use tokio::sync::oneshot;
 
 use crate::connection::Connection;
@@ -452,4 +453,32 @@ pub struct Kick {
     /// Dropped once the connection's socket is closed, for a caller that must not proceed before
     /// (a takeover accepts the new connection only after the old one is gone).
     pub closed: Option<oneshot::Sender<()>>,
+}
+
+/// The message a will publishes, with its MQTT 5 properties (the Will Delay and the Message
+/// Expiry Interval are the session's: [`SessionSettings`]).
+pub fn will_message(w: &LastWill) -> AppMessage {
+    let p = &w.properties;
+    let properties = (!p.is_empty()).then(|| {
+        Arc::new(MessageProperties {
+            payload_format_indicator: p.payload_format_indicator == Some(PayloadFormat::Utf8),
+            content_type: p.content_type.as_ref().map(|s| s.to_string()),
+            response_topic: p.response_topic.as_ref().map(|s| s.to_string()),
+            correlation_data: p.correlation_data.clone(),
+            user_properties: p
+                .user_properties
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        })
+    });
+    let properties = properties.filter(|m| **m != MessageProperties::default());
+    AppMessage {
+        topic: w.topic.clone(),
+        payload: w.payload.clone(),
+        qos: w.qos,
+        retain: w.retain,
+        properties,
+        ..AppMessage::default()
+    }
 }

@@ -19,6 +19,8 @@ struct Pending {
     packet_id: u16,
     /// Completed; written (or dropped, if silent) once every earlier entry is too.
     done: bool,
+    /// 5.0: the PUBLISH was refused as not authorized (reason code 0x87).
+    denied: bool,
 }
 
 /// The ordered queue of owed acknowledgements.
@@ -48,6 +50,7 @@ impl PendingAcks {
             kind,
             packet_id,
             done: false,
+            denied: false,
         });
         self.next_token
     }
@@ -55,6 +58,15 @@ impl PendingAcks {
     /// Owes `kind` for `packet_id` with nothing to wait for (still after earlier ones).
     pub(crate) fn push_done(&mut self, kind: AckKind, packet_id: u16) {
         let t = self.push(kind, packet_id);
+        self.complete(t);
+    }
+
+    /// Owes `kind` for `packet_id`, refused as not authorized, with nothing to wait for.
+    pub(crate) fn push_denied(&mut self, kind: AckKind, packet_id: u16) {
+        let t = self.push(kind, packet_id);
+        if let Some(p) = self.queue.back_mut() {
+            p.denied = true;
+        }
         self.complete(t);
     }
 
@@ -67,14 +79,20 @@ impl PendingAcks {
 
     /// Pops the acknowledgements that can be sent now (silent entries are popped unseen).
     pub(crate) fn ready(&mut self, mut f: impl FnMut(AckKind, u16)) {
+        self.ready_with(|kind, packet_id, _| f(kind, packet_id));
+    }
+
+    /// As [`PendingAcks::ready`], also telling which were refused as not authorized.
+    pub(crate) fn ready_with(&mut self, mut f: impl FnMut(AckKind, u16, bool)) {
         while self.queue.front().is_some_and(|p| p.done) {
             if let Some(Pending {
                 kind: Some(kind),
                 packet_id,
+                denied,
                 ..
             }) = self.queue.pop_front()
             {
-                f(kind, packet_id);
+                f(kind, packet_id, denied);
             }
         }
     }

@@ -284,6 +284,18 @@ impl ClientFlow {
         }
     }
 
+    /// An MQTT 5 PUBLISH refused by the ACL: PUBACK / PUBREC with 0x87 (Not authorized), in
+    /// order, and dropped. A refused QoS 2 exchange ends with that PUBREC (no PUBREL follows), so
+    /// its packet id is not remembered.
+    pub fn on_denied_publish(&mut self, qos: QoS, packet_id: u16) {
+        let t = self.inbound();
+        match qos {
+            QoS::AtMostOnce => {}
+            QoS::AtLeastOnce => t.acks.push_denied(AckKind::PubAck, packet_id),
+            QoS::ExactlyOnce => t.acks.push_denied(AckKind::PubRec, packet_id),
+        }
+    }
+
     /// A PUBREL from the client.
     pub fn on_pubrel(&mut self, packet_id: u16) -> Release {
         let persistent = self.persistent;
@@ -318,6 +330,14 @@ impl ClientFlow {
     pub fn due_acks(&mut self, write: impl FnMut(AckKind, u16)) {
         if let Some(t) = self.inbound.as_deref_mut() {
             t.acks.ready(write);
+        }
+    }
+
+    /// As [`ClientFlow::due_acks`], also telling which were refused as not authorized (5.0
+    /// reason code 0x87).
+    pub fn due_acks_with(&mut self, write: impl FnMut(AckKind, u16, bool)) {
+        if let Some(t) = self.inbound.as_deref_mut() {
+            t.acks.ready_with(write);
         }
     }
 

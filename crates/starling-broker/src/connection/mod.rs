@@ -54,7 +54,6 @@ use actix::prelude::*;
 use bytes::BytesMut;
 use bytestring::ByteString;
 use starling_codec::{Decoder, LastWill, Packet, ProtocolVersion};
-use starling_state::Message as AppMessage;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tracing::debug;
@@ -301,13 +300,7 @@ impl Actor for Connection {
         // A session in the replicated state has its will published by the state machine.
         if closed.publishes_own_will && publish_will {
             if let Some(w) = &s.will {
-                let message = AppMessage {
-                    topic: w.topic.clone(),
-                    payload: w.payload.clone(),
-                    qos: w.qos,
-                    retain: w.retain,
-                    ..AppMessage::default()
-                };
+                let message = crate::messages::will_message(w);
                 self.worker.router.do_send(Route {
                     from: None,
                     publishes: vec![RoutedPublish {

@@ -84,7 +84,11 @@ impl Connection {
         let Some(s) = self.session.as_mut() else {
             return;
         };
-        s.flow.on_refused_publish(p.qos, p.packet_id);
+        if s.protocol.is_v5() && why == Refusal::Acl {
+            s.flow.on_denied_publish(p.qos, p.packet_id);
+        } else {
+            s.flow.on_refused_publish(p.qos, p.packet_id);
+        }
         self.release_acks();
         match why {
             Refusal::Acl => {
@@ -168,8 +172,13 @@ impl Connection {
             return;
         };
         let mut due = Vec::new();
-        s.flow.due_acks(|kind, pid| due.push((kind, pid)));
-        for (kind, pid) in due {
+        s.flow
+            .due_acks_with(|kind, pid, denied| due.push((kind, pid, denied)));
+        for (kind, pid, denied) in due {
+            if denied {
+                self.write_denied_ack(kind, pid);
+                continue;
+            }
             let t = match kind {
                 AckKind::PubAck => PacketType::PubAck,
                 AckKind::PubRec => PacketType::PubRec,

@@ -3,14 +3,17 @@
 //!
 //! `#[PerformanceCriticalPath]`: [`Connection::write_publish`] runs per delivery.
 
+use bytestring::ByteString;
 use starling_codec::encode::{encode_ack, encode_publish, encode_publish_v5, PublishV5};
 use starling_codec::{
-    ConnAck, ConnectReasonCode, Packet, PacketType, ProtocolVersion, PublishProperties,
+    ConnAck, ConnectReasonCode, Packet, PacketType, PayloadFormat, ProtocolVersion, PubAck,
+    PubAckReasonCode, PubRec, PubRecReasonCode, PublishProperties,
 };
-use starling_state::Message as AppMessage;
+use starling_state::{Message as AppMessage, MessageProperties};
 use tracing::debug;
 
 use super::{Connection, Outgoing, Phase, MQTT_LOG};
+use crate::messages::AckKind;
 use crate::metrics::Counters;
 
 /// The property block of a PUBLISH whose message carries none.
@@ -24,6 +27,22 @@ static NO_PROPERTIES: PublishProperties = PublishProperties {
     subscription_identifiers: Vec::new(),
     content_type: None,
 };
+
+/// The PUBLISH properties that carry a message's own properties.
+fn publish_properties(p: &MessageProperties) -> PublishProperties {
+    PublishProperties {
+        payload_format_indicator: p.payload_format_indicator.then_some(PayloadFormat::Utf8),
+        content_type: p.content_type.as_deref().map(ByteString::from),
+        response_topic: p.response_topic.as_deref().map(ByteString::from),
+        correlation_data: p.correlation_data.clone(),
+        user_properties: p
+            .user_properties
+            .iter()
+            .map(|(k, v)| (ByteString::from(k.as_str()), ByteString::from(v.as_str())))
+            .collect(),
+        ..PublishProperties::default()
+    }
+}
 
 impl Connection {
     /// Encodes any packet (while closing, only CONNACK).
@@ -82,12 +101,40 @@ impl Connection {
         self.wake();
     }
 
+    /// 5.0 PUBACK / PUBREC with 0x87 (Not authorized): the answer to a PUBLISH the ACL refused.
+    pub(super) fn write_denied_ack(&mut self, kind: AckKind, packet_id: u16) {
+        let (packet, what) = match kind {
+            AckKind::PubAck => (
+                Packet::PubAck(PubAck::with_reason(
+                    packet_id,
+                    PubAckReasonCode::NotAuthorized,
+                )),
+                "PUBACK",
+            ),
+            AckKind::PubRec => (
+                Packet::PubRec(PubRec::with_reason(
+                    packet_id,
+                    PubRecReasonCode::NotAuthorized,
+                )),
+                "PUBREC",
+            ),
+            AckKind::PubComp => return self.write_ack(PacketType::PubComp, packet_id),
+        };
+        if tracing::enabled!(target: MQTT_LOG, tracing::Level::DEBUG) {
+            let name = self.name();
+            debug!(target: MQTT_LOG, client_id = %name, "Sending {what} to {name} (Mid: {packet_id}, RC:135)");
+        }
+        self.write_packet(&packet);
+    }
+
     /// PUBLISH, counted by QoS, with its Mosquitto line.
     pub(super) fn write_publish(&mut self, packet_id: u16, dup: bool, m: &AppMessage) {
         if self.phase == Phase::Closing {
             return;
         }
         let encoded = if self.protocol().is_v5() {
+            // The message's own properties, as the publisher (or the will) gave them.
+            let owned = m.properties.as_deref().map(publish_properties);
             encode_publish_v5(
                 &mut self.wbuf,
                 &PublishV5 {
@@ -96,7 +143,7 @@ impl Connection {
                     retain: m.retain,
                     topic: &m.topic,
                     packet_id,
-                    properties: &NO_PROPERTIES,
+                    properties: owned.as_ref().unwrap_or(&NO_PROPERTIES),
                     message_expiry_interval: None,
                     topic_alias: None,
                     subscription_identifiers: &[],
