@@ -371,3 +371,79 @@ async fn will_carries_its_properties() {
         vec![("a".into(), "1".into()), ("b".into(), "2".into())]
     );
 }
+
+#[tokio::test]
+async fn topic_alias_gets_disconnect_0x94_while_none_is_allowed() {
+    let b = broker();
+    let (mut c, ack) = connect5(&b, "p5-alias", true, None, None).await;
+    assert_eq!(ack.properties.topic_alias_maximum, Some(0));
+    let mut p = starling_codec::Publish {
+        dup: false,
+        qos: QoS::AtMostOnce,
+        retain: false,
+        topic: "p5/alias".into(),
+        packet_id: 0,
+        payload: Bytes::from_static(b"x"),
+        properties: Default::default(),
+    };
+    p.properties.topic_alias = Some(1);
+    c.send(&Packet::Publish(p)).await;
+    let d = next_disconnect(&mut c).await;
+    assert_eq!(d.reason, DisconnectReasonCode::TopicAliasInvalid);
+    assert_closed(&mut c).await;
+}
+
+#[tokio::test]
+async fn publish_properties_reach_a_v5_subscriber() {
+    let b = broker();
+    let (mut s, _) = connect5(&b, "p5-props-sub", true, None, None).await;
+    s.subscribe(1, &[("p5/props", QoS::AtLeastOnce)]).await;
+    let (mut c, _) = connect5(&b, "p5-props-pub", true, None, None).await;
+    let mut p = starling_codec::Publish {
+        dup: false,
+        qos: QoS::AtLeastOnce,
+        retain: false,
+        topic: "p5/props".into(),
+        packet_id: 7,
+        payload: Bytes::from_static(b"x"),
+        properties: Default::default(),
+    };
+    p.properties.user_properties = vec![("z".into(), "1".into()), ("a".into(), "2".into())];
+    p.properties.content_type = Some("text/plain".into());
+    c.send(&Packet::Publish(p)).await;
+    let m = s.next_publish().await.expect("the message");
+    assert_eq!(
+        m.properties.user_properties,
+        vec![("z".into(), "1".into()), ("a".into(), "2".into())]
+    );
+    assert_eq!(m.properties.content_type.as_deref(), Some("text/plain"));
+}
+
+#[tokio::test]
+async fn publish_properties_survive_a_session_queue() {
+    let b = broker();
+    let (mut s, _) = connect5(&b, "p5-q-sub", true, Some(300), None).await;
+    s.subscribe(1, &[("p5/queue", QoS::ExactlyOnce)]).await;
+    s.send(&Packet::Disconnect(Disconnect::default())).await;
+    assert_closed(&mut s).await;
+    let (mut c, _) = connect5(&b, "p5-q-pub", true, None, None).await;
+    let mut p = starling_codec::Publish {
+        dup: false,
+        qos: QoS::ExactlyOnce,
+        retain: false,
+        topic: "p5/queue".into(),
+        packet_id: 9,
+        payload: Bytes::from_static(b"x"),
+        properties: Default::default(),
+    };
+    p.properties.user_properties = vec![("k".into(), "v".into())];
+    p.properties.correlation_data = Some(Bytes::from_static(b"id-1"));
+    c.send(&Packet::Publish(p)).await;
+    assert!(matches!(c.recv().await, Ok(Packet::PubRec(_))));
+    let (mut s, ack) = connect5(&b, "p5-q-sub", false, Some(300), None).await;
+    assert!(ack.session_present);
+    let m = s.next_publish().await.expect("the queued message");
+    assert_eq!(m.qos, QoS::ExactlyOnce);
+    assert_eq!(m.properties.user_properties, vec![("k".into(), "v".into())]);
+    assert_eq!(m.properties.correlation_data.as_deref(), Some(&b"id-1"[..]));
+}

@@ -17,8 +17,8 @@ use std::sync::Arc;
 
 use actix::prelude::*;
 use bytestring::ByteString;
-use starling_codec::PayloadFormat;
 use starling_codec::{LastWill, ProtocolVersion, QoS};
+use starling_codec::{PayloadFormat, PublishProperties, UserProperty};
 use starling_state::{Message as AppMessage, MessageProperties, Outbound, Resume, SubOptions};
 use tokio::sync::oneshot;
 
@@ -459,20 +459,13 @@ pub struct Kick {
 /// Expiry Interval are the session's: [`SessionSettings`]).
 pub fn will_message(w: &LastWill) -> AppMessage {
     let p = &w.properties;
-    let properties = (!p.is_empty()).then(|| {
-        Arc::new(MessageProperties {
-            payload_format_indicator: p.payload_format_indicator == Some(PayloadFormat::Utf8),
-            content_type: p.content_type.as_ref().map(|s| s.to_string()),
-            response_topic: p.response_topic.as_ref().map(|s| s.to_string()),
-            correlation_data: p.correlation_data.clone(),
-            user_properties: p
-                .user_properties
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-        })
+    let properties = message_properties(MessageProperties {
+        payload_format_indicator: p.payload_format_indicator == Some(PayloadFormat::Utf8),
+        content_type: p.content_type.as_ref().map(|s| s.to_string()),
+        response_topic: p.response_topic.as_ref().map(|s| s.to_string()),
+        correlation_data: p.correlation_data.clone(),
+        user_properties: user_properties(&p.user_properties),
     });
-    let properties = properties.filter(|m| **m != MessageProperties::default());
     AppMessage {
         topic: w.topic.clone(),
         payload: w.payload.clone(),
@@ -481,4 +474,25 @@ pub fn will_message(w: &LastWill) -> AppMessage {
         properties,
         ..AppMessage::default()
     }
+}
+
+/// The properties of a 5.0 PUBLISH that travel with its message (`None` when it has none).
+pub fn publish_properties(p: &PublishProperties) -> Option<Arc<MessageProperties>> {
+    message_properties(MessageProperties {
+        payload_format_indicator: p.payload_format_indicator == Some(PayloadFormat::Utf8),
+        content_type: p.content_type.as_ref().map(|s| s.to_string()),
+        response_topic: p.response_topic.as_ref().map(|s| s.to_string()),
+        correlation_data: p.correlation_data.clone(),
+        user_properties: user_properties(&p.user_properties),
+    })
+}
+
+fn message_properties(m: MessageProperties) -> Option<Arc<MessageProperties>> {
+    (m != MessageProperties::default()).then(|| Arc::new(m))
+}
+
+fn user_properties(u: &[UserProperty]) -> Vec<(String, String)> {
+    u.iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
 }

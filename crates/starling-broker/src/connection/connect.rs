@@ -23,6 +23,10 @@ use crate::metrics::{Counters, Limit, SecurityEvent};
 /// How long a CONNECT may wait for its password verification before CONNACK 3.
 const AUTH_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The largest Maximum Packet Size a CONNACK advertises: the largest remaining length, which
+/// is what some clients accept for this property (paho-mqtt refuses more).
+const MAX_ADVERTISED_PACKET_SIZE: usize = 268_435_455;
+
 /// What a CONNECT left once the password and the store accepted it.
 struct Admitted {
     /// The client id (assigned if the client sent none).
@@ -372,7 +376,12 @@ impl Connection {
         let config = &self.worker.config;
         ConnAckProperties {
             receive_maximum: Some(u16::try_from(config.max_inflight_in).unwrap_or(u16::MAX)),
-            maximum_packet_size: Some(u32::try_from(config.max_packet_size).unwrap_or(u32::MAX)),
+            // At most the largest remaining length (what some clients accept here; a packet of
+            // that size is still within `max_packet_size` at its largest).
+            maximum_packet_size: Some(
+                u32::try_from(config.max_packet_size.min(MAX_ADVERTISED_PACKET_SIZE))
+                    .unwrap_or(u32::MAX),
+            ),
             topic_alias_maximum: Some(0),
             retain_available: Some(true),
             wildcard_subscription_available: Some(false),

@@ -34,6 +34,9 @@ pub(crate) enum CloseReason {
     Malformed(DecodeError),
     /// Protocol violation.
     Protocol(&'static str),
+    /// 5.0: a PUBLISH with a Topic Alias the broker did not allow (or an empty topic without
+    /// one).
+    TopicAliasInvalid,
     /// Another connection took the client id.
     TakenOver,
     /// A connection through another node took the client id (no will: the client reconnected).
@@ -88,6 +91,10 @@ impl Connection {
                 Counters::add(&self.worker.counters.protocol_errors, 1);
                 info!(target: MQTT_LOG, client_id = %name, peer = %self.peer, error = %e, "Client {name} disconnected due to malformed packet.")
             }
+            CloseReason::TopicAliasInvalid => {
+                Counters::add(&self.worker.counters.protocol_errors, 1);
+                info!(target: MQTT_LOG, client_id = %name, peer = %self.peer, error = "invalid topic alias", "Client {name} disconnected due to protocol error.")
+            }
             CloseReason::Protocol(why) => {
                 Counters::add(&self.worker.counters.protocol_errors, 1);
                 info!(target: MQTT_LOG, client_id = %name, peer = %self.peer, error = why, "Client {name} disconnected due to protocol error.")
@@ -141,6 +148,7 @@ impl Connection {
             }
             CloseReason::Malformed(_) => DisconnectReasonCode::MalformedPacket,
             CloseReason::Protocol(_) => DisconnectReasonCode::ProtocolError,
+            CloseReason::TopicAliasInvalid => DisconnectReasonCode::TopicAliasInvalid,
             CloseReason::KeepAlive => DisconnectReasonCode::KeepAliveTimeout,
             CloseReason::TakenOver | CloseReason::TakenOverElsewhere => {
                 DisconnectReasonCode::SessionTakenOver

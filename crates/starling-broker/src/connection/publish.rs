@@ -5,6 +5,7 @@
 //! `#[PerformanceCriticalPath]`: [`Connection::on_publish`] runs per PUBLISH.
 
 use actix::prelude::*;
+use bytestring::ByteString;
 use starling_codec::{PacketType, Publish};
 use starling_state::Message as AppMessage;
 use tracing::debug;
@@ -34,6 +35,10 @@ impl Connection {
                 "Received PUBLISH from {name} (d{}, q{}, r{}, m{}, '{}', ... ({} bytes))",
                 u8::from(p.dup), p.qos as u8, u8::from(p.retain), p.packet_id, p.topic, p.payload.len());
         }
+        if s.protocol.is_v5() && (p.properties.topic_alias.is_some() || p.topic.is_empty()) {
+            // CONNACK's Topic Alias Maximum is 0: no alias is valid.
+            return self.close(CloseReason::TopicAliasInvalid, ctx);
+        }
         if let Some(limit) = topic_limit(&self.worker.config, &p.topic) {
             return self.drop_publish(&p, Refusal::Limit(limit));
         }
@@ -42,7 +47,18 @@ impl Connection {
                 return self.drop_publish(&p, Refusal::Acl);
             }
         }
+        let v5 = s.protocol.is_v5();
         let message = AppMessage {
+            properties: if v5 {
+                crate::messages::publish_properties(&p.properties)
+            } else {
+                None
+            },
+            publisher: if v5 {
+                s.flow.client_id().clone()
+            } else {
+                ByteString::new()
+            },
             topic: p.topic,
             payload: p.payload,
             qos: p.qos,
