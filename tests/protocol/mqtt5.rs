@@ -447,3 +447,42 @@ async fn publish_properties_survive_a_session_queue() {
     assert_eq!(m.properties.user_properties, vec![("k".into(), "v".into())]);
     assert_eq!(m.properties.correlation_data.as_deref(), Some(&b"id-1"[..]));
 }
+
+#[tokio::test]
+async fn publish_that_reaches_nobody_is_acknowledged_with_0x10() {
+    use starling_codec::{PubAck, PubAckReasonCode, PubRec, PubRecReasonCode};
+    let b = broker();
+    let (mut c, _) = connect5(&b, "p5-nobody", true, None, None).await;
+    c.publish("p5/nobody", b"x", QoS::AtLeastOnce, false, 1)
+        .await;
+    assert_eq!(
+        c.recv().await,
+        Ok(Packet::PubAck(PubAck::with_reason(
+            1,
+            PubAckReasonCode::NoMatchingSubscribers
+        )))
+    );
+    c.publish("p5/nobody", b"x", QoS::ExactlyOnce, false, 2)
+        .await;
+    assert_eq!(
+        c.recv().await,
+        Ok(Packet::PubRec(PubRec::with_reason(
+            2,
+            PubRecReasonCode::NoMatchingSubscribers
+        )))
+    );
+    // With a subscriber: success.
+    c.subscribe(3, &[("p5/nobody", QoS::AtMostOnce)]).await;
+    c.publish("p5/nobody", b"x", QoS::AtLeastOnce, false, 4)
+        .await;
+    loop {
+        match c.recv().await {
+            Ok(Packet::PubAck(a)) => {
+                assert_eq!(a, PubAck::new(4));
+                break;
+            }
+            Ok(Packet::Publish(_)) => {}
+            other => panic!("expected PUBACK, got {other:?}"),
+        }
+    }
+}

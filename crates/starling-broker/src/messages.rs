@@ -110,6 +110,8 @@ pub struct Acked {
     pub tokens: Vec<u64>,
     /// The durable path refused them (e.g. stale session): close instead of acknowledging.
     pub refused: bool,
+    /// Those of `tokens` whose message reached no subscriber (a 5.0 PUBACK / PUBREC says 0x10).
+    pub unmatched: Vec<u64>,
 }
 
 /// A message whose routing needs the replicated state (persistent targets or RETAIN).

@@ -40,6 +40,7 @@ use rustc_hash::FxHashSet;
 use starling_codec::QoS;
 use starling_state::{Message as AppMessage, Outbound};
 
+pub use super::acks::AckNote;
 use super::acks::PendingAcks;
 use super::outbound::{AckOutcome, DurableOutbound, LocalOutbound};
 pub use super::outbound::{Offer, Outgoing};
@@ -333,9 +334,17 @@ impl ClientFlow {
         }
     }
 
-    /// As [`ClientFlow::due_acks`], also telling which were refused as not authorized (5.0
-    /// reason code 0x87).
-    pub fn due_acks_with(&mut self, write: impl FnMut(AckKind, u16, bool)) {
+    /// These tokens' messages reached no subscriber: their 5.0 acknowledgement says so (0x10).
+    pub fn no_subscribers(&mut self, tokens: &[u64]) {
+        if let Some(t) = self.inbound.as_deref_mut() {
+            for token in tokens {
+                t.acks.no_subscribers(*token);
+            }
+        }
+    }
+
+    /// As [`ClientFlow::due_acks`], with the 5.0 reason code of each.
+    pub fn due_acks_with(&mut self, write: impl FnMut(AckKind, u16, AckNote)) {
         if let Some(t) = self.inbound.as_deref_mut() {
             t.acks.ready_with(write);
         }

@@ -43,7 +43,7 @@ pub(crate) mod transport;
 mod write;
 
 pub use self::flow::{
-    ClientFlow, Commit, FlowClosed, FlowLimits, Inbound, Offer, Outgoing, Release,
+    AckNote, ClientFlow, Commit, FlowClosed, FlowLimits, Inbound, Offer, Outgoing, Release,
 };
 
 use std::net::SocketAddr;

@@ -12,7 +12,7 @@ use tracing::debug;
 
 use super::guard::{topic_limit, Refusal};
 use super::lifecycle::CloseReason;
-use super::{Connection, Inbound, Release, MQTT_LOG};
+use super::{AckNote, Connection, Inbound, Release, MQTT_LOG};
 use crate::messages::{AckKind, Acked, Route, SessionRequest, Target};
 use crate::metrics::{Counters, Limit, SecurityEvent};
 
@@ -189,10 +189,10 @@ impl Connection {
         };
         let mut due = Vec::new();
         s.flow
-            .due_acks_with(|kind, pid, denied| due.push((kind, pid, denied)));
-        for (kind, pid, denied) in due {
-            if denied {
-                self.write_denied_ack(kind, pid);
+            .due_acks_with(|kind, pid, note| due.push((kind, pid, note)));
+        for (kind, pid, note) in due {
+            if note != AckNote::Success {
+                self.write_noted_ack(kind, pid, note);
                 continue;
             }
             let t = match kind {
@@ -216,6 +216,9 @@ impl Handler<Acked> for Connection {
             return;
         };
         let was_paused = s.flow.owed_acks() >= self.worker.config.max_inflight_in;
+        if !msg.unmatched.is_empty() && s.protocol.is_v5() {
+            s.flow.no_subscribers(&msg.unmatched);
+        }
         s.flow.complete(msg.tokens);
         self.release_acks();
         if was_paused && !self.read_paused() {

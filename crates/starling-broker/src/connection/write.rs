@@ -12,7 +12,7 @@ use starling_codec::{
 use starling_state::{Message as AppMessage, MessageProperties};
 use tracing::debug;
 
-use super::{Connection, Outgoing, Phase, MQTT_LOG};
+use super::{AckNote, Connection, Outgoing, Phase, MQTT_LOG};
 use crate::messages::AckKind;
 use crate::metrics::Counters;
 
@@ -41,6 +41,15 @@ fn publish_properties(p: &MessageProperties) -> PublishProperties {
             .map(|(k, v)| (ByteString::from(k.as_str()), ByteString::from(v.as_str())))
             .collect(),
         ..PublishProperties::default()
+    }
+}
+
+/// The packet type of an acknowledgement.
+fn ack_type(kind: AckKind) -> PacketType {
+    match kind {
+        AckKind::PubAck => PacketType::PubAck,
+        AckKind::PubRec => PacketType::PubRec,
+        AckKind::PubComp => PacketType::PubComp,
     }
 }
 
@@ -101,28 +110,36 @@ impl Connection {
         self.wake();
     }
 
-    /// 5.0 PUBACK / PUBREC with 0x87 (Not authorized): the answer to a PUBLISH the ACL refused.
-    pub(super) fn write_denied_ack(&mut self, kind: AckKind, packet_id: u16) {
-        let (packet, what) = match kind {
+    /// 5.0 PUBACK / PUBREC with a reason code other than success: 0x87 (Not authorized) for a
+    /// PUBLISH the ACL refused, 0x10 (No matching subscribers) for one that reached nobody.
+    pub(super) fn write_noted_ack(&mut self, kind: AckKind, packet_id: u16, note: AckNote) {
+        let (ack, rec) = match note {
+            AckNote::Success => return self.write_ack(ack_type(kind), packet_id),
+            AckNote::NoMatchingSubscribers => (
+                PubAckReasonCode::NoMatchingSubscribers,
+                PubRecReasonCode::NoMatchingSubscribers,
+            ),
+            AckNote::NotAuthorized => (
+                PubAckReasonCode::NotAuthorized,
+                PubRecReasonCode::NotAuthorized,
+            ),
+        };
+        let (packet, what, rc) = match kind {
             AckKind::PubAck => (
-                Packet::PubAck(PubAck::with_reason(
-                    packet_id,
-                    PubAckReasonCode::NotAuthorized,
-                )),
+                Packet::PubAck(PubAck::with_reason(packet_id, ack)),
                 "PUBACK",
+                ack.as_u8(),
             ),
             AckKind::PubRec => (
-                Packet::PubRec(PubRec::with_reason(
-                    packet_id,
-                    PubRecReasonCode::NotAuthorized,
-                )),
+                Packet::PubRec(PubRec::with_reason(packet_id, rec)),
                 "PUBREC",
+                rec.as_u8(),
             ),
             AckKind::PubComp => return self.write_ack(PacketType::PubComp, packet_id),
         };
         if tracing::enabled!(target: MQTT_LOG, tracing::Level::DEBUG) {
             let name = self.name();
-            debug!(target: MQTT_LOG, client_id = %name, "Sending {what} to {name} (Mid: {packet_id}, RC:135)");
+            debug!(target: MQTT_LOG, client_id = %name, "Sending {what} to {name} (Mid: {packet_id}, RC:{rc})");
         }
         self.write_packet(&packet);
     }

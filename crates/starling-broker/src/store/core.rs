@@ -442,6 +442,7 @@ impl<C: Clone> StoreCore<C> {
                 ConnMessage::Acked(Acked {
                     tokens: vec![token],
                     refused: true,
+                    unmatched: Vec::new(),
                 }),
             ),
             Waiter::OutboundAck(conn) => self.send_conn(
@@ -449,6 +450,7 @@ impl<C: Clone> StoreCore<C> {
                 ConnMessage::Acked(Acked {
                     tokens: Vec::new(),
                     refused: true,
+                    unmatched: Vec::new(),
                 }),
             ),
             Waiter::Closing { client_id, epoch } => {
