@@ -5,6 +5,8 @@
 //!
 //! - `delivery`: cross-node delivery (QoS 0/1/2, wildcards, retained, order) and takeover of
 //!   a session across nodes.
+//! - `mqtt5`: an MQTT 5 session with a Session Expiry Interval survives its node's `kill -9`
+//!   and resumes on another node, with what was published to it meanwhile.
 //! - `stages`: `kill -9` at each stage of a QoS 2 (and QoS 1) flow, both directions, the node
 //!   killed being the publisher's, the subscriber's, or the leader.
 //! - `soak`: 20,000 sequence-numbered QoS 2 messages while nodes are killed and restarted at
@@ -23,6 +25,7 @@ mod netsplit;
 mod support;
 
 mod delivery;
+mod mqtt5;
 mod partition;
 mod soak;
 mod stages;

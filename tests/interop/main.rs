@@ -453,6 +453,7 @@ fn short(version: &str) -> &'static str {
     match version {
         "mqttv31" => "v31",
         "mqttv311" => "v311",
+        "mqttv5" => "v5",
         other => panic!("unknown protocol version {other}"),
     }
 }
@@ -557,6 +558,21 @@ fn mosquitto_clients_v311_qos1() {
 #[test]
 fn mosquitto_clients_v311_qos2() {
     pub_sub_case("mqttv311", 2);
+}
+
+#[test]
+fn mosquitto_clients_v5_qos0() {
+    pub_sub_case("mqttv5", 0);
+}
+
+#[test]
+fn mosquitto_clients_v5_qos1() {
+    pub_sub_case("mqttv5", 1);
+}
+
+#[test]
+fn mosquitto_clients_v5_qos2() {
+    pub_sub_case("mqttv5", 2);
 }
 
 // ---- persistent subscriber ---------------------------------------------------------------------
@@ -677,6 +693,12 @@ fn mosquitto_persistent_subscriber_v311() {
     persistent_case("mqttv311");
 }
 
+/// `mosquitto_sub -c -V mqttv5` asks for a session that never expires.
+#[test]
+fn mosquitto_persistent_subscriber_v5() {
+    persistent_case("mqttv5");
+}
+
 // ---- retained messages ----------------------------------------------------------------------
 
 /// `mosquitto_pub -r` sets (and replaces) a retained message that a later `mosquitto_sub`
@@ -781,6 +803,11 @@ fn mosquitto_retained_set_and_cleared_v31() {
 }
 
 #[test]
+fn mosquitto_retained_set_and_cleared_v5() {
+    retained_case("mqttv5");
+}
+
+#[test]
 fn mosquitto_retained_set_and_cleared_v311() {
     retained_case("mqttv311");
 }
@@ -817,6 +844,37 @@ fn paho_mqtt_clients() {
     );
     assert!(
         done.stdout.contains("PASS: all paho-mqtt checks matched"),
+        "{case}: exit 0 without its PASS line\n{done}"
+    );
+}
+
+/// paho-mqtt speaking MQTT 5 (`protocol=MQTTv5`): assigned client id, QoS 0/1/2 with User
+/// Properties (tests/interop/paho_v5_check.py).
+#[test]
+fn paho_mqtt_v5_clients() {
+    let case = "paho-mqtt MQTT 5 (tests/interop/paho_v5_check.py)";
+    if !tools_available(case, &[Tool::Paho]) {
+        return;
+    }
+    let b = broker();
+    let script = paho_script().with_file_name("paho_v5_check.py");
+    assert!(script.is_file(), "{} missing", script.display());
+    let args = vec![
+        script.display().to_string(),
+        "--host".into(),
+        "127.0.0.1".into(),
+        "--port".into(),
+        b.addr().port().to_string(),
+    ];
+    let done = Proc::spawn("python3", &args, None).finish();
+    assert!(
+        done.status.is_some_and(|s| s.success()),
+        "{case} failed\n{done}\n--- broker log ---\n{}",
+        b.log_text()
+    );
+    assert!(
+        done.stdout
+            .contains("PASS: all paho-mqtt MQTT 5 checks matched"),
         "{case}: exit 0 without its PASS line\n{done}"
     );
 }

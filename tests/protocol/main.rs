@@ -11,6 +11,7 @@ mod common;
 mod backpressure;
 mod connect;
 mod keepalive;
+mod mqtt5;
 mod publish;
 mod retained;
 mod session;

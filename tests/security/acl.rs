@@ -309,3 +309,41 @@ async fn sighup_reloads_acl_and_passwords() {
     assert_eq!(codes, vec![SubAckReasonCode::GrantedQoS0]);
     let _ = Packet::PingReq;
 }
+
+/// An MQTT 5 client's PUBLISH that the ACL refuses is answered with reason code 0x87 (QoS 1:
+/// PUBACK, QoS 2: PUBREC, which ends the exchange), as Mosquitto does; an allowed one with
+/// success, and the refused one reaches nobody.
+#[tokio::test]
+async fn mqtt5_publish_refused_by_the_acl_gets_0x87() {
+    use starling_codec::{ProtocolVersion, PubAck, PubAckReasonCode, PubRec, PubRecReasonCode};
+    let r = broker();
+    let mut admin = login(&r, "admin", "admin-87", true).await;
+    admin.subscribe("#", Q::AtLeastOnce).await;
+    let mut connect = connect("alice-87", true, Some(("alice", "ali")));
+    connect.protocol = ProtocolVersion::V5;
+    let (mut c, ack) = RawClient::connect_with(r.addr(), connect).await;
+    assert_eq!(ack.code, ConnectReasonCode::Success);
+    c.publish("public/x", b"no", QoS::AtLeastOnce, false, 1)
+        .await;
+    assert_eq!(
+        c.recv().await,
+        Ok(Packet::PubAck(PubAck::with_reason(
+            1,
+            PubAckReasonCode::NotAuthorized
+        )))
+    );
+    c.publish("public/x", b"no", QoS::ExactlyOnce, false, 2)
+        .await;
+    assert_eq!(
+        c.recv().await,
+        Ok(Packet::PubRec(PubRec::with_reason(
+            2,
+            PubRecReasonCode::NotAuthorized
+        )))
+    );
+    c.publish("alice/x", b"yes", QoS::AtLeastOnce, false, 3)
+        .await;
+    assert_eq!(c.recv().await, Ok(Packet::PubAck(PubAck::new(3))));
+    let p = admin.next_publish().await;
+    assert_eq!(p.topic, "alice/x");
+}

@@ -163,6 +163,9 @@ pub struct BrokerConfig {
     pub sys_interval_secs: u64,
     /// Seconds after which an abandoned persistent session is removed; 0 = never (3.1.1).
     pub session_expiry_secs: u64,
+    /// Highest Session Expiry Interval an MQTT 5 client gets, in seconds; a client asking for
+    /// more gets this (CONNACK says so). 0 = never lowered.
+    pub max_session_expiry_secs: u32,
     /// Seconds to wait for a commit (persistent connect, durable publish) before failing.
     pub commit_timeout_secs: u64,
     /// Log entries between state snapshots (which let the log be compacted).
@@ -203,6 +206,7 @@ impl Default for BrokerConfig {
             max_client_id_len: 65535,
             max_inflight: 20,
             max_inflight_in: 1000,
+            max_session_expiry_secs: 0,
             max_queued_messages: 1000,
             max_queued_bytes: 16 * 1024 * 1024,
             max_write_buffer: 4 * 1024 * 1024,

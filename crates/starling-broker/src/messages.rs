@@ -18,7 +18,8 @@ use std::sync::Arc;
 use actix::prelude::*;
 use bytestring::ByteString;
 use starling_codec::{LastWill, ProtocolVersion, QoS};
-use starling_state::{Message as AppMessage, Outbound, Resume, SubOptions};
+use starling_codec::{PayloadFormat, PublishProperties, UserProperty};
+use starling_state::{Message as AppMessage, MessageProperties, Outbound, Resume, SubOptions};
 use tokio::sync::oneshot;
 
 use crate::connection::Connection;
@@ -109,6 +110,8 @@ pub struct Acked {
     pub tokens: Vec<u64>,
     /// The durable path refused them (e.g. stale session): close instead of acknowledging.
     pub refused: bool,
+    /// Those of `tokens` whose message reached no subscriber (a 5.0 PUBACK / PUBREC says 0x10).
+    pub unmatched: Vec<u64>,
 }
 
 /// A message whose routing needs the replicated state (persistent targets or RETAIN).
@@ -452,4 +455,46 @@ pub struct Kick {
     /// Dropped once the connection's socket is closed, for a caller that must not proceed before
     /// (a takeover accepts the new connection only after the old one is gone).
     pub closed: Option<oneshot::Sender<()>>,
+}
+
+/// The message a will publishes, with its MQTT 5 properties (the Will Delay and the Message
+/// Expiry Interval are the session's: [`SessionSettings`]).
+pub fn will_message(w: &LastWill) -> AppMessage {
+    let p = &w.properties;
+    let properties = message_properties(MessageProperties {
+        payload_format_indicator: p.payload_format_indicator == Some(PayloadFormat::Utf8),
+        content_type: p.content_type.as_ref().map(|s| s.to_string()),
+        response_topic: p.response_topic.as_ref().map(|s| s.to_string()),
+        correlation_data: p.correlation_data.clone(),
+        user_properties: user_properties(&p.user_properties),
+    });
+    AppMessage {
+        topic: w.topic.clone(),
+        payload: w.payload.clone(),
+        qos: w.qos,
+        retain: w.retain,
+        properties,
+        ..AppMessage::default()
+    }
+}
+
+/// The properties of a 5.0 PUBLISH that travel with its message (`None` when it has none).
+pub fn publish_properties(p: &PublishProperties) -> Option<Arc<MessageProperties>> {
+    message_properties(MessageProperties {
+        payload_format_indicator: p.payload_format_indicator == Some(PayloadFormat::Utf8),
+        content_type: p.content_type.as_ref().map(|s| s.to_string()),
+        response_topic: p.response_topic.as_ref().map(|s| s.to_string()),
+        correlation_data: p.correlation_data.clone(),
+        user_properties: user_properties(&p.user_properties),
+    })
+}
+
+fn message_properties(m: MessageProperties) -> Option<Arc<MessageProperties>> {
+    (m != MessageProperties::default()).then(|| Arc::new(m))
+}
+
+fn user_properties(u: &[UserProperty]) -> Vec<(String, String)> {
+    u.iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
 }

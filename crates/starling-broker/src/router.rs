@@ -70,6 +70,8 @@ pub struct Outbox<C = Addr<crate::connection::Connection>> {
     pub durable: Vec<DurableItem<C>>,
     /// Tokens of the publishing connection that routing completed.
     pub acked: Vec<u64>,
+    /// Those of `acked` whose message matched no subscription at all.
+    pub unmatched: Vec<u64>,
 }
 
 impl<C> Default for Outbox<C> {
@@ -79,6 +81,7 @@ impl<C> Default for Outbox<C> {
             by_node: FxHashMap::default(),
             durable: Vec::new(),
             acked: Vec::new(),
+            unmatched: Vec::new(),
         }
     }
 }
@@ -91,6 +94,8 @@ pub struct RouteTable<C = Addr<crate::connection::Connection>> {
     scratch: Vec<(u64, QoS, bool, Option<RouteTarget<C>>)>,
     /// Remote nodes the message being routed is forwarded to (reused).
     nodes: Vec<u64>,
+    /// The message last routed matched at least one subscription.
+    matched: bool,
 }
 
 impl<C> Default for RouteTable<C> {
@@ -99,6 +104,7 @@ impl<C> Default for RouteTable<C> {
             trie: TopicTrie::new(),
             scratch: Vec::new(),
             nodes: Vec::new(),
+            matched: false,
         }
     }
 }
@@ -233,6 +239,7 @@ impl<C: Clone> RouteTable<C> {
             scratch.dedup_by(|a, b| a.0 == b.0);
         }
         let mut needs_store = message.retain;
+        self.matched = !scratch.is_empty();
         self.nodes.clear();
         for (_, sub_qos, durable, target) in scratch.drain(..) {
             let qos = message.qos.min(sub_qos);
@@ -283,6 +290,9 @@ impl<C: Clone> RouteTable<C> {
                 });
             } else if let Some(t) = p.token {
                 out.acked.push(t);
+                if !self.matched {
+                    out.unmatched.push(t);
+                }
             }
         }
     }
@@ -450,6 +460,7 @@ impl RouterShard {
             from.addr.do_send(Acked {
                 tokens: out.acked,
                 refused: false,
+                unmatched: out.unmatched,
             });
         }
     }
@@ -489,6 +500,7 @@ fn refuse(msg: &Route) {
         from.addr.do_send(Acked {
             tokens,
             refused: true,
+            unmatched: Vec::new(),
         });
     }
 }

@@ -985,6 +985,7 @@ impl SimNode {
                     Local::Conn(ConnInput::Store(ConnMessage::Acked(Acked {
                         tokens,
                         refused: true,
+                        unmatched: Vec::new(),
                     }))),
                 );
             }

@@ -19,6 +19,20 @@ struct Pending {
     packet_id: u16,
     /// Completed; written (or dropped, if silent) once every earlier entry is too.
     done: bool,
+    /// 5.0: the reason code the acknowledgement carries.
+    note: AckNote,
+}
+
+/// What a 5.0 acknowledgement says besides success.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum AckNote {
+    /// 0x00.
+    #[default]
+    Success,
+    /// 0x10: the message reached no subscriber (PUBACK / PUBREC of a routed PUBLISH).
+    NoMatchingSubscribers,
+    /// 0x87: the ACL refused the PUBLISH.
+    NotAuthorized,
 }
 
 /// The ordered queue of owed acknowledgements.
@@ -48,6 +62,7 @@ impl PendingAcks {
             kind,
             packet_id,
             done: false,
+            note: AckNote::Success,
         });
         self.next_token
     }
@@ -56,6 +71,22 @@ impl PendingAcks {
     pub(crate) fn push_done(&mut self, kind: AckKind, packet_id: u16) {
         let t = self.push(kind, packet_id);
         self.complete(t);
+    }
+
+    /// Owes `kind` for `packet_id`, refused as not authorized, with nothing to wait for.
+    pub(crate) fn push_denied(&mut self, kind: AckKind, packet_id: u16) {
+        let t = self.push(kind, packet_id);
+        if let Some(p) = self.queue.back_mut() {
+            p.note = AckNote::NotAuthorized;
+        }
+        self.complete(t);
+    }
+
+    /// Marks a token as having reached no subscriber (before it completes).
+    pub(crate) fn no_subscribers(&mut self, token: u64) {
+        if let Ok(i) = self.queue.binary_search_by_key(&token, |p| p.token) {
+            self.queue[i].note = AckNote::NoMatchingSubscribers;
+        }
     }
 
     /// Marks a token done.
@@ -67,14 +98,20 @@ impl PendingAcks {
 
     /// Pops the acknowledgements that can be sent now (silent entries are popped unseen).
     pub(crate) fn ready(&mut self, mut f: impl FnMut(AckKind, u16)) {
+        self.ready_with(|kind, packet_id, _| f(kind, packet_id));
+    }
+
+    /// As [`PendingAcks::ready`], with the reason code of each.
+    pub(crate) fn ready_with(&mut self, mut f: impl FnMut(AckKind, u16, AckNote)) {
         while self.queue.front().is_some_and(|p| p.done) {
             if let Some(Pending {
                 kind: Some(kind),
                 packet_id,
+                note,
                 ..
             }) = self.queue.pop_front()
             {
-                f(kind, packet_id);
+                f(kind, packet_id, note);
             }
         }
     }

@@ -8,18 +8,24 @@ use std::time::Duration;
 use actix::prelude::*;
 use bytestring::ByteString;
 use starling_auth::{Authorizer, Verdict};
-use starling_codec::{Connect, ConnectReasonCode, ProtocolVersion};
+use starling_codec::{
+    ConnAck, ConnAckProperties, Connect, ConnectReasonCode, Packet, ProtocolVersion,
+};
 use tokio::sync::oneshot;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::guard::Guard;
 use super::lifecycle::CloseReason;
 use super::{ClientFlow, ClientSession, Connection, FlowLimits, Phase, MQTT_LOG};
-use crate::messages::{ConnectInfo, ConnectOutcome, ConnectRequest};
+use crate::messages::{ConnectInfo, ConnectOutcome, ConnectRequest, SessionSettings};
 use crate::metrics::{Counters, Limit, SecurityEvent};
 
 /// How long a CONNECT may wait for its password verification before CONNACK 3.
 const AUTH_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The largest Maximum Packet Size a CONNACK advertises: the largest remaining length, which
+/// is what some clients accept for this property (paho-mqtt refuses more).
+const MAX_ADVERTISED_PACKET_SIZE: usize = 268_435_455;
 
 /// What a CONNECT left once the password and the store accepted it.
 struct Admitted {
@@ -35,6 +41,10 @@ struct Admitted {
     epoch: u64,
     /// Subscriber key in the router index.
     key: u64,
+    /// The client sent no client id and got `client_id` (5.0: CONNACK names it).
+    assigned: bool,
+    /// The session expiry in force, when the broker lowered the client's (5.0).
+    expiry_lowered: Option<u32>,
 }
 
 impl Connection {
@@ -46,6 +56,7 @@ impl Connection {
         }
         let config = &self.worker.config;
         let mut client_id = c.client_id.clone();
+        let mut assigned = false;
         let code = if c.protocol == ProtocolVersion::V3_1 {
             let n = client_id.chars().count();
             if n == 0 || n > 23 {
@@ -56,6 +67,7 @@ impl Connection {
         } else if client_id.is_empty() {
             if c.clean_start {
                 client_id = ByteString::from(format!("auto-{:016x}", rand::random::<u64>()));
+                assigned = true;
                 ConnectReasonCode::Success
             } else {
                 ConnectReasonCode::ClientIdentifierNotValid
@@ -104,7 +116,7 @@ impl Connection {
             _ => Some(Verdict::Accepted),
         };
         if let Some(v) = verdict {
-            return self.on_verdict(v, c, client_id, username, &auth, generation, ctx);
+            return self.on_verdict(v, c, client_id, assigned, username, &auth, generation, ctx);
         }
         // PBKDF2 runs on the verification threads; reading from this client waits meanwhile.
         let user = username.clone().unwrap_or_default();
@@ -125,7 +137,9 @@ impl Connection {
         let wait = tokio::time::timeout(AUTH_TIMEOUT, rx);
         ctx.wait(
             actix::fut::wrap_future::<_, Self>(wait).map(move |res, act, ctx| match res {
-                Ok(Ok(v)) => act.on_verdict(v, c, client_id, username, &auth, generation, ctx),
+                Ok(Ok(v)) => {
+                    act.on_verdict(v, c, client_id, assigned, username, &auth, generation, ctx)
+                }
                 _ => act.refuse(
                     ConnectReasonCode::ServerUnavailable,
                     &client_id,
@@ -163,6 +177,7 @@ impl Connection {
         verdict: Verdict,
         c: Connect,
         client_id: ByteString,
+        assigned: bool,
         username: Option<ByteString>,
         auth: &Authorizer,
         generation: u64,
@@ -206,6 +221,12 @@ impl Connection {
                 );
             }
         }
+        let (session, expiry_lowered) = if c.protocol.is_v5() {
+            let (settings, lowered) = session_settings(&c, config.max_session_expiry_secs);
+            (Some(settings), lowered)
+        } else {
+            (None, None)
+        };
         let info = ConnectInfo {
             client_id: client_id.clone(),
             clean_session: c.clean_start,
@@ -213,7 +234,7 @@ impl Connection {
             will: c.will.clone(),
             username: username.clone(),
             peer: self.peer,
-            session: None,
+            session,
         };
         let (tx, rx) = oneshot::channel();
         self.worker.store.do_send(ConnectRequest {
@@ -237,6 +258,8 @@ impl Connection {
                         session_present,
                         epoch,
                         key,
+                        assigned,
+                        expiry_lowered,
                     };
                     act.on_accepted(c, accepted, *resume, ctx);
                 }
@@ -278,8 +301,20 @@ impl Connection {
             session_present,
             epoch,
             key,
+            assigned,
+            expiry_lowered,
         } = a;
-        let persistent = !c.clean_start;
+        let v5 = c.protocol.is_v5();
+        // 5.0: the session outlives the connection when its expiry is not 0, and a stored
+        // session resumed with expiry 0 is still held in the replicated state until it ends.
+        let persistent = if v5 {
+            let expiry = expiry_lowered
+                .or(c.properties.session_expiry_interval)
+                .unwrap_or(0);
+            expiry > 0 || (!c.clean_start && session_present)
+        } else {
+            !c.clean_start
+        };
         if let Some(g) = guard.as_deref_mut() {
             // A resumed session's subscriptions are read under this client's ACL (whoever
             // created them).
@@ -303,12 +338,24 @@ impl Connection {
         let user = username
             .as_ref()
             .map_or(String::new(), |u| format!(", u{u}"));
+        let level = if v5 { "p5, " } else { "" };
         info!(target: MQTT_LOG, client_id = %client_id, peer = %self.peer.ip(), clean_session = c.clean_start,
             keep_alive = c.keep_alive,
-            "New client connected from {} as {client_id} (c{}, k{}{user}).",
+            "New client connected from {} as {client_id} ({level}c{}, k{}{user}).",
             self.peer.ip(), u8::from(c.clean_start), c.keep_alive);
-        let present = session_present && c.protocol == ProtocolVersion::V3_1_1;
-        self.write_connack(present, ConnectReasonCode::Success, &client_id);
+        let present = session_present && c.protocol != ProtocolVersion::V3_1;
+        if v5 {
+            let mut ack = ConnAck::new(present, ConnectReasonCode::Success);
+            ack.properties = self.connack_properties();
+            if assigned {
+                ack.properties.assigned_client_identifier = Some(client_id.clone());
+            }
+            ack.properties.session_expiry_interval = expiry_lowered;
+            debug!(target: MQTT_LOG, client_id = %client_id, "Sending CONNACK to {client_id} (0)");
+            self.write_packet(&Packet::ConnAck(Box::new(ack)));
+        } else {
+            self.write_connack(present, ConnectReasonCode::Success, &client_id);
+        }
         self.phase = Phase::Active;
         if !resume.outbound.is_empty() {
             let outbound = self.readable_durable(resume.outbound);
@@ -321,4 +368,47 @@ impl Connection {
         }
         self.schedule_keepalive(ctx);
     }
+}
+
+impl Connection {
+    /// The CONNACK properties that describe this broker to an MQTT 5 client.
+    fn connack_properties(&self) -> ConnAckProperties {
+        let config = &self.worker.config;
+        ConnAckProperties {
+            receive_maximum: Some(u16::try_from(config.max_inflight_in).unwrap_or(u16::MAX)),
+            // At most the largest remaining length (what some clients accept here; a packet of
+            // that size is still within `max_packet_size` at its largest).
+            maximum_packet_size: Some(
+                u32::try_from(config.max_packet_size.min(MAX_ADVERTISED_PACKET_SIZE))
+                    .unwrap_or(u32::MAX),
+            ),
+            topic_alias_maximum: Some(0),
+            retain_available: Some(true),
+            wildcard_subscription_available: Some(false),
+            subscription_identifiers_available: Some(false),
+            shared_subscription_available: Some(false),
+            ..ConnAckProperties::default()
+        }
+    }
+}
+
+/// What an MQTT 5 CONNECT asks of its session, with the session expiry capped at `max_expiry`
+/// (0: no cap); the second value is the expiry in force when the cap lowered the client's.
+fn session_settings(c: &Connect, max_expiry: u32) -> (SessionSettings, Option<u32>) {
+    let p = &c.properties;
+    let asked = p.session_expiry_interval.unwrap_or(0);
+    let (expiry_secs, lowered) = if max_expiry > 0 && asked > max_expiry {
+        (max_expiry, Some(max_expiry))
+    } else {
+        (asked, None)
+    };
+    let will = c.will.as_ref().map(|w| &w.properties);
+    let settings = SessionSettings {
+        expiry_secs,
+        receive_maximum: u32::from(p.receive_maximum.unwrap_or(0)),
+        maximum_packet_size: p.maximum_packet_size.unwrap_or(0),
+        will_delay_secs: will.and_then(|w| w.will_delay_interval).unwrap_or(0),
+        will_expiry_secs: will.and_then(|w| w.message_expiry_interval).unwrap_or(0),
+    };
+    (settings, lowered)
 }

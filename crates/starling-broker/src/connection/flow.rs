@@ -40,6 +40,7 @@ use rustc_hash::FxHashSet;
 use starling_codec::QoS;
 use starling_state::{Message as AppMessage, Outbound};
 
+pub use super::acks::AckNote;
 use super::acks::PendingAcks;
 use super::outbound::{AckOutcome, DurableOutbound, LocalOutbound};
 pub use super::outbound::{Offer, Outgoing};
@@ -284,6 +285,18 @@ impl ClientFlow {
         }
     }
 
+    /// An MQTT 5 PUBLISH refused by the ACL: PUBACK / PUBREC with 0x87 (Not authorized), in
+    /// order, and dropped. A refused QoS 2 exchange ends with that PUBREC (no PUBREL follows), so
+    /// its packet id is not remembered.
+    pub fn on_denied_publish(&mut self, qos: QoS, packet_id: u16) {
+        let t = self.inbound();
+        match qos {
+            QoS::AtMostOnce => {}
+            QoS::AtLeastOnce => t.acks.push_denied(AckKind::PubAck, packet_id),
+            QoS::ExactlyOnce => t.acks.push_denied(AckKind::PubRec, packet_id),
+        }
+    }
+
     /// A PUBREL from the client.
     pub fn on_pubrel(&mut self, packet_id: u16) -> Release {
         let persistent = self.persistent;
@@ -318,6 +331,22 @@ impl ClientFlow {
     pub fn due_acks(&mut self, write: impl FnMut(AckKind, u16)) {
         if let Some(t) = self.inbound.as_deref_mut() {
             t.acks.ready(write);
+        }
+    }
+
+    /// These tokens' messages reached no subscriber: their 5.0 acknowledgement says so (0x10).
+    pub fn no_subscribers(&mut self, tokens: &[u64]) {
+        if let Some(t) = self.inbound.as_deref_mut() {
+            for token in tokens {
+                t.acks.no_subscribers(*token);
+            }
+        }
+    }
+
+    /// As [`ClientFlow::due_acks`], with the 5.0 reason code of each.
+    pub fn due_acks_with(&mut self, write: impl FnMut(AckKind, u16, AckNote)) {
+        if let Some(t) = self.inbound.as_deref_mut() {
+            t.acks.ready_with(write);
         }
     }
 

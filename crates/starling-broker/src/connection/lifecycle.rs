@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use actix::prelude::*;
-use starling_codec::{ConnectReasonCode, DecodeError};
+use starling_codec::{ConnectReasonCode, DecodeError, Disconnect, DisconnectReasonCode, Packet};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
@@ -20,6 +20,8 @@ use crate::metrics::{Counters, Limit};
 pub(crate) enum CloseReason {
     /// DISCONNECT received.
     Disconnect,
+    /// 5.0 DISCONNECT with reason 0x04: the client leaves and asks for its will.
+    DisconnectWithWill,
     /// The client closed the socket without DISCONNECT.
     Eof,
     /// Socket error.
@@ -32,6 +34,9 @@ pub(crate) enum CloseReason {
     Malformed(DecodeError),
     /// Protocol violation.
     Protocol(&'static str),
+    /// 5.0: a PUBLISH with a Topic Alias the broker did not allow (or an empty topic without
+    /// one).
+    TopicAliasInvalid,
     /// Another connection took the client id.
     TakenOver,
     /// A connection through another node took the client id (no will: the client reconnected).
@@ -73,7 +78,9 @@ impl Connection {
         let name = self.name().to_string();
         match &reason {
             // Mosquitto's only line for this is "Received DISCONNECT from ...".
-            CloseReason::Disconnect => debug!(client_id = %name, "client disconnected"),
+            CloseReason::Disconnect | CloseReason::DisconnectWithWill => {
+                debug!(client_id = %name, reason = ?reason, "client disconnected")
+            }
             CloseReason::Eof | CloseReason::SocketError(_) => {
                 info!(target: MQTT_LOG, client_id = %name, reason = ?reason, "Socket error on client {name}, disconnecting.")
             }
@@ -83,6 +90,10 @@ impl Connection {
             CloseReason::Malformed(e) => {
                 Counters::add(&self.worker.counters.protocol_errors, 1);
                 info!(target: MQTT_LOG, client_id = %name, peer = %self.peer, error = %e, "Client {name} disconnected due to malformed packet.")
+            }
+            CloseReason::TopicAliasInvalid => {
+                Counters::add(&self.worker.counters.protocol_errors, 1);
+                info!(target: MQTT_LOG, client_id = %name, peer = %self.peer, error = "invalid topic alias", "Client {name} disconnected due to protocol error.")
             }
             CloseReason::Protocol(why) => {
                 Counters::add(&self.worker.counters.protocol_errors, 1);
@@ -113,11 +124,48 @@ impl Connection {
                 debug!(client_id = %name, "closed: broker shutting down")
             }
         }
+        if let Some(code) = self.disconnect_code(&reason) {
+            let name = self.name().to_string();
+            debug!(target: MQTT_LOG, client_id = %name, "Sending DISCONNECT to {name} ({})", code.as_u8());
+            self.write_packet(&Packet::Disconnect(Disconnect::with_reason(code)));
+        }
         self.close_reason = Some(reason);
         self.phase = Phase::Closing;
         self.wake();
         // A peer that does not read cannot hold the connection open.
         ctx.run_later(Duration::from_secs(2), |_, ctx| ctx.stop());
+    }
+
+    /// The reason code of the DISCONNECT an MQTT 5 client gets before the broker closes its
+    /// connection for `reason`, where the standard wants one (none before CONNACK 0).
+    fn disconnect_code(&self, reason: &CloseReason) -> Option<DisconnectReasonCode> {
+        if self.phase != Phase::Active || !self.protocol().is_v5() {
+            return None;
+        }
+        Some(match reason {
+            CloseReason::Malformed(DecodeError::PacketTooLarge { .. }) => {
+                DisconnectReasonCode::PacketTooLarge
+            }
+            CloseReason::Malformed(_) => DisconnectReasonCode::MalformedPacket,
+            CloseReason::Protocol(_) => DisconnectReasonCode::ProtocolError,
+            CloseReason::TopicAliasInvalid => DisconnectReasonCode::TopicAliasInvalid,
+            CloseReason::KeepAlive => DisconnectReasonCode::KeepAliveTimeout,
+            CloseReason::TakenOver | CloseReason::TakenOverElsewhere => {
+                DisconnectReasonCode::SessionTakenOver
+            }
+            CloseReason::Shutdown => DisconnectReasonCode::ServerShuttingDown,
+            CloseReason::SessionRemoved | CloseReason::StateReplaced => {
+                DisconnectReasonCode::AdministrativeAction
+            }
+            CloseReason::Unavailable => DisconnectReasonCode::ServerBusy,
+            CloseReason::Denied(_) => DisconnectReasonCode::NotAuthorized,
+            CloseReason::Disconnect
+            | CloseReason::DisconnectWithWill
+            | CloseReason::Eof
+            | CloseReason::SocketError(_)
+            | CloseReason::ConnectTimeout
+            | CloseReason::Refused(_) => return None,
+        })
     }
 
     /// Undecodable input: CONNACK 1 for an unknown protocol level before CONNECT, else close.
@@ -146,10 +194,29 @@ impl Connection {
     }
 
     /// DISCONNECT: a persistent session goes offline in the replicated state (will discarded)
-    /// before the socket closes.
-    pub(super) fn on_disconnect(&mut self, ctx: &mut Context<Self>) {
+    /// before the socket closes. 5.0: reason 0x04 keeps the will (the close is then treated as
+    /// a lost connection), and a session that ends with its connection cannot be given a
+    /// Session Expiry Interval now (protocol error).
+    pub(super) fn on_disconnect(&mut self, d: &Disconnect, ctx: &mut Context<Self>) {
         let name = self.name().to_string();
         debug!(target: MQTT_LOG, client_id = %name, "Received DISCONNECT from {name}");
+        if self.protocol().is_v5() {
+            let ends_with_connection = self
+                .session
+                .as_ref()
+                .is_some_and(|s| !s.flow.is_persistent());
+            if ends_with_connection && d.properties.session_expiry_interval.is_some_and(|e| e > 0) {
+                return self.close(
+                    CloseReason::Protocol(
+                        "DISCONNECT sets a Session Expiry Interval on a session that had none",
+                    ),
+                    ctx,
+                );
+            }
+            if d.reason == DisconnectReasonCode::DisconnectWithWillMessage {
+                return self.close(CloseReason::DisconnectWithWill, ctx);
+            }
+        }
         let Some(s) = self.session.as_ref().filter(|s| s.flow.is_persistent()) else {
             return self.close(CloseReason::Disconnect, ctx);
         };

@@ -43,7 +43,7 @@ pub(crate) mod transport;
 mod write;
 
 pub use self::flow::{
-    ClientFlow, Commit, FlowClosed, FlowLimits, Inbound, Offer, Outgoing, Release,
+    AckNote, ClientFlow, Commit, FlowClosed, FlowLimits, Inbound, Offer, Outgoing, Release,
 };
 
 use std::net::SocketAddr;
@@ -54,7 +54,6 @@ use actix::prelude::*;
 use bytes::BytesMut;
 use bytestring::ByteString;
 use starling_codec::{Decoder, LastWill, Packet, ProtocolVersion};
-use starling_state::Message as AppMessage;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tracing::debug;
@@ -179,10 +178,7 @@ impl Connection {
         live: LiveGuard,
         identity: Option<Option<ByteString>>,
     ) -> Connection {
-        let mut decoder = Decoder::new(worker.config.max_packet_size);
-        // The broker does not speak MQTT 5 yet: a level-5 CONNECT gets CONNACK 1, as any other
-        // unknown protocol.
-        decoder.set_accept_v5(false);
+        let decoder = Decoder::new(worker.config.max_packet_size);
         Connection {
             id,
             worker,
@@ -262,7 +258,7 @@ impl Connection {
                 self.write_packet(&Packet::PingResp);
                 debug!(target: MQTT_LOG, client_id = %name, "Sending PINGRESP to {name}");
             }
-            (Phase::Active, Packet::Disconnect(_)) => self.on_disconnect(ctx),
+            (Phase::Active, Packet::Disconnect(d)) => self.on_disconnect(&d, ctx),
             (Phase::Active, Packet::Connect(_)) => {
                 self.close(CloseReason::Protocol("second CONNECT"), ctx)
             }
@@ -304,13 +300,7 @@ impl Actor for Connection {
         // A session in the replicated state has its will published by the state machine.
         if closed.publishes_own_will && publish_will {
             if let Some(w) = &s.will {
-                let message = AppMessage {
-                    topic: w.topic.clone(),
-                    payload: w.payload.clone(),
-                    qos: w.qos,
-                    retain: w.retain,
-                    ..AppMessage::default()
-                };
+                let message = crate::messages::will_message(w);
                 self.worker.router.do_send(Route {
                     from: None,
                     publishes: vec![RoutedPublish {

@@ -5,13 +5,14 @@
 //! `#[PerformanceCriticalPath]`: [`Connection::on_publish`] runs per PUBLISH.
 
 use actix::prelude::*;
+use bytestring::ByteString;
 use starling_codec::{PacketType, Publish};
 use starling_state::Message as AppMessage;
 use tracing::debug;
 
 use super::guard::{topic_limit, Refusal};
 use super::lifecycle::CloseReason;
-use super::{Connection, Inbound, Release, MQTT_LOG};
+use super::{AckNote, Connection, Inbound, Release, MQTT_LOG};
 use crate::messages::{AckKind, Acked, Route, SessionRequest, Target};
 use crate::metrics::{Counters, Limit, SecurityEvent};
 
@@ -34,6 +35,10 @@ impl Connection {
                 "Received PUBLISH from {name} (d{}, q{}, r{}, m{}, '{}', ... ({} bytes))",
                 u8::from(p.dup), p.qos as u8, u8::from(p.retain), p.packet_id, p.topic, p.payload.len());
         }
+        if s.protocol.is_v5() && (p.properties.topic_alias.is_some() || p.topic.is_empty()) {
+            // CONNACK's Topic Alias Maximum is 0: no alias is valid.
+            return self.close(CloseReason::TopicAliasInvalid, ctx);
+        }
         if let Some(limit) = topic_limit(&self.worker.config, &p.topic) {
             return self.drop_publish(&p, Refusal::Limit(limit));
         }
@@ -42,7 +47,18 @@ impl Connection {
                 return self.drop_publish(&p, Refusal::Acl);
             }
         }
+        let v5 = s.protocol.is_v5();
         let message = AppMessage {
+            properties: if v5 {
+                crate::messages::publish_properties(&p.properties)
+            } else {
+                None
+            },
+            publisher: if v5 {
+                s.flow.client_id().clone()
+            } else {
+                ByteString::new()
+            },
             topic: p.topic,
             payload: p.payload,
             qos: p.qos,
@@ -84,7 +100,11 @@ impl Connection {
         let Some(s) = self.session.as_mut() else {
             return;
         };
-        s.flow.on_refused_publish(p.qos, p.packet_id);
+        if s.protocol.is_v5() && why == Refusal::Acl {
+            s.flow.on_denied_publish(p.qos, p.packet_id);
+        } else {
+            s.flow.on_refused_publish(p.qos, p.packet_id);
+        }
         self.release_acks();
         match why {
             Refusal::Acl => {
@@ -168,8 +188,13 @@ impl Connection {
             return;
         };
         let mut due = Vec::new();
-        s.flow.due_acks(|kind, pid| due.push((kind, pid)));
-        for (kind, pid) in due {
+        s.flow
+            .due_acks_with(|kind, pid, note| due.push((kind, pid, note)));
+        for (kind, pid, note) in due {
+            if note != AckNote::Success {
+                self.write_noted_ack(kind, pid, note);
+                continue;
+            }
             let t = match kind {
                 AckKind::PubAck => PacketType::PubAck,
                 AckKind::PubRec => PacketType::PubRec,
@@ -191,6 +216,9 @@ impl Handler<Acked> for Connection {
             return;
         };
         let was_paused = s.flow.owed_acks() >= self.worker.config.max_inflight_in;
+        if !msg.unmatched.is_empty() && s.protocol.is_v5() {
+            s.flow.no_subscribers(&msg.unmatched);
+        }
         s.flow.complete(msg.tokens);
         self.release_acks();
         if was_paused && !self.read_paused() {

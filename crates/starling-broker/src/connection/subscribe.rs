@@ -8,7 +8,7 @@ use actix::prelude::*;
 use starling_auth::Coverage;
 use starling_codec::{
     topic, AckProperties, Packet, PacketType, ProtocolVersion, QoS, SubAck, SubAckReasonCode,
-    Subscribe, Unsubscribe,
+    Subscribe, UnsubAck, UnsubAckReasonCode, Unsubscribe,
 };
 use tokio::sync::oneshot;
 use tracing::debug;
@@ -167,6 +167,24 @@ impl Connection {
         let name = s.flow.client_id().clone();
         debug!(target: MQTT_LOG, client_id = %name, "Received UNSUBSCRIBE from {name}");
         let filters: Vec<Arc<str>> = u.filters.iter().map(|f| Arc::<str>::from(&**f)).collect();
+        // 5.0: one reason code per filter. A clean session's filters are known here, so a filter
+        // it does not hold gets 0x11; a persistent session's live in the replicated state.
+        let codes: Vec<UnsubAckReasonCode> = if s.protocol.is_v5() {
+            let persistent = s.flow.is_persistent();
+            let held = s.filters.as_deref();
+            filters
+                .iter()
+                .map(|f| {
+                    if persistent || held.is_some_and(|h| h.contains(f)) {
+                        UnsubAckReasonCode::Success
+                    } else {
+                        UnsubAckReasonCode::NoSubscriptionExisted
+                    }
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
         if let Some(held) = s.filters.as_deref_mut() {
             held.retain(|f| !filters.contains(f));
         }
@@ -188,7 +206,16 @@ impl Connection {
         let wait = tokio::time::timeout(self.worker.config.answer_timeout(), rx);
         ctx.wait(
             actix::fut::wrap_future::<_, Self>(wait).map(move |res, act, ctx| match res {
-                Ok(Ok(true)) => act.write_ack(PacketType::UnsubAck, packet_id),
+                Ok(Ok(true)) if codes.is_empty() => act.write_ack(PacketType::UnsubAck, packet_id),
+                Ok(Ok(true)) => {
+                    let name = act.name().to_string();
+                    debug!(target: MQTT_LOG, client_id = %name, "Sending UNSUBACK to {name}");
+                    act.write_packet(&Packet::UnsubAck(UnsubAck {
+                        packet_id,
+                        properties: AckProperties::default(),
+                        reason_codes: codes,
+                    }));
+                }
                 _ => act.close(CloseReason::Unavailable, ctx),
             }),
         );

@@ -442,6 +442,7 @@ impl<C: Clone> StoreCore<C> {
                 ConnMessage::Acked(Acked {
                     tokens: vec![token],
                     refused: true,
+                    unmatched: Vec::new(),
                 }),
             ),
             Waiter::OutboundAck(conn) => self.send_conn(
@@ -449,6 +450,7 @@ impl<C: Clone> StoreCore<C> {
                 ConnMessage::Acked(Acked {
                     tokens: Vec::new(),
                     refused: true,
+                    unmatched: Vec::new(),
                 }),
             ),
             Waiter::Closing { client_id, epoch } => {
@@ -965,16 +967,10 @@ impl<C: Clone> StoreCore<C> {
         let will = if clean && !track {
             None
         } else {
-            req.info.will.as_ref().map(|w| {
-                AppMessage {
-                    topic: w.topic.clone(),
-                    payload: w.payload.clone(),
-                    qos: w.qos,
-                    retain: w.retain,
-                    ..AppMessage::default()
-                }
-                .to_pb()
-            })
+            req.info
+                .will
+                .as_ref()
+                .map(|w| crate::messages::will_message(w).to_pb())
         };
         let v5 = req.info.session.unwrap_or_default();
         let kind = pb::command::Kind::Connect(pb::SessionConnect {

@@ -91,6 +91,7 @@ impl<C: Clone> Outboxes<C> {
                 let msg = ConnMessage::Acked(Acked {
                     tokens: o.acked,
                     refused: false,
+                    unmatched: Vec::new(),
                 });
                 core.out.conns.push((o.target.clone(), msg));
             }
@@ -98,6 +99,7 @@ impl<C: Clone> Outboxes<C> {
                 let msg = ConnMessage::Acked(Acked {
                     tokens: o.refused,
                     refused: true,
+                    unmatched: Vec::new(),
                 });
                 core.out.conns.push((o.target, msg));
             }
