@@ -787,23 +787,18 @@ impl TestCluster {
     /// # Panics
     /// No node applied the change within `timeout`.
     pub fn set_limits(&self, json: &str, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
-        let mut last = String::new();
-        loop {
-            for id in self.running() {
-                match self.admin(id, "PUT", "/cluster/limits", Some(json)) {
-                    Ok((200, _)) => return,
-                    Ok((code, body)) => last = format!("node {id}: HTTP {code}: {body}"),
-                    Err(e) => last = format!("node {id}: {e}"),
-                }
-            }
-            assert!(
-                Instant::now() < deadline,
-                "PUT /cluster/limits {json} was not applied within {timeout:?}; last answer: \
-                 {last}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        self.wait(
+            timeout,
+            &format!("PUT /cluster/limits {json} to apply"),
+            || {
+                self.running().into_iter().any(|id| {
+                    matches!(
+                        self.admin(id, "PUT", "/cluster/limits", Some(json)),
+                        Ok((200, _))
+                    )
+                })
+            },
+        );
     }
 
     /// The value of sample `name` (without labels) in node `id`'s `GET /metrics`, if it
