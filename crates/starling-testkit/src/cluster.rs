@@ -119,34 +119,7 @@ impl ClusterBuilder {
     /// Starts every node and waits until each answers on its admin port. Does not wait for a
     /// leader (see [`TestCluster::wait_for_leader`]).
     pub fn start(self) -> TestCluster {
-        // Held until the node that uses them starts, so that no other node's MQTT port (which
-        // the broker builder picks) lands on them.
-        let mut held = reserve_ports(2 * self.size as usize);
-        let addrs: BTreeMap<u64, (SocketAddr, SocketAddr)> = (1..=self.size)
-            .map(|id| {
-                let i = 2 * (id - 1) as usize;
-                (id, (held[i].addr, held[i + 1].addr))
-            })
-            .collect();
-        let peers = addrs
-            .iter()
-            .map(|(id, (raft, _))| format!("{id}={raft}"))
-            .collect::<Vec<_>>()
-            .join(",");
-        let mut cluster = TestCluster {
-            builder: self,
-            peers,
-            nodes: BTreeMap::new(),
-        };
-        for (id, (raft, admin)) in addrs {
-            held.drain(..2);
-            let node = cluster.spawn(id, raft, admin, false);
-            cluster.nodes.insert(id, node);
-        }
-        for id in cluster.ids() {
-            cluster.wait_admin(id);
-        }
-        cluster
+        self.start_with_node_env(&[])
     }
 }
 
@@ -663,6 +636,8 @@ impl ClusterBuilder {
     /// with the node across [`TestCluster::restart`]; later ones override earlier ones and the
     /// variables every node gets.
     pub fn start_with_node_env(self, node_env: &[(u64, &str, &str)]) -> TestCluster {
+        // Held until the node that uses them starts, so that no other node's MQTT port (which
+        // the broker builder picks) lands on them.
         let mut held = reserve_ports(2 * self.size as usize);
         let addrs: BTreeMap<u64, (SocketAddr, SocketAddr)> = (1..=self.size)
             .map(|id| {
